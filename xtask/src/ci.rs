@@ -1,0 +1,152 @@
+//! `ci`: every gate, in order, stopping at the first failure.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::drift::{self, Generated, Mode};
+use crate::{compliance, openapi, schema, spec};
+
+pub const PACTS_FIX: &str = "cargo xtask regen-pacts";
+const CONSUMER_TESTS: &str = "consumer-tests";
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn banner(step: usize, total: usize, what: &str) {
+    eprintln!("\n==== ci [{step}/{total}] {what} ====");
+}
+
+fn run(root: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Result<()> {
+    let mut cmd = Command::new(cargo());
+    cmd.args(args).current_dir(root);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("spawning cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Whether the workspace has a `consumer-tests` package.
+pub fn has_consumer_tests(root: &Path) -> Result<bool> {
+    Ok(compliance::workspace_targets(root)?
+        .iter()
+        .any(|t| t.package == CONSUMER_TESTS))
+}
+
+/// Run the consumer tests into a fresh directory and return the pact files they wrote,
+/// as files of `contracts/pacts/`.
+pub fn consumer_pacts(root: &Path) -> Result<Vec<Generated>> {
+    let dir = tempfile::tempdir().context("creating a temp dir for pacts")?;
+    run(
+        root,
+        &["test", "-p", CONSUMER_TESTS],
+        &[("PACT_OUTPUT_DIR", dir.path())],
+    )?;
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir.path())?.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "json") {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let contents =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            files.push(Generated::new(
+                format!("{}/{name}", compliance::PACTS_DIR),
+                contents,
+            ));
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    if files.is_empty() {
+        bail!("the consumer tests wrote no pact file into PACT_OUTPUT_DIR");
+    }
+    Ok(files)
+}
+
+/// `regen-pacts` (and its check mode).
+pub fn regen_pacts(root: &Path, mode: Mode) -> Result<()> {
+    let files = consumer_pacts(root)?;
+    let extras = drift::stale_extras(root, compliance::PACTS_DIR, "json", &files);
+    drift::apply_with_extras(root, &files, extras, mode, PACTS_FIX)
+}
+
+/// Run every gate.
+pub fn ci(root: &Path) -> Result<()> {
+    let consumer = has_consumer_tests(root)?;
+    let nextest = Command::new(cargo())
+        .args(["nextest", "--version"])
+        .current_dir(root)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let total = 9;
+    let mut step = 0;
+    let mut next = |what: &str| {
+        step += 1;
+        banner(step, total, what);
+    };
+
+    next("cargo fmt --all --check");
+    run(root, &["fmt", "--all", "--check"], &[])
+        .context("formatting differs; fix: cargo fmt --all")?;
+
+    next("cargo clippy --workspace --all-targets -- -D warnings");
+    run(
+        root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+
+    next("spec-extract --check");
+    drift::apply(root, &spec::generate(root)?, Mode::Check, spec::FIX)?;
+
+    next("regen-openapi --check");
+    drift::apply(root, &openapi::generate(root)?, Mode::Check, openapi::FIX)?;
+
+    next("regen-schema --check");
+    let files = schema::generate(root)?;
+    let extras = drift::stale_extras(root, schema::DIR, "json", &files);
+    drift::apply_with_extras(root, &files, extras, Mode::Check, schema::FIX)?;
+
+    if consumer {
+        next("consumer tests (cargo test -p consumer-tests) and pact drift");
+        regen_pacts(root, Mode::Check)?;
+    } else {
+        next("consumer tests: skipped (no consumer-tests package yet)");
+    }
+
+    if nextest {
+        next("cargo nextest run --workspace");
+        run(root, &["nextest", "run", "--workspace"], &[])?;
+    } else {
+        next("cargo test --workspace (cargo-nextest not installed)");
+        run(root, &["test", "--workspace"], &[])?;
+    }
+
+    next("workspace test list");
+    let list = compliance::run_test_list(root)?;
+
+    next("compliance --check");
+    drift::apply(
+        root,
+        &compliance::generate(root, &list)?,
+        Mode::Check,
+        compliance::FIX,
+    )?;
+
+    eprintln!("\n==== ci: all gates passed ====");
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! `dod ORCH-XXXX`: the definition-of-done checklist of one requirement, every box
+//! decided from evidence in the repository.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::LazyLock;
+
+use anyhow::Result;
+use regex::Regex;
+
+use crate::compliance::{Coverage, Evidence};
+use crate::drift;
+use crate::spec::{Requirement, Status};
+use crate::{openapi, schema, spec};
+
+static OBSERVABILITY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b(prometheus|/metrics|structured logs?|logged|log record|logs carry)\b")
+        .unwrap()
+});
+static OBSERVABILITY_TEST: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"tracing|logs_contain|/metrics|prometheus").unwrap());
+
+/// Why a requirement is (or is not) part of the wire contract, decided by ID range.
+pub fn api_scope(id: &str) -> (bool, &'static str) {
+    let n: u32 = id.trim_start_matches("ORCH-").parse().unwrap_or(0);
+    match n {
+        1000..=1199 => (true, "data-plane operation (1000–1199)"),
+        2000..=2099 => (
+            true,
+            "error envelope and backpressure on the wire (2000–2099)",
+        ),
+        5010..=5019 => (true, "session endpoints (5010–5019)"),
+        6010..=6029 => (true, "scope and control-plane operations (6010–6029)"),
+        3000..=3099 => (false, "queue behaviour inside the server (3000–3099)"),
+        4000..=4099 => (false, "placement and engine behaviour (4000–4099)"),
+        5000..=5009 => (false, "watchdogs inside the server (5000–5009)"),
+        6000..=6009 => (false, "key handling and startup checks (6000–6009)"),
+        7000..=7249 => (
+            false,
+            "durability, operational endpoints and configuration (7000–7249)",
+        ),
+        9000..=9099 => (false, "contract pipeline tooling (9000–9099)"),
+        _ => (false, "outside the API ranges"),
+    }
+}
+
+/// Whether a property test is expected: pure logic of queues, placement, determinism.
+fn wants_property_test(id: &str) -> bool {
+    let n: u32 = id.trim_start_matches("ORCH-").parse().unwrap_or(0);
+    (3000..=3099).contains(&n) || (4000..=4009).contains(&n) || (4030..=4039).contains(&n)
+}
+
+fn is_determinism(id: &str) -> bool {
+    matches!(id, "ORCH-4030" | "ORCH-4031" | "ORCH-4032")
+}
+
+enum Box_ {
+    Done(String),
+    Todo(String),
+    NotApplicable(String),
+}
+
+fn line(out: &mut String, label: &str, b: Box_) -> bool {
+    let (mark, note, done) = match b {
+        Box_::Done(n) => ("[x]", n, true),
+        Box_::Todo(n) => ("[ ]", n, false),
+        Box_::NotApplicable(n) => ("[x]", format!("N/A — {n}"), true),
+    };
+    let _ = writeln!(out, "- {mark} {label}: {note}");
+    done
+}
+
+type Generator = fn(&Path) -> Result<Vec<drift::Generated>>;
+
+/// Whether every generator's check passes (`None` = clean, `Some(why)` otherwise).
+pub fn regen_state(root: &Path) -> Option<String> {
+    let mut problems = Vec::new();
+    let gens: [(&str, Generator); 3] = [
+        (spec::FIX, spec::generate),
+        (openapi::FIX, openapi::generate),
+        (schema::FIX, schema::generate),
+    ];
+    for (fix, generator) in gens {
+        match generator(root).and_then(|files| drift::check(root, &files)) {
+            Ok(d) if d.is_empty() => {}
+            Ok(d) => problems.push(format!(
+                "{} stale (fix: {fix})",
+                d.iter()
+                    .map(|d| d.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Err(e) => problems.push(format!("`{fix}` fails: {}", first_line(&e.to_string()))),
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+/// Render the checklist. Returns (text, all boxes done).
+pub fn checklist(root: &Path, req: &Requirement, ev: &Evidence) -> (String, bool) {
+    let id = req.id.as_str();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Definition of done for {id} ({} {}, {})\n  {}\n  section: {}\n",
+        req.level.map_or("—", |l| l.as_str()),
+        req.status.as_str(),
+        id,
+        req.text,
+        req.section
+    );
+    if req.status == Status::Retired {
+        let _ = writeln!(
+            out,
+            "{id} is retired: nothing to do (its ID is never reused)."
+        );
+        return (out, true);
+    }
+    let mut all = true;
+    let tests = ev.tests_citing(id);
+    let ops = ev.operations_citing(id);
+    let pacts = ev.pacts_citing(id);
+    let (is_api, why_api) = api_scope(id);
+
+    all &= line(
+        &mut out,
+        "in spec index",
+        Box_::Done(format!("{} lists {id}", spec::INDEX_PATH)),
+    );
+
+    let schema_hit = std::fs::read_dir(root.join(schema::DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(id)))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    let contracts = if !ops.is_empty() || !schema_hit.is_empty() {
+        let mut v = ops.clone();
+        v.extend(schema_hit.iter().map(|s| format!("schema {s}")));
+        Box_::Done(format!("cited by {}", v.join(", ")))
+    } else if is_api {
+        Box_::Todo(format!(
+            "{why_api}, but no OpenAPI operation or schema cites {id}: add it to an x-req-id in server/src/api, then `{}`",
+            openapi::FIX
+        ))
+    } else {
+        Box_::NotApplicable(format!("{why_api}; not part of the wire contract"))
+    };
+    all &= line(&mut out, "contracts", contracts);
+
+    all &= line(
+        &mut out,
+        "regen clean",
+        match regen_state(root) {
+            None => Box_::Done("spec-extract, regen-openapi and regen-schema --check pass".into()),
+            Some(why) => Box_::Todo(why),
+        },
+    );
+
+    let pact = if !pacts.is_empty() {
+        Box_::Done(format!(
+            "{} interaction(s): {}",
+            pacts.len(),
+            pacts.join("; ")
+        ))
+    } else if is_api {
+        Box_::Todo(format!(
+            "no interaction in {}/*.json names {id} in its description",
+            crate::compliance::PACTS_DIR
+        ))
+    } else {
+        Box_::NotApplicable(format!("{why_api}; no HTTP interaction to pin"))
+    };
+    all &= line(&mut out, "pact interaction", pact);
+
+    let verifier = root.join("server/tests/provider_verify.rs").is_file();
+    let provider = if !is_api {
+        Box_::NotApplicable(format!("{why_api}; no pact to verify"))
+    } else if pacts.is_empty() {
+        Box_::Todo("no pact interaction to verify".into())
+    } else if !verifier {
+        Box_::Todo("server/tests/provider_verify.rs does not exist".into())
+    } else {
+        Box_::Done("its interactions are replayed by server/tests/provider_verify.rs".into())
+    };
+    all &= line(&mut out, "provider verification", provider);
+
+    let file_has = |file: &str, pat: &str| {
+        std::fs::read_to_string(root.join(file)).is_ok_and(|t| t.contains(pat))
+    };
+    let prop = if wants_property_test(id) {
+        match tests.iter().find(|t| file_has(&t.file, "proptest")) {
+            Some(t) => Box_::Done(format!("{} ({})", t.name, t.file)),
+            None => Box_::Todo(format!(
+                "no test citing {id} lives in a file using proptest"
+            )),
+        }
+    } else {
+        Box_::NotApplicable(
+            "property tests are for pure queue, placement and determinism logic".into(),
+        )
+    };
+    all &= line(&mut out, "property test", prop);
+
+    let det = if is_determinism(id) {
+        match tests.iter().find(|t| t.file.contains("determinism")) {
+            Some(t) => Box_::Done(format!("{} ({})", t.name, t.file)),
+            None => Box_::Todo(format!(
+                "no test citing {id} in a determinism test file (a file whose path contains `determinism`)"
+            )),
+        }
+    } else {
+        Box_::NotApplicable("only ORCH-4030–4032 are determinism requirements".into())
+    };
+    all &= line(&mut out, "determinism", det);
+
+    let e2e = if id.starts_with("ORCH-9") {
+        Box_::NotApplicable("pipeline requirement, exercised by the xtask tests".into())
+    } else {
+        match tests
+            .iter()
+            .find(|t| t.file.starts_with("server/tests/") || t.file.starts_with("cli/tests/"))
+        {
+            Some(t) => Box_::Done(format!("{} ({})", t.name, t.file)),
+            None => Box_::Todo(format!(
+                "no test under server/tests/ or cli/tests/ cites {id}"
+            )),
+        }
+    };
+    all &= line(&mut out, "end-to-end", e2e);
+
+    let n: u32 = id.trim_start_matches("ORCH-").parse().unwrap_or(0);
+    let obs = if (7100..=7149).contains(&n) || OBSERVABILITY.is_match(&req.text) {
+        match tests.iter().find(|t| {
+            std::fs::read_to_string(root.join(&t.file))
+                .is_ok_and(|s| OBSERVABILITY_TEST.is_match(&s))
+        }) {
+            Some(t) => Box_::Done(format!("{} inspects logs/metrics ({})", t.name, t.file)),
+            None => Box_::Todo(format!(
+                "{id} names metrics or logs, but no citing test inspects them"
+            )),
+        }
+    } else {
+        Box_::NotApplicable("the requirement names no metric or log".into())
+    };
+    all &= line(&mut out, "observability", obs);
+
+    let cov = ev.coverage(id);
+    let compliance = if req.status == Status::Planned {
+        Box_::Todo(format!(
+            "{id} is planned: build it, drop `(planned)` from the spec and cite it from a test"
+        ))
+    } else if cov == Coverage::Covered {
+        Box_::Done(format!(
+            "{} row is `covered` ({} test(s))",
+            crate::compliance::PATH,
+            tests.len()
+        ))
+    } else {
+        Box_::Todo(format!(
+            "{} row would be `{}`: no listed test cites {id}",
+            crate::compliance::PATH,
+            cov.as_str()
+        ))
+    };
+    all &= line(&mut out, "compliance", compliance);
+    (out, all)
+}
