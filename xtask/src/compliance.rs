@@ -361,7 +361,11 @@ fn find_listed(
         for name in tests {
             let last = name.rsplit("::").next().unwrap_or(name);
             if last == function && (prefix.is_empty() || name.starts_with(&prefix)) {
-                return Some(format!("{}::{}::{}", t.package, t.name, name));
+                return Some(if t.kind == "test" {
+                    format!("{}/{}::{}", t.package, t.name, name)
+                } else {
+                    format!("{}::{}", t.package, name)
+                });
             }
         }
     }
@@ -772,10 +776,7 @@ src/lib.rs - x (line 3): test
             &targets,
             &list,
         );
-        assert_eq!(
-            found.as_deref(),
-            Some("xtask::xtask::spec::tests::duplicate")
-        );
+        assert_eq!(found.as_deref(), Some("xtask::spec::tests::duplicate"));
         let missing = find_listed(
             "xtask",
             Path::new("/w/xtask"),
@@ -793,7 +794,7 @@ src/lib.rs - x (line 3): test
             &targets,
             &list,
         );
-        assert_eq!(it.as_deref(), Some("xtask::generators_fresh::fresh"));
+        assert_eq!(it.as_deref(), Some("xtask/generators_fresh::fresh"));
     }
 
     #[test]

@@ -106,10 +106,9 @@ pub fn checklist(root: &Path, req: &Requirement, ev: &Evidence) -> (String, bool
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Definition of done for {id} ({} {}, {})\n  {}\n  section: {}\n",
+        "Definition of done for {id} ({}, {})\n  {}\n  section: {}\n",
         req.level.map_or("—", |l| l.as_str()),
         req.status.as_str(),
-        id,
         req.text,
         req.section
     );
@@ -270,4 +269,71 @@ pub fn checklist(root: &Path, req: &Requirement, ev: &Evidence) -> (String, bool
     };
     all &= line(&mut out, "compliance", compliance);
     (out, all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compliance::CitedTest;
+    use crate::spec::Level;
+
+    fn req(id: &str, text: &str) -> Requirement {
+        Requirement {
+            id: id.into(),
+            level: Some(Level::Must),
+            section: "s".into(),
+            text: text.into(),
+            status: Status::Active,
+        }
+    }
+
+    // covers: ORCH-9008
+    #[test]
+    fn every_unchecked_box_says_why() {
+        let root = tempfile::tempdir().unwrap();
+        let ev = Evidence {
+            requirements: vec![req("ORCH-1001", "X MUST y."), req("ORCH-3003", "Q MUST z.")],
+            operations: vec![],
+            pacts: vec![],
+            tests: vec![CitedTest {
+                name: "server/queue::fairness".into(),
+                file: "server/tests/queue.rs".into(),
+                ids: vec!["ORCH-3003".into()],
+            }],
+            unlisted: vec![],
+        };
+        let (text, done) = checklist(root.path(), &ev.requirements[0], &ev);
+        assert!(!done);
+        assert!(
+            text.contains("- [ ] contracts: data-plane operation"),
+            "{text}"
+        );
+        assert!(
+            text.contains("- [ ] pact interaction: no interaction"),
+            "{text}"
+        );
+        assert!(
+            text.contains("- [ ] end-to-end: no test under server/tests/"),
+            "{text}"
+        );
+        assert!(text.contains("- [x] determinism: N/A"), "{text}");
+        assert!(text.contains("- [ ] regen clean:"), "{text}");
+        for l in text.lines().filter(|l| l.starts_with("- [ ]")) {
+            assert!(
+                l.split_once(": ").is_some_and(|(_, why)| !why.is_empty()),
+                "{l}"
+            );
+        }
+        let (text, _) = checklist(root.path(), &ev.requirements[1], &ev);
+        assert!(text.contains("- [x] contracts: N/A"), "{text}");
+        assert!(
+            text.contains("- [x] end-to-end: server/queue::fairness"),
+            "{text}"
+        );
+        assert!(
+            text.contains("- [ ] property test: no test citing ORCH-3003"),
+            "{text}"
+        );
+        assert!(text.contains("- [x] compliance:"), "{text}");
+    }
 }
