@@ -1,0 +1,183 @@
+//! Request validation before enqueue (ORCH-1002..ORCH-1009): every check
+//! names the field and the limit. Pure: the prompt's token count comes in.
+
+use contracts::TaskRequest;
+use contracts::config::PoolConfig;
+use sha2::{Digest, Sha256};
+
+use crate::error::OrchError;
+
+const ID_MAX: usize = 128;
+const SCOPE_MAX: usize = 64;
+const DEADLINE_MAX_MS: u64 = 24 * 3600 * 1000;
+const TOP_K_MAX: u32 = 1_000;
+
+fn check_id(field: &str, value: &str, max: usize) -> Result<(), OrchError> {
+    let ok_chars = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+    if value.is_empty() || value.len() > max || !ok_chars {
+        return Err(OrchError::invalid(
+            field,
+            format!("must be 1-{max} characters of [A-Za-z0-9._:-], got {value:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Scope names share the id syntax; `None` is the default scope.
+pub fn check_scope(scope: Option<&str>) -> Result<(), OrchError> {
+    scope.map_or(Ok(()), |s| check_id("scope", s, SCOPE_MAX))
+}
+
+pub fn check_task_id(task_id: &str) -> Result<(), OrchError> {
+    check_id("task_id", task_id, ID_MAX)
+}
+
+/// Checks that need no engine: syntax, ranges and the pool's own limits.
+pub fn validate_request(request: &TaskRequest, pool: &PoolConfig) -> Result<(), OrchError> {
+    if let Some(task_id) = &request.task_id {
+        check_task_id(task_id)?;
+    }
+    check_scope(request.scope.as_deref())?;
+    if request.session_id.is_some() {
+        return Err(OrchError::invalid(
+            "session_id",
+            "sessions are not available on this server yet; omit the field",
+        ));
+    }
+    if request.prompt.trim().is_empty() {
+        return Err(OrchError::invalid("prompt", "must not be empty"));
+    }
+    if request.prompt.len() > pool.max_prompt_bytes as usize {
+        return Err(OrchError::invalid(
+            "prompt",
+            format!(
+                "is {} bytes, the limit of pool {} is {} bytes",
+                request.prompt.len(),
+                pool.id,
+                pool.max_prompt_bytes
+            ),
+        ));
+    }
+    if request.max_tokens == 0 || request.max_tokens > pool.max_tokens_limit {
+        return Err(OrchError::invalid(
+            "max_tokens",
+            format!(
+                "must be between 1 and {} for pool {}, got {}",
+                pool.max_tokens_limit, pool.id, request.max_tokens
+            ),
+        ));
+    }
+    if let Some(t) = request.temperature
+        && !(t.is_finite() && (0.0..=2.0).contains(&t))
+    {
+        return Err(OrchError::invalid(
+            "temperature",
+            format!("must be within 0.0-2.0, got {t}"),
+        ));
+    }
+    if let Some(p) = request.top_p
+        && !(p.is_finite() && p > 0.0 && p <= 1.0)
+    {
+        return Err(OrchError::invalid(
+            "top_p",
+            format!("must be within (0.0, 1.0], got {p}"),
+        ));
+    }
+    if let Some(k) = request.top_k
+        && k > TOP_K_MAX
+    {
+        return Err(OrchError::invalid(
+            "top_k",
+            format!("must be at most {TOP_K_MAX}, got {k}"),
+        ));
+    }
+    if let Some(d) = request.deadline_ms
+        && (d == 0 || d > DEADLINE_MAX_MS)
+    {
+        return Err(OrchError::invalid(
+            "deadline_ms",
+            format!("must be between 1 and {DEADLINE_MAX_MS}, got {d}"),
+        ));
+    }
+    if let Some(version) = &request.sampler_profile_version
+        && version != &pool.sampler_profile_version
+    {
+        return Err(OrchError::invalid(
+            "sampler_profile_version",
+            format!(
+                "pool {} runs sampler profile {:?}, the request asks for {version:?}",
+                pool.id, pool.sampler_profile_version
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The token budget (ORCH-1003): prompt plus completion fit the context.
+pub fn check_context(prompt_tokens: u32, max_tokens: u32, ctx_limit: u32) -> Result<(), OrchError> {
+    let needed = u64::from(prompt_tokens) + u64::from(max_tokens);
+    if needed > u64::from(ctx_limit) {
+        return Err(OrchError::invalid(
+            "max_tokens",
+            format!(
+                "prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) = {needed} exceeds the model context of {ctx_limit} tokens"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Default seed: the first 4 bytes of SHA-256(task_id), big-endian (ORCH-4031).
+pub fn default_seed(task_id: &str) -> u32 {
+    let digest = Sha256::digest(task_id.as_bytes());
+    u32::from_be_bytes(digest[..4].try_into().expect("4 bytes"))
+}
+
+/// Idempotency fingerprint of a request body (ORCH-1005).
+pub fn body_hash(request: &TaskRequest) -> String {
+    let canonical = serde_json::to_vec(request).expect("wire types serialize");
+    hex::encode(Sha256::digest(canonical))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> TaskRequest {
+        TaskRequest {
+            prompt: "hello world".into(),
+            max_tokens: 8,
+            ..TaskRequest::default()
+        }
+    }
+
+    // covers: ORCH-1002, ORCH-1003
+    #[test]
+    fn errors_name_the_field_and_limit() {
+        let pool = PoolConfig::default();
+        let mut bad = request();
+        bad.max_tokens = 0;
+        let err = validate_request(&bad, &pool).unwrap_err();
+        assert!(err.message.starts_with("max_tokens:") && err.message.contains("4096"));
+        let mut bad = request();
+        bad.top_p = Some(0.0);
+        assert!(
+            validate_request(&bad, &pool)
+                .unwrap_err()
+                .message
+                .starts_with("top_p:")
+        );
+        let err = check_context(10, 4090, 4096).unwrap_err();
+        assert!(err.message.contains("4100") && err.message.contains("4096"));
+        assert!(validate_request(&request(), &pool).is_ok());
+    }
+
+    // covers: ORCH-4031
+    #[test]
+    fn default_seed_is_a_stable_hash_of_the_task_id() {
+        assert_eq!(default_seed("abc"), 0xba78_16bf);
+        assert_ne!(default_seed("abc"), default_seed("abd"));
+    }
+}

@@ -1,0 +1,46 @@
+//! The one mapping from domain errors to the wire (ORCH-2001, ORCH-2003):
+//! status from the code, the envelope as the body, backpressure headers on
+//! `429` and `503`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use contracts::headers;
+
+use crate::error::OrchError;
+use crate::queue::backoff_hint;
+
+impl IntoResponse for OrchError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut error = self;
+        let backpressure = matches!(status.as_u16(), 429 | 503);
+        let hint = backpressure.then(|| backoff_hint(error.backoff_ms.unwrap_or(0)));
+        if let Some((backoff_ms, _)) = hint {
+            error.backoff_ms = Some(backoff_ms);
+        }
+        let envelope = error.envelope();
+        let mut response = (status, Json(&envelope)).into_response();
+        let response_headers = response.headers_mut();
+        if let Some((backoff_ms, retry_after_s)) = hint {
+            response_headers.insert(headers::RETRY_AFTER, HeaderValue::from(retry_after_s));
+            response_headers.insert(headers::BACKOFF_MS, HeaderValue::from(backoff_ms));
+        }
+        if let Ok(value) = HeaderValue::from_str(&envelope.correlation_id) {
+            response_headers.insert(headers::CORRELATION_ID, value);
+        }
+        response
+    }
+}
+
+/// A panic in a handler becomes `500 INTERNAL`, never a dropped connection
+/// (ORCH-2004).
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    OrchError::internal(format!("the server failed unexpectedly: {detail}")).into_response()
+}

@@ -1,0 +1,80 @@
+//! The engine adapter trait (ORCH-4010) and its adapters.
+//!
+//! An adapter turns task parameters into a stream of tokens. Cancellation is
+//! dropping the stream: every adapter must stop generating when its stream is
+//! dropped (for HTTP engines that means closing the connection).
+
+pub mod builtin;
+
+use async_trait::async_trait;
+use contracts::FinishReason;
+use futures::stream::BoxStream;
+
+/// What the orchestrator knows about a replica's engine, fixed at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineProperties {
+    pub engine: String,
+    pub engine_version: String,
+    pub model_ref: String,
+    pub model_digest: String,
+    pub ctx_limit: u32,
+    pub slots: u32,
+}
+
+/// Sampling inputs of one generation; with the engine version and model they
+/// determine the output (ORCH-4030).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    pub max_tokens: u32,
+    pub seed: u32,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineEvent {
+    Token(String),
+    Finished(FinishReason),
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// The engine declined to start the generation; nothing was produced.
+    #[error("engine refused the generation: {0}")]
+    Refused(String),
+    /// The replica went away (crash, connection reset) mid-generation.
+    #[error("replica lost: {0}")]
+    Lost(String),
+    /// The engine judged the request invalid (e.g. context overflow).
+    #[error("engine rejected the request: {0}")]
+    InvalidRequest(String),
+}
+
+pub type TokenStream = BoxStream<'static, Result<EngineEvent, EngineError>>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Health {
+    Ready,
+    /// Loading; expected to become Ready without intervention.
+    Starting(String),
+    Down(String),
+}
+
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    fn properties(&self) -> &EngineProperties;
+
+    async fn health(&self) -> Health;
+
+    /// Prompt length in the engine's own tokens.
+    async fn count_tokens(&self, prompt: &str) -> Result<u32, EngineError>;
+
+    async fn generate(&self, request: GenerateRequest) -> Result<TokenStream, EngineError>;
+
+    /// The in-process fault switches, for engines that have them (builtin).
+    fn faults(&self) -> Option<&builtin::FaultSwitch> {
+        None
+    }
+}

@@ -1,0 +1,108 @@
+//! `orchestratord`: the OrchQueue daemon as a library, so tests run the real
+//! server in-process on an ephemeral port (see ARCHITECTURE.md for the map).
+
+pub mod admission;
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod engines;
+pub mod error;
+pub mod placement;
+pub mod queue;
+pub mod runtime;
+pub mod store;
+mod test_handle;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use contracts::config::Config;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use test_handle::TestHandle;
+
+use crate::clock::Clock;
+use crate::runtime::Orchestrator;
+use crate::store::SqliteStore;
+
+/// A started daemon: its address, its test handle, and its stop switch.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    orchestrator: Arc<Orchestrator>,
+    stop: Option<oneshot::Sender<()>>,
+    serve: JoinHandle<std::io::Result<()>>,
+    grace: Duration,
+}
+
+impl RunningServer {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn test_handle(&self) -> TestHandle {
+        TestHandle::new(Arc::clone(&self.orchestrator))
+    }
+
+    /// Graceful stop (ORCH-7007): admission closes, running work gets the
+    /// grace period, then the listener closes.
+    pub async fn shutdown(mut self) {
+        self.orchestrator.shutdown(self.grace).await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.serve).await;
+    }
+
+    /// Resolves when the listener stops (used by the binary).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.serve).await;
+    }
+}
+
+/// Open the store, recover unfinished tasks, start the workers and serve.
+pub async fn start(config: Config, bind: &str, store_path: &Path) -> anyhow::Result<RunningServer> {
+    config::validate(&config)?;
+    let addr: SocketAddr = tokio::net::lookup_host(bind)
+        .await
+        .with_context(|| format!("cannot resolve bind address {bind:?}"))?
+        .next()
+        .with_context(|| format!("bind address {bind:?} resolves to nothing"))?;
+    config::check_bind(&addr)?;
+    let store = SqliteStore::open(store_path)
+        .with_context(|| format!("cannot open the store {}", store_path.display()))?;
+    let orchestrator = Orchestrator::new(&config, Arc::new(store), Clock::default()).await;
+    let (requeued, reset) = orchestrator.recover().await?;
+    if requeued + reset > 0 {
+        tracing::info!(requeued, reset, "recovered unfinished tasks from the store");
+    }
+    orchestrator.spawn_workers();
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let addr = listener.local_addr()?;
+    let app = api::router(api::AppState::new(
+        Arc::clone(&orchestrator),
+        config.keepalive_ms,
+    ));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serve = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(%addr, "orchestratord listening");
+    Ok(RunningServer {
+        addr,
+        orchestrator,
+        stop: Some(stop),
+        serve,
+        grace: Duration::from_millis(config.shutdown_grace_ms),
+    })
+}

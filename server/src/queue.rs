@@ -1,0 +1,317 @@
+//! Pure per-pool queue logic (ORCH-3001..ORCH-3007): bounded capacity, FIFO
+//! within a priority, interactive first with a batch-starvation bound, and the
+//! three full policies. No I/O, no clocks: the runtime drives it under a lock.
+
+use std::collections::VecDeque;
+
+use contracts::config::FullPolicy;
+use contracts::{ErrorCode, Priority, RejectPolicy};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry<K> {
+    key: K,
+    /// Admission order, kept across requeues so drop-lru finds the oldest.
+    seq: u64,
+}
+
+/// A queued task pushed out to make room; its stream ends with `code`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eviction<K> {
+    pub key: K,
+    pub code: ErrorCode,
+    pub policy: RejectPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission<K> {
+    Admitted {
+        position: u32,
+        evicted: Option<Eviction<K>>,
+    },
+    Rejected {
+        policy: RejectPolicy,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolQueue<K> {
+    capacity: usize,
+    policy: FullPolicy,
+    starvation_bound: u32,
+    interactive: VecDeque<Entry<K>>,
+    batch: VecDeque<Entry<K>>,
+    /// Interactive dispatches in a row while a batch task was waiting.
+    streak: u32,
+    next_seq: u64,
+}
+
+impl<K: Clone + PartialEq> PoolQueue<K> {
+    pub fn new(capacity: u32, policy: FullPolicy, starvation_bound: u32) -> Self {
+        Self {
+            capacity: capacity as usize,
+            policy,
+            starvation_bound,
+            interactive: VecDeque::new(),
+            batch: VecDeque::new(),
+            streak: 0,
+            next_seq: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.interactive.len() + self.batch.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.capacity
+    }
+
+    fn lane(&mut self, priority: Priority) -> &mut VecDeque<Entry<K>> {
+        match priority {
+            Priority::Interactive => &mut self.interactive,
+            Priority::Batch => &mut self.batch,
+        }
+    }
+
+    /// Admit `key` at the back of its priority lane, applying the full policy.
+    pub fn admit(&mut self, key: K, priority: Priority) -> Admission<K> {
+        let mut evicted = None;
+        if self.is_full() {
+            match self.policy {
+                FullPolicy::Reject => {
+                    return Admission::Rejected {
+                        policy: RejectPolicy::Reject,
+                    };
+                }
+                FullPolicy::DropLru => match self.pop_oldest() {
+                    Some(victim) => {
+                        evicted = Some(Eviction {
+                            key: victim,
+                            code: ErrorCode::QueueFullDropLru,
+                            policy: RejectPolicy::DropLru,
+                        })
+                    }
+                    None => {
+                        return Admission::Rejected {
+                            policy: RejectPolicy::DropLru,
+                        };
+                    }
+                },
+                FullPolicy::ShedLowPriority => {
+                    let victim = match priority {
+                        Priority::Interactive => self.batch.pop_back(),
+                        Priority::Batch => None,
+                    };
+                    match victim {
+                        Some(victim) => {
+                            evicted = Some(Eviction {
+                                key: victim.key,
+                                code: ErrorCode::AdmissionReject,
+                                policy: RejectPolicy::ShedLowPriority,
+                            })
+                        }
+                        None => {
+                            return Admission::Rejected {
+                                policy: RejectPolicy::ShedLowPriority,
+                            };
+                        }
+                    }
+                }
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.lane(priority).push_back(Entry {
+            key: key.clone(),
+            seq,
+        });
+        let position = self.position(&key).expect("just admitted");
+        Admission::Admitted { position, evicted }
+    }
+
+    /// The policy that would refuse a `priority` arrival right now, checked
+    /// before the task is written to the store.
+    pub fn would_reject(&self, priority: Priority) -> Option<RejectPolicy> {
+        if !self.is_full() {
+            return None;
+        }
+        match self.policy {
+            FullPolicy::Reject => Some(RejectPolicy::Reject),
+            FullPolicy::DropLru => self.is_empty().then_some(RejectPolicy::DropLru),
+            FullPolicy::ShedLowPriority => (priority == Priority::Batch || self.batch.is_empty())
+                .then_some(RejectPolicy::ShedLowPriority),
+        }
+    }
+
+    /// Append a recovered task in its original order, regardless of
+    /// capacity: it was admitted before the restart (ORCH-7002).
+    pub fn restore(&mut self, key: K, priority: Priority) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.lane(priority).push_back(Entry { key, seq });
+    }
+
+    /// Put a task back at the head of its lane (a retry after a replica
+    /// failure, or recovery), regardless of capacity: it was admitted before.
+    pub fn requeue_front(&mut self, key: K, priority: Priority) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.lane(priority).push_front(Entry { key, seq });
+    }
+
+    /// Whether the next dispatch must serve the batch lane.
+    fn batch_turn(&self) -> bool {
+        !self.batch.is_empty()
+            && (self.interactive.is_empty() || self.streak >= self.starvation_bound)
+    }
+
+    /// Next task to dispatch (ORCH-3002, ORCH-3003).
+    pub fn pop_next(&mut self) -> Option<K> {
+        if self.batch_turn() {
+            self.streak = 0;
+            return self.batch.pop_front().map(|e| e.key);
+        }
+        let entry = self.interactive.pop_front()?;
+        self.streak = if self.batch.is_empty() {
+            0
+        } else {
+            self.streak + 1
+        };
+        Some(entry.key)
+    }
+
+    fn pop_oldest(&mut self) -> Option<K> {
+        let oldest_interactive = self
+            .interactive
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, e)| e.seq);
+        let oldest_batch = self.batch.iter().enumerate().min_by_key(|(_, e)| e.seq);
+        match (oldest_interactive, oldest_batch) {
+            (Some((i, a)), Some((_, b))) if a.seq < b.seq => self.interactive.remove(i),
+            (Some((i, _)), None) => self.interactive.remove(i),
+            (_, Some((j, _))) => self.batch.remove(j),
+            (None, None) => None,
+        }
+        .map(|e| e.key)
+    }
+
+    pub fn remove(&mut self, key: &K) -> bool {
+        for lane in [&mut self.interactive, &mut self.batch] {
+            if let Some(index) = lane.iter().position(|e| &e.key == key) {
+                lane.remove(index);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Keys in the order they would be dispatched.
+    pub fn dispatch_order(&self) -> Vec<K> {
+        let mut copy = self.clone();
+        std::iter::from_fn(|| copy.pop_next()).collect()
+    }
+
+    /// 0-based dispatch position of `key`.
+    pub fn position(&self, key: &K) -> Option<u32> {
+        self.dispatch_order()
+            .iter()
+            .position(|k| k == key)
+            .map(|p| p as u32)
+    }
+}
+
+/// Predicted wait before the task at `position` starts (ORCH-3007): it starts
+/// at once if a free slot is left for it, otherwise after
+/// `position - free + 1` completions, which arrive `slots / mean_service_ms`
+/// per millisecond.
+pub fn predicted_start_ms(
+    position: u32,
+    free_slots: u32,
+    total_slots: u32,
+    mean_service_ms: f64,
+) -> u64 {
+    if position < free_slots {
+        return 0;
+    }
+    let waits_for = f64::from(position - free_slots + 1);
+    (waits_for * mean_service_ms / f64::from(total_slots.max(1))).ceil() as u64
+}
+
+/// Client backoff derived from a predicted wait (ORCH-2003): never below
+/// 50 ms, and `Retry-After` is the same wait in whole seconds, at least 1.
+pub fn backoff_hint(predicted_wait_ms: u64) -> (u64, u64) {
+    let backoff_ms = predicted_wait_ms.max(50);
+    (backoff_ms, backoff_ms.div_ceil(1000).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(capacity: u32, policy: FullPolicy) -> PoolQueue<u32> {
+        PoolQueue::new(capacity, policy, 2)
+    }
+
+    // covers: ORCH-3002, ORCH-3003
+    #[test]
+    fn interactive_first_with_starvation_bound() {
+        let mut q = queue(10, FullPolicy::Reject);
+        q.admit(100, Priority::Batch);
+        for k in 0..4 {
+            q.admit(k, Priority::Interactive);
+        }
+        assert_eq!(q.dispatch_order(), vec![0, 1, 100, 2, 3]);
+        assert_eq!(q.position(&100), Some(2));
+    }
+
+    // covers: ORCH-3004, ORCH-3005, ORCH-3006
+    #[test]
+    fn full_policies_pick_their_victims() {
+        let mut q = queue(2, FullPolicy::Reject);
+        q.admit(1, Priority::Batch);
+        q.admit(2, Priority::Interactive);
+        assert_eq!(
+            q.admit(3, Priority::Interactive),
+            Admission::Rejected {
+                policy: RejectPolicy::Reject
+            }
+        );
+
+        let mut q = queue(2, FullPolicy::DropLru);
+        q.admit(1, Priority::Interactive);
+        q.admit(2, Priority::Batch);
+        let Admission::Admitted { evicted, .. } = q.admit(3, Priority::Batch) else {
+            panic!("drop-lru admits")
+        };
+        assert_eq!(evicted.unwrap().key, 1);
+
+        let mut q = queue(3, FullPolicy::ShedLowPriority);
+        q.admit(1, Priority::Batch);
+        q.admit(2, Priority::Batch);
+        q.admit(3, Priority::Interactive);
+        assert!(matches!(
+            q.admit(4, Priority::Batch),
+            Admission::Rejected { .. }
+        ));
+        let Admission::Admitted { evicted, .. } = q.admit(5, Priority::Interactive) else {
+            panic!("shed admits interactive")
+        };
+        let evicted = evicted.unwrap();
+        assert_eq!((evicted.key, evicted.code), (2, ErrorCode::AdmissionReject));
+    }
+
+    // covers: ORCH-3007
+    #[test]
+    fn predicted_start_counts_completions_ahead() {
+        assert_eq!(predicted_start_ms(0, 1, 4, 400.0), 0);
+        assert_eq!(predicted_start_ms(0, 0, 4, 400.0), 100);
+        assert_eq!(predicted_start_ms(7, 0, 4, 400.0), 800);
+        assert_eq!(backoff_hint(0), (50, 1));
+        assert_eq!(backoff_hint(2_500), (2_500, 3));
+    }
+}

@@ -1,0 +1,670 @@
+//! The orchestrator at run time: admission, dispatch, the task runner, cancel,
+//! reads, recovery and shutdown. Pure decisions are delegated to `queue`,
+//! `placement` and `admission`; durable state to `store`.
+
+mod pool;
+mod runner;
+mod task;
+
+pub use pool::{Capacity, Pool, Replica, ReplicaHealth};
+pub use task::{LiveTask, Outcome};
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use contracts::config::{Config, EngineConfig};
+use contracts::{
+    AdmissionResponse, ErrorCode, RejectPolicy, StreamEvent, TaskList, TaskRequest, TaskState,
+    TaskStatus,
+};
+use futures::Stream;
+
+use crate::admission;
+use crate::clock::Clock;
+use crate::engines::builtin::BuiltinEngine;
+use crate::engines::{Engine, GenerateRequest};
+use crate::error::OrchError;
+use crate::queue::{self, Admission};
+use crate::store::{Inserted, ListFilter, TaskKey, TaskRecord, TaskStore};
+
+/// Tenant of every request until API keys exist (ORCH-6001 is planned).
+pub const DEFAULT_TENANT: &str = "default";
+
+pub struct Orchestrator {
+    pub pools: BTreeMap<String, Arc<Pool>>,
+    pub store: Arc<dyn TaskStore>,
+    pub clock: Clock,
+    live: Mutex<HashMap<TaskKey, Arc<LiveTask>>>,
+    accepting: AtomicBool,
+    stopped: AtomicBool,
+    retention_ms: u64,
+}
+
+/// Where a stream reader resumes (ORCH-1104).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    FromStart,
+    AfterToken(u32),
+}
+
+impl Orchestrator {
+    /// Build pools and replicas from config; replicas start `Starting` and
+    /// are probed once before this returns.
+    pub async fn new(config: &Config, store: Arc<dyn TaskStore>, clock: Clock) -> Arc<Self> {
+        let pools = config
+            .pools
+            .iter()
+            .map(|pool_config| {
+                let replicas = pool_config
+                    .replicas
+                    .iter()
+                    .map(|replica| {
+                        let engine: Arc<dyn Engine> = match &replica.engine {
+                            EngineConfig::Builtin(builtin) => {
+                                Arc::new(BuiltinEngine::new(builtin.clone()))
+                            }
+                        };
+                        Arc::new(Replica::new(replica.id.clone(), engine))
+                    })
+                    .collect();
+                let pool = Arc::new(Pool::new(pool_config.clone(), replicas));
+                (pool_config.id.clone(), pool)
+            })
+            .collect();
+        let orchestrator = Arc::new(Self {
+            pools,
+            store,
+            clock,
+            live: Mutex::new(HashMap::new()),
+            accepting: AtomicBool::new(true),
+            stopped: AtomicBool::new(false),
+            retention_ms: config.retention_ms,
+        });
+        for pool in orchestrator.pools.values() {
+            for replica in &pool.replicas {
+                let health = replica.engine.health().await;
+                replica.record_health(health, Duration::ZERO);
+            }
+        }
+        orchestrator
+    }
+
+    /// Start the background loops: one dispatcher per pool, one health
+    /// monitor per replica, the retention sweeper.
+    pub fn spawn_workers(self: &Arc<Self>) {
+        for pool in self.pools.values() {
+            tokio::spawn(runner::dispatch_loop(Arc::clone(self), Arc::clone(pool)));
+            for replica in &pool.replicas {
+                tokio::spawn(health_loop(
+                    Arc::clone(self),
+                    Arc::clone(pool),
+                    Arc::clone(replica),
+                ));
+            }
+        }
+        tokio::spawn(retention_loop(Arc::clone(self)));
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<TaskKey, Arc<LiveTask>>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn live_task(&self, key: &TaskKey) -> Option<Arc<LiveTask>> {
+        self.live().get(key).cloned()
+    }
+
+    pub fn pool(&self, pool_id: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(pool_id)
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    pub fn running_tasks(&self) -> usize {
+        self.live()
+            .values()
+            .filter(|t| t.state() == TaskState::Running)
+            .count()
+    }
+
+    /// `POST /v1/tasks` (ORCH-1001..ORCH-1009, ORCH-3004..ORCH-3006, ORCH-7001).
+    pub async fn submit(
+        &self,
+        tenant: &str,
+        request: TaskRequest,
+    ) -> Result<AdmissionResponse, OrchError> {
+        let pool_id = request.pool_id.clone().unwrap_or_else(|| "default".into());
+        let pool = self.pools.get(&pool_id).cloned().ok_or_else(|| {
+            let known: Vec<_> = self.pools.keys().map(String::as_str).collect();
+            OrchError::invalid(
+                "pool_id",
+                format!(
+                    "unknown pool {pool_id:?}; known pools: {}",
+                    known.join(", ")
+                ),
+            )
+        })?;
+        admission::validate_request(&request, &pool.config)?;
+        let counter = &pool.replicas.first().ok_or_else(|| {
+            OrchError::new(
+                ErrorCode::PoolUnavailable,
+                format!("pool {pool_id} has no replicas"),
+            )
+        })?;
+        let prompt_tokens = counter
+            .engine
+            .count_tokens(&request.prompt)
+            .await
+            .map_err(|e| OrchError::invalid("prompt", e))?;
+        let ctx_limit = pool
+            .replicas
+            .iter()
+            .map(|r| r.engine.properties().ctx_limit)
+            .min()
+            .unwrap_or(0);
+        admission::check_context(prompt_tokens, request.max_tokens, ctx_limit)?;
+
+        let scope = request.scope.clone().unwrap_or_default();
+        let key = TaskKey {
+            tenant: tenant.to_owned(),
+            scope,
+            task_id: request
+                .task_id
+                .clone()
+                .unwrap_or_else(|| format!("t-{}", uuid::Uuid::new_v4().simple())),
+        };
+        let body_hash = admission::body_hash(&request);
+
+        // An idempotent resubmission answers before any capacity check.
+        if request.task_id.is_some()
+            && let Some(existing) = self.existing_admission(&key, &body_hash).await?
+        {
+            return Ok(existing);
+        }
+        self.check_pool_available(&pool)?;
+        if let Some(policy) = pool
+            .queue()
+            .would_reject(request.priority.unwrap_or_default())
+        {
+            return Err(self.rejection(&pool, policy));
+        }
+
+        let seed = request
+            .seed
+            .unwrap_or_else(|| admission::default_seed(&key.task_id));
+        let priority = request.priority.unwrap_or_default();
+        let now = self.clock.now_ms();
+        let record = TaskRecord {
+            seq: 0,
+            key: key.clone(),
+            pool_id: pool_id.clone(),
+            priority,
+            request: request.clone(),
+            body_hash: body_hash.clone(),
+            seed,
+            state: TaskState::Queued,
+            replica_id: None,
+            submitted_at_ms: now,
+            started_at_ms: None,
+            finished_at_ms: None,
+            first_token: false,
+            tokens_out: 0,
+            finish_reason: None,
+            error: None,
+        };
+        match self.store.insert(record.clone()).await? {
+            Inserted::New { .. } => {}
+            Inserted::Existing(existing) => return self.resubmission(&existing, &body_hash),
+        }
+        let task = Arc::new(self.live_task_from(&record, Vec::new()));
+        self.live().insert(key.clone(), Arc::clone(&task));
+
+        let admitted = pool.queue().admit(key.clone(), priority);
+        let position = match admitted {
+            Admission::Rejected { policy } => {
+                self.live().remove(&key);
+                self.store.delete(&key).await?;
+                return Err(self.rejection(&pool, policy));
+            }
+            Admission::Admitted { position, evicted } => {
+                if let Some(eviction) = evicted {
+                    self.evict(eviction).await;
+                }
+                position
+            }
+        };
+        let answer = self.admission_answer(&pool, &key, position);
+        task.set_admission(position, answer.predicted_start_ms);
+        pool.wake.notify_one();
+        tracing::info!(task_id = %key.task_id, scope = %key.scope, pool = %pool_id, position, "task admitted");
+        Ok(answer)
+    }
+
+    fn admission_answer(&self, pool: &Pool, key: &TaskKey, position: u32) -> AdmissionResponse {
+        let predicted_start_ms = pool.predicted_start_ms(position);
+        AdmissionResponse {
+            task_id: key.task_id.clone(),
+            queue_position: position,
+            predicted_start_ms,
+            backoff_ms: queue::backoff_hint(predicted_start_ms).0,
+        }
+    }
+
+    async fn existing_admission(
+        &self,
+        key: &TaskKey,
+        body_hash: &str,
+    ) -> Result<Option<AdmissionResponse>, OrchError> {
+        if let Some(task) = self.live_task(key) {
+            if task.body_hash != body_hash {
+                return Err(conflict(key));
+            }
+            let pool = self
+                .pools
+                .get(&task.pool_id)
+                .expect("live tasks name known pools");
+            let position = pool.queue().position(key).unwrap_or(0);
+            return Ok(Some(self.admission_answer(pool, key, position)));
+        }
+        match self.store.get(key).await? {
+            Some(record) => self.resubmission(&record, body_hash).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn resubmission(
+        &self,
+        record: &TaskRecord,
+        body_hash: &str,
+    ) -> Result<AdmissionResponse, OrchError> {
+        if record.body_hash != body_hash {
+            return Err(conflict(&record.key));
+        }
+        let position = self
+            .pools
+            .get(&record.pool_id)
+            .and_then(|pool| pool.queue().position(&record.key));
+        let pool = self.pools.get(&record.pool_id);
+        Ok(match (pool, position) {
+            (Some(pool), Some(position)) => self.admission_answer(pool, &record.key, position),
+            _ => AdmissionResponse {
+                task_id: record.key.task_id.clone(),
+                queue_position: 0,
+                predicted_start_ms: 0,
+                backoff_ms: queue::backoff_hint(0).0,
+            },
+        })
+    }
+
+    /// `503` when no replica can take work (ORCH-2013, ORCH-2014, ORCH-7007).
+    fn check_pool_available(&self, pool: &Pool) -> Result<(), OrchError> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(OrchError::new(
+                ErrorCode::PoolUnavailable,
+                "the server is shutting down and admits no new tasks",
+            )
+            .with_backoff(queue::backoff_hint(1_000).0));
+        }
+        let capacity = pool.capacity();
+        if capacity.ready_replicas > 0 {
+            return Ok(());
+        }
+        let wait = queue::backoff_hint(pool.config.health_interval_ms).0;
+        if capacity.starting_replicas > 0 {
+            return Err(OrchError::new(
+                ErrorCode::PoolUnready,
+                format!(
+                    "pool {}: {} replica(s) starting, none Ready yet",
+                    pool.id(),
+                    capacity.starting_replicas
+                ),
+            )
+            .with_backoff(wait));
+        }
+        let reasons: Vec<String> = pool
+            .replicas
+            .iter()
+            .map(|r| {
+                let state = r.state();
+                format!(
+                    "{}: {}",
+                    r.id,
+                    state.last_error.as_deref().unwrap_or("down")
+                )
+            })
+            .collect();
+        Err(OrchError::new(
+            ErrorCode::PoolUnavailable,
+            format!(
+                "pool {}: every replica is down ({})",
+                pool.id(),
+                reasons.join("; ")
+            ),
+        )
+        .with_backoff(wait))
+    }
+
+    /// `429 ADMISSION_REJECT` with a backoff from the predicted wait for one
+    /// queued task to start (ORCH-2003, ORCH-2010).
+    fn rejection(&self, pool: &Pool, policy: RejectPolicy) -> OrchError {
+        let capacity = pool.capacity();
+        let wait = queue::predicted_start_ms(0, 0, capacity.total_slots, pool.mean_service_ms());
+        OrchError::new(
+            ErrorCode::AdmissionReject,
+            format!(
+                "pool {} queue is full ({} tasks, policy {}); retry later",
+                pool.id(),
+                pool.config.queue.capacity,
+                serde_json::to_value(policy)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            ),
+        )
+        .with_policy(policy)
+        .with_backoff(queue::backoff_hint(wait).0)
+    }
+
+    async fn evict(&self, eviction: queue::Eviction<TaskKey>) {
+        let Some(task) = self.live_task(&eviction.key) else {
+            return;
+        };
+        let message = match eviction.policy {
+            RejectPolicy::DropLru => {
+                "evicted from a full queue to admit a newer task (policy drop-lru)"
+            }
+            _ => "shed from a full queue to admit an interactive task (policy shed-low-priority)",
+        };
+        let envelope = OrchError::new(eviction.code, message)
+            .with_policy(eviction.policy)
+            .envelope();
+        self.finish(&task, Outcome::Error(envelope)).await;
+    }
+
+    /// Apply a terminal outcome once and persist it; the live entry is
+    /// dropped afterwards and readers move to the store.
+    pub async fn finish(&self, task: &Arc<LiveTask>, outcome: Outcome) -> bool {
+        let Some(finish) = task.finish(outcome, self.clock.now_ms()) else {
+            return false;
+        };
+        if let Err(error) = self.store.finish(&task.key, finish).await {
+            // The outcome is in memory and on the stream; the row stays
+            // non-terminal and recovery settles it on the next start.
+            tracing::error!(task_id = %task.key.task_id, %error, "could not persist a terminal task");
+            return true;
+        }
+        self.live().remove(&task.key);
+        true
+    }
+
+    /// `POST /v1/tasks/{id}/cancel` (ORCH-1020..ORCH-1023).
+    pub async fn cancel(&self, key: &TaskKey) -> Result<(), OrchError> {
+        if let Some(task) = self.live_task(key) {
+            if let Some(pool) = self.pools.get(&task.pool_id) {
+                pool.queue().remove(key);
+            }
+            let Some(finish) = task.finish(
+                Outcome::End(contracts::FinishReason::Canceled),
+                self.clock.now_ms(),
+            ) else {
+                return Ok(());
+            };
+            self.store.finish(key, finish).await?;
+            self.live().remove(key);
+            tracing::info!(task_id = %key.task_id, scope = %key.scope, "task canceled");
+            return Ok(());
+        }
+        match self.store.get(key).await? {
+            Some(_) => Ok(()),
+            None => Err(not_found(key)),
+        }
+    }
+
+    /// `GET /v1/tasks/{id}` (ORCH-1010, ORCH-1012).
+    pub async fn status(&self, key: &TaskKey) -> Result<TaskStatus, OrchError> {
+        if let Some(task) = self.live_task(key) {
+            let position = self
+                .pools
+                .get(&task.pool_id)
+                .and_then(|p| p.queue().position(key));
+            return Ok(task.status(position));
+        }
+        let record = self.store.get(key).await?.ok_or_else(|| not_found(key))?;
+        Ok(status_from_record(&record))
+    }
+
+    /// `GET /v1/tasks` (ORCH-1011): the store's rows, with live state
+    /// overlaid for tasks still in memory.
+    pub async fn list(&self, filter: ListFilter) -> Result<TaskList, OrchError> {
+        let limit = filter.limit as usize;
+        let mut records = self
+            .store
+            .list(ListFilter {
+                limit: filter.limit + 1,
+                ..filter
+            })
+            .await?;
+        let next_cursor = (records.len() > limit).then(|| {
+            records.truncate(limit);
+            records
+                .last()
+                .map(|r| r.seq.to_string())
+                .unwrap_or_default()
+        });
+        let items = records
+            .iter()
+            .map(|record| match self.live_task(&record.key) {
+                Some(task) => {
+                    let position = self
+                        .pools
+                        .get(&task.pool_id)
+                        .and_then(|p| p.queue().position(&record.key));
+                    task.status(position)
+                }
+                None => status_from_record(record),
+            })
+            .collect();
+        Ok(TaskList { items, next_cursor })
+    }
+
+    /// The task's events from `resume` on, ending after the terminal event
+    /// (ORCH-1101..ORCH-1104).
+    pub async fn events(
+        &self,
+        key: &TaskKey,
+        resume: Resume,
+    ) -> Result<impl Stream<Item = StreamEvent> + Send + use<>, OrchError> {
+        let source = match self.live_task(key) {
+            Some(task) => EventSource::Live(task),
+            None => {
+                if self.store.get(key).await?.is_none() {
+                    return Err(not_found(key));
+                }
+                EventSource::Stored(self.store.events(key).await?)
+            }
+        };
+        let mut skip_through = match resume {
+            Resume::FromStart => None,
+            Resume::AfterToken(i) => Some(i),
+        };
+        let mut keep = move |event: &StreamEvent| match (skip_through, event) {
+            (None, _) => true,
+            (Some(last), StreamEvent::Token(token)) if token.i >= last => {
+                skip_through = None;
+                token.i > last
+            }
+            (Some(_), event) => event.is_terminal(),
+        };
+        Ok(async_stream::stream! {
+            match source {
+                EventSource::Stored(events) => {
+                    for event in events {
+                        if keep(&event) {
+                            yield event;
+                        }
+                    }
+                }
+                EventSource::Live(task) => {
+                    let mut changes = task.subscribe();
+                    let mut cursor = 0;
+                    loop {
+                        let (events, done) = task.events_from(cursor);
+                        cursor += events.len();
+                        for event in events {
+                            if keep(&event) {
+                                yield event;
+                            }
+                        }
+                        if done || changes.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Requeue what the store says was admitted but not finished
+    /// (ORCH-7002, ORCH-7003).
+    pub async fn recover(&self) -> Result<(usize, usize), OrchError> {
+        let (mut requeued, mut reset) = (0, 0);
+        for record in self.store.unfinished().await? {
+            let Some(pool) = self.pools.get(&record.pool_id).cloned() else {
+                tracing::warn!(task_id = %record.key.task_id, pool = %record.pool_id, "recovered task names an unknown pool");
+                continue;
+            };
+            let events = self.store.events(&record.key).await.unwrap_or_default();
+            let task = Arc::new(self.live_task_from(&record, events));
+            self.live().insert(record.key.clone(), Arc::clone(&task));
+            if record.state == TaskState::Running && record.first_token {
+                let envelope = OrchError::new(
+                    ErrorCode::WorkerReset,
+                    "the daemon restarted while the task was streaming",
+                )
+                .envelope();
+                self.finish(&task, Outcome::Error(envelope)).await;
+                reset += 1;
+                continue;
+            }
+            if record.state == TaskState::Running {
+                self.store.mark_requeued(&record.key).await?;
+            }
+            pool.queue().restore(record.key.clone(), record.priority);
+            requeued += 1;
+        }
+        for pool in self.pools.values() {
+            pool.wake.notify_one();
+        }
+        Ok((requeued, reset))
+    }
+
+    fn live_task_from(&self, record: &TaskRecord, events: Vec<StreamEvent>) -> LiveTask {
+        let request = &record.request;
+        LiveTask::new(
+            record.key.clone(),
+            record.pool_id.clone(),
+            record.priority,
+            request.clone(),
+            record.body_hash.clone(),
+            GenerateRequest {
+                prompt: request.prompt.clone(),
+                max_tokens: request.max_tokens,
+                seed: record.seed,
+                temperature: request.temperature.unwrap_or(0.8),
+                top_p: request.top_p.unwrap_or(1.0),
+                top_k: request.top_k.unwrap_or(40),
+            },
+            record.submitted_at_ms,
+            events,
+        )
+    }
+
+    /// Stop admitting, let running tasks finish within `grace`, and stop
+    /// dispatching; queued tasks stay queued in the store (ORCH-7007).
+    pub async fn shutdown(&self, grace: Duration) {
+        self.accepting.store(false, Ordering::SeqCst);
+        self.stopped.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.running_tasks() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(
+            still_running = self.running_tasks(),
+            "shutdown: admission stopped, in-flight work settled"
+        );
+    }
+
+    pub fn retention_ms(&self) -> u64 {
+        self.retention_ms
+    }
+}
+
+enum EventSource {
+    Live(Arc<LiveTask>),
+    Stored(Vec<StreamEvent>),
+}
+
+fn not_found(key: &TaskKey) -> OrchError {
+    OrchError::not_found(format!("task {:?}", key.task_id))
+}
+
+fn conflict(key: &TaskKey) -> OrchError {
+    OrchError::new(
+        ErrorCode::Conflict,
+        format!(
+            "task_id {:?} was already submitted with a different body; use a new task_id",
+            key.task_id
+        ),
+    )
+}
+
+pub fn status_from_record(record: &TaskRecord) -> TaskStatus {
+    TaskStatus {
+        task_id: record.key.task_id.clone(),
+        scope: (!record.key.scope.is_empty()).then(|| record.key.scope.clone()),
+        pool_id: record.pool_id.clone(),
+        priority: record.priority,
+        state: record.state,
+        queue_position: None,
+        replica_id: record.replica_id.clone(),
+        submitted_at_ms: record.submitted_at_ms,
+        started_at_ms: record.started_at_ms,
+        finished_at_ms: record.finished_at_ms,
+        tokens_out: record.tokens_out,
+        finish_reason: record.finish_reason,
+        error: record.error.clone(),
+    }
+}
+
+/// Probe one replica forever, with backoff while it is not Ready (ORCH-4013).
+async fn health_loop(orchestrator: Arc<Orchestrator>, pool: Arc<Pool>, replica: Arc<Replica>) {
+    let interval = Duration::from_millis(pool.config.health_interval_ms.max(10));
+    let mut next = interval;
+    while !orchestrator.is_stopped() {
+        tokio::time::sleep(next).await;
+        let health = replica.engine.health().await;
+        let (delay, became_ready) = replica.record_health(health, interval);
+        next = delay;
+        if became_ready {
+            tracing::info!(pool = %pool.id(), replica = %replica.id, "replica Ready");
+            pool.wake.notify_one();
+        }
+    }
+}
+
+/// Purge terminal tasks past the retention window (ORCH-7004).
+async fn retention_loop(orchestrator: Arc<Orchestrator>) {
+    while !orchestrator.is_stopped() {
+        let cutoff = orchestrator
+            .clock
+            .now_ms()
+            .saturating_sub(orchestrator.retention_ms());
+        if let Err(error) = orchestrator.store.purge_finished_before(cutoff).await {
+            tracing::warn!(%error, "retention sweep failed");
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+}

@@ -1,0 +1,231 @@
+//! A pool at run time: its queue, its replicas with their health and load,
+//! and the observed service time behind every wait prediction.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use contracts::config::{PoolConfig, TimeoutConfig};
+use tokio::sync::Notify;
+
+use crate::engines::{Engine, Health};
+use crate::placement::{self, ReplicaLoad};
+use crate::queue::{self, PoolQueue};
+use crate::store::TaskKey;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaHealth {
+    Starting,
+    Ready,
+    Down,
+}
+
+#[derive(Debug)]
+pub struct ReplicaState {
+    pub health: ReplicaHealth,
+    pub active: u32,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+}
+
+pub struct Replica {
+    pub id: String,
+    pub engine: Arc<dyn Engine>,
+    state: Mutex<ReplicaState>,
+}
+
+impl Replica {
+    pub fn new(id: String, engine: Arc<dyn Engine>) -> Self {
+        Self {
+            id,
+            engine,
+            state: Mutex::new(ReplicaState {
+                health: ReplicaHealth::Starting,
+                active: 0,
+                last_error: None,
+                consecutive_failures: 0,
+            }),
+        }
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, ReplicaState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Take the replica out of placement after a failure; the health monitor
+    /// brings it back (ORCH-4013, ORCH-5003).
+    pub fn mark_down(&self, reason: &str) {
+        let mut state = self.state();
+        state.health = ReplicaHealth::Down;
+        state.last_error = Some(reason.to_owned());
+        tracing::warn!(replica = %self.id, reason, "replica marked down");
+    }
+
+    /// Apply one health probe; returns the delay before the next probe
+    /// (exponential backoff while the replica is not Ready).
+    pub fn record_health(&self, health: Health, interval: Duration) -> (Duration, bool) {
+        let mut state = self.state();
+        let was_ready = state.health == ReplicaHealth::Ready;
+        match health {
+            Health::Ready => {
+                state.health = ReplicaHealth::Ready;
+                state.consecutive_failures = 0;
+            }
+            Health::Starting(reason) => {
+                state.health = ReplicaHealth::Starting;
+                state.last_error = Some(reason);
+            }
+            Health::Down(reason) => {
+                state.health = ReplicaHealth::Down;
+                state.last_error = Some(reason);
+                state.consecutive_failures += 1;
+            }
+        }
+        let became_ready = !was_ready && state.health == ReplicaHealth::Ready;
+        let backoff = 2u32.saturating_pow(state.consecutive_failures.min(5));
+        let next = (interval * backoff).min(Duration::from_secs(5));
+        (next, became_ready)
+    }
+}
+
+pub struct Pool {
+    pub config: PoolConfig,
+    pub replicas: Vec<Arc<Replica>>,
+    pub sampler_profile_version: String,
+    queue: Mutex<PoolQueue<TaskKey>>,
+    pub wake: Notify,
+    /// EWMA of observed task service time (ORCH-3007).
+    mean_service_ms: Mutex<f64>,
+    timeouts: Mutex<TimeoutConfig>,
+    /// Test hook: hold dispatch so a queue can be filled deterministically.
+    pub held: AtomicBool,
+}
+
+/// What admission needs to know about a pool's replicas right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub ready_replicas: u32,
+    pub starting_replicas: u32,
+    pub total_slots: u32,
+    pub free_slots: u32,
+}
+
+impl Pool {
+    pub fn new(config: PoolConfig, replicas: Vec<Arc<Replica>>) -> Self {
+        let queue = PoolQueue::new(
+            config.queue.capacity,
+            config.queue.full_policy,
+            config.queue.batch_starvation_bound,
+        );
+        // Before anything completes, assume a task takes the engine's time
+        // for half the token budget.
+        let initial_service_ms = replicas
+            .first()
+            .map(|_| 50.0 + f64::from(config.max_tokens_limit.min(256)) * 5.0 / 2.0)
+            .unwrap_or(1_000.0);
+        Self {
+            sampler_profile_version: config.sampler_profile_version.clone(),
+            timeouts: Mutex::new(config.timeouts.clone()),
+            config,
+            replicas,
+            queue: Mutex::new(queue),
+            wake: Notify::new(),
+            mean_service_ms: Mutex::new(initial_service_ms),
+            held: AtomicBool::new(false),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    pub fn queue(&self) -> MutexGuard<'_, PoolQueue<TaskKey>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn timeouts(&self) -> TimeoutConfig {
+        self.timeouts.lock().unwrap().clone()
+    }
+
+    pub fn set_timeouts(&self, timeouts: TimeoutConfig) {
+        *self.timeouts.lock().unwrap() = timeouts;
+    }
+
+    pub fn replica(&self, id: &str) -> Option<&Arc<Replica>> {
+        self.replicas.iter().find(|r| r.id == id)
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        let mut capacity = Capacity {
+            ready_replicas: 0,
+            starting_replicas: 0,
+            total_slots: 0,
+            free_slots: 0,
+        };
+        for replica in &self.replicas {
+            let state = replica.state();
+            let slots = replica.engine.properties().slots;
+            match state.health {
+                ReplicaHealth::Ready => {
+                    capacity.ready_replicas += 1;
+                    capacity.total_slots += slots;
+                    capacity.free_slots += slots.saturating_sub(state.active);
+                }
+                ReplicaHealth::Starting => capacity.starting_replicas += 1,
+                ReplicaHealth::Down => {}
+            }
+        }
+        capacity
+    }
+
+    pub fn mean_service_ms(&self) -> f64 {
+        *self.mean_service_ms.lock().unwrap()
+    }
+
+    pub fn observe_service(&self, ms: u64) {
+        let mut mean = self.mean_service_ms.lock().unwrap();
+        *mean = 0.8 * *mean + 0.2 * ms as f64;
+    }
+
+    /// Predicted wait of the task at `position` (ORCH-3007).
+    pub fn predicted_start_ms(&self, position: u32) -> u64 {
+        let capacity = self.capacity();
+        queue::predicted_start_ms(
+            position,
+            capacity.free_slots,
+            capacity.total_slots,
+            self.mean_service_ms(),
+        )
+    }
+
+    /// Reserve a slot on the replica placement picks, keeping `avoid` for
+    /// last (ORCH-4001, ORCH-4002, ORCH-4014).
+    pub fn reserve_slot(&self, avoid: Option<&str>) -> Option<Arc<Replica>> {
+        let mut states: Vec<_> = self.replicas.iter().map(|r| r.state()).collect();
+        let loads: Vec<ReplicaLoad<'_>> = self
+            .replicas
+            .iter()
+            .zip(&states)
+            .map(|(replica, state)| ReplicaLoad {
+                id: &replica.id,
+                ready: state.health == ReplicaHealth::Ready,
+                active: state.active,
+                slots: replica.engine.properties().slots,
+            })
+            .collect();
+        let chosen = placement::choose(&loads, avoid)?;
+        states[chosen].active += 1;
+        Some(Arc::clone(&self.replicas[chosen]))
+    }
+
+    pub fn release_slot(&self, replica: &Replica) {
+        let mut state = replica.state();
+        state.active = state.active.saturating_sub(1);
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,276 @@
+//! A task while the daemon holds it: its state and event log. All state
+//! changes go through the log's lock, which is what makes cancel race-free
+//! (ORCH-1021): a token is appended only while the task is not terminal, and
+//! a terminal event is appended exactly once.
+
+use std::sync::Mutex;
+
+use contracts::{
+    EndEvent, ErrorEnvelope, FinishReason, Priority, StartedEvent, StreamEvent, TaskRequest,
+    TaskState, TaskStatus, TokenEvent,
+};
+use tokio::sync::{Notify, watch};
+
+use crate::engines::GenerateRequest;
+use crate::store::{Finish, TaskKey};
+
+#[derive(Debug)]
+pub struct LiveTask {
+    pub key: TaskKey,
+    pub pool_id: String,
+    pub priority: Priority,
+    pub request: TaskRequest,
+    pub body_hash: String,
+    pub generate: GenerateRequest,
+    pub submitted_at_ms: u64,
+    /// Start deadline from `deadline_ms` (ORCH-3008).
+    pub start_deadline_ms: Option<u64>,
+    inner: Mutex<Inner>,
+    /// Number of events in the log; readers wait on changes.
+    log_len: watch::Sender<usize>,
+    canceled: Notify,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: TaskState,
+    events: Vec<StreamEvent>,
+    tokens_out: u32,
+    replica_id: Option<String>,
+    started_at_ms: Option<u64>,
+    decode_started_ms: Option<u64>,
+    finished_at_ms: Option<u64>,
+    finish_reason: Option<FinishReason>,
+    error: Option<ErrorEnvelope>,
+    attempts: u32,
+    /// Queue position and predicted wait at admission, echoed in `started`.
+    admitted: (u32, u64),
+    /// Replica to avoid on the retry after a failure (ORCH-4014).
+    avoid_replica: Option<String>,
+}
+
+/// How a terminal transition ended the task.
+pub enum Outcome {
+    End(FinishReason),
+    Error(ErrorEnvelope),
+}
+
+impl LiveTask {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        key: TaskKey,
+        pool_id: String,
+        priority: Priority,
+        request: TaskRequest,
+        body_hash: String,
+        generate: GenerateRequest,
+        submitted_at_ms: u64,
+        events: Vec<StreamEvent>,
+    ) -> Self {
+        let start_deadline_ms = request.deadline_ms.map(|d| submitted_at_ms + d);
+        let (log_len, _) = watch::channel(events.len());
+        Self {
+            key,
+            pool_id,
+            priority,
+            request,
+            body_hash,
+            generate,
+            submitted_at_ms,
+            start_deadline_ms,
+            inner: Mutex::new(Inner {
+                state: TaskState::Queued,
+                events,
+                tokens_out: 0,
+                replica_id: None,
+                started_at_ms: None,
+                decode_started_ms: None,
+                finished_at_ms: None,
+                finish_reason: None,
+                error: None,
+                attempts: 0,
+                admitted: (0, 0),
+                avoid_replica: None,
+            }),
+            log_len,
+            canceled: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn push(&self, inner: &mut Inner, event: StreamEvent) {
+        inner.events.push(event);
+        self.log_len.send_replace(inner.events.len());
+    }
+
+    pub fn state(&self) -> TaskState {
+        self.lock().state
+    }
+
+    pub fn tokens_out(&self) -> u32 {
+        self.lock().tokens_out
+    }
+
+    pub fn avoid_replica(&self) -> Option<String> {
+        self.lock().avoid_replica.clone()
+    }
+
+    pub fn attempts(&self) -> u32 {
+        self.lock().attempts
+    }
+
+    /// Queued → running on `replica`; false when the task is no longer queued
+    /// (canceled or evicted meanwhile), in which case it must not start.
+    pub fn set_admission(&self, queue_position: u32, predicted_start_ms: u64) {
+        self.lock().admitted = (queue_position, predicted_start_ms);
+    }
+
+    pub fn start(&self, mut started: StartedEvent, now_ms: u64) -> bool {
+        let mut inner = self.lock();
+        if inner.state != TaskState::Queued {
+            return false;
+        }
+        (started.queue_position, started.predicted_start_ms) = inner.admitted;
+        inner.state = TaskState::Running;
+        inner.replica_id = Some(started.replica_id.clone());
+        inner.started_at_ms.get_or_insert(now_ms);
+        inner.decode_started_ms = Some(now_ms);
+        inner.attempts += 1;
+        self.push(&mut inner, StreamEvent::Started(started));
+        true
+    }
+
+    /// Running → queued again for one retry elsewhere; false if terminal.
+    pub fn requeue(&self, avoid_replica: &str) -> bool {
+        let mut inner = self.lock();
+        if inner.state != TaskState::Running {
+            return false;
+        }
+        inner.state = TaskState::Queued;
+        inner.avoid_replica = Some(avoid_replica.to_owned());
+        true
+    }
+
+    /// Append the next token; `None` once the task is terminal, so nothing
+    /// follows an acknowledged cancel.
+    pub fn push_token(&self, text: String) -> Option<u32> {
+        let mut inner = self.lock();
+        if inner.state != TaskState::Running {
+            return None;
+        }
+        let i = inner.tokens_out;
+        inner.tokens_out += 1;
+        self.push(&mut inner, StreamEvent::Token(TokenEvent { t: text, i }));
+        Some(i)
+    }
+
+    pub fn push_metrics(&self, now_ms: u64) {
+        let mut inner = self.lock();
+        if inner.state != TaskState::Running {
+            return;
+        }
+        let elapsed_ms = now_ms.saturating_sub(inner.decode_started_ms.unwrap_or(now_ms));
+        let tokens_out = inner.tokens_out;
+        let tokens_per_s = if elapsed_ms == 0 {
+            0.0
+        } else {
+            (f64::from(tokens_out) * 1000.0 / elapsed_ms as f64 * 10.0).round() / 10.0
+        };
+        self.push(
+            &mut inner,
+            StreamEvent::Metrics(contracts::MetricsEvent {
+                tokens_out,
+                elapsed_ms,
+                tokens_per_s,
+            }),
+        );
+    }
+
+    /// The single terminal transition. Returns what to persist, or `None` if
+    /// the task had already ended (the first terminal event wins).
+    pub fn finish(&self, outcome: Outcome, now_ms: u64) -> Option<Finish> {
+        let mut inner = self.lock();
+        if inner.state.is_terminal() {
+            return None;
+        }
+        let decode_ms = now_ms.saturating_sub(inner.decode_started_ms.unwrap_or(now_ms));
+        let (state, event) = match outcome {
+            Outcome::End(reason) => {
+                inner.finish_reason = Some(reason);
+                let state = if reason == FinishReason::Canceled {
+                    TaskState::Canceled
+                } else {
+                    TaskState::Completed
+                };
+                let end = EndEvent {
+                    tokens_out: inner.tokens_out,
+                    decode_ms,
+                    finish_reason: reason,
+                };
+                (state, StreamEvent::End(end))
+            }
+            Outcome::Error(envelope) => {
+                inner.error = Some(envelope.clone());
+                (TaskState::Failed, StreamEvent::Error(envelope))
+            }
+        };
+        inner.state = state;
+        inner.finished_at_ms = Some(now_ms);
+        self.push(&mut inner, event);
+        if state == TaskState::Canceled {
+            self.canceled.notify_one();
+        }
+        Some(Finish {
+            state,
+            finished_at_ms: now_ms,
+            tokens_out: inner.tokens_out,
+            finish_reason: inner.finish_reason,
+            error: inner.error.clone(),
+            events: inner.events.clone(),
+        })
+    }
+
+    /// Resolves once the task was canceled (the runner stops the engine).
+    pub async fn canceled(&self) {
+        self.canceled.notified().await;
+    }
+
+    /// Events from `cursor` on, and whether the log is complete.
+    pub fn events_from(&self, cursor: usize) -> (Vec<StreamEvent>, bool) {
+        let inner = self.lock();
+        let events = inner.events.get(cursor..).unwrap_or_default().to_vec();
+        (events, inner.state.is_terminal())
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<usize> {
+        self.log_len.subscribe()
+    }
+
+    pub fn status(&self, queue_position: Option<u32>) -> TaskStatus {
+        let inner = self.lock();
+        TaskStatus {
+            task_id: self.key.task_id.clone(),
+            scope: (!self.key.scope.is_empty()).then(|| self.key.scope.clone()),
+            pool_id: self.pool_id.clone(),
+            priority: self.priority,
+            state: inner.state,
+            queue_position: queue_position.filter(|_| inner.state == TaskState::Queued),
+            replica_id: inner.replica_id.clone(),
+            submitted_at_ms: self.submitted_at_ms,
+            started_at_ms: inner.started_at_ms,
+            finished_at_ms: inner.finished_at_ms,
+            tokens_out: inner.tokens_out,
+            finish_reason: inner.finish_reason,
+            error: inner.error.clone(),
+        }
+    }
+
+    pub fn started_ms(&self) -> Option<u64> {
+        self.lock().decode_started_ms
+    }
+}

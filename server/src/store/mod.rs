@@ -1,0 +1,111 @@
+//! Durable task store (ORCH-7001..ORCH-7005). Callers see only this trait:
+//! row-level operations with clear claim semantics (a task is `queued` until
+//! `mark_started` claims it), so a PostgreSQL implementation can follow
+//! without callers changing.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use contracts::{ErrorEnvelope, FinishReason, Priority, StreamEvent, TaskRequest, TaskState};
+
+/// A task's identity: ids are unique per (tenant, scope) namespace (ORCH-6012).
+/// The default scope is the empty string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskKey {
+    pub tenant: String,
+    pub scope: String,
+    pub task_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    /// Store-assigned admission order; the list cursor and recovery order.
+    pub seq: i64,
+    pub key: TaskKey,
+    pub pool_id: String,
+    pub priority: Priority,
+    pub request: TaskRequest,
+    /// SHA-256 of the canonical request body, for idempotency (ORCH-1005).
+    pub body_hash: String,
+    pub seed: u32,
+    pub state: TaskState,
+    pub replica_id: Option<String>,
+    pub submitted_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+    /// Whether a token was ever delivered: decides retry vs `WORKER_RESET`.
+    pub first_token: bool,
+    pub tokens_out: u32,
+    pub finish_reason: Option<FinishReason>,
+    pub error: Option<ErrorEnvelope>,
+}
+
+/// The terminal write of a task: its outcome and whole event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub state: TaskState,
+    pub finished_at_ms: u64,
+    pub tokens_out: u32,
+    pub finish_reason: Option<FinishReason>,
+    pub error: Option<ErrorEnvelope>,
+    pub events: Vec<StreamEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted {
+    New {
+        seq: i64,
+    },
+    /// A task with this key already exists; nothing was written.
+    Existing(Box<TaskRecord>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListFilter {
+    pub tenant: String,
+    pub scope: String,
+    pub state: Option<TaskState>,
+    /// Only tasks with `seq` greater than this.
+    pub after_seq: Option<i64>,
+    pub limit: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store refused the write: {0}")]
+    WriteRefused(String),
+    #[error("store failure: {0}")]
+    Backend(String),
+}
+
+#[async_trait]
+pub trait TaskStore: Send + Sync + 'static {
+    /// Commit a new queued task; returns the existing row instead when the
+    /// key is taken (idempotent resubmission).
+    async fn insert(&self, record: TaskRecord) -> Result<Inserted, StoreError>;
+    /// Remove a task that was never admitted (the queue refused it after insert).
+    async fn delete(&self, key: &TaskKey) -> Result<(), StoreError>;
+    /// Claim a queued task for a replica.
+    async fn mark_started(
+        &self,
+        key: &TaskKey,
+        replica_id: &str,
+        at_ms: u64,
+    ) -> Result<(), StoreError>;
+    /// Record, before it is delivered, that the task has produced a token.
+    async fn mark_first_token(&self, key: &TaskKey) -> Result<(), StoreError>;
+    /// Give a claimed task back to the queue (retry on another replica).
+    async fn mark_requeued(&self, key: &TaskKey) -> Result<(), StoreError>;
+    async fn finish(&self, key: &TaskKey, finish: Finish) -> Result<(), StoreError>;
+    async fn get(&self, key: &TaskKey) -> Result<Option<TaskRecord>, StoreError>;
+    async fn events(&self, key: &TaskKey) -> Result<Vec<StreamEvent>, StoreError>;
+    async fn list(&self, filter: ListFilter) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Every queued or running task, in admission order (recovery, ORCH-7002).
+    async fn unfinished(&self) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Drop terminal tasks finished before `at_ms` (retention, ORCH-7004).
+    async fn purge_finished_before(&self, at_ms: u64) -> Result<u64, StoreError>;
+    /// Test hook: make every write fail, to reach `INTERNAL` for real.
+    fn refuse_writes(&self, refuse: bool);
+}
