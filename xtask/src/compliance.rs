@@ -711,25 +711,26 @@ mod tests {
     #[test]
     fn citations_attach_to_test_functions_only() {
         let src = r#"
-// covers: ORCH-1001, ORCH-2010
+COVERS ORCH-1001, ORCH-2010
 #[test]
 fn first() {}
 
-// covers: ORCH-1002
+COVERS ORCH-1002
 /// Doc comment between.
 #[tokio::test(flavor = "current_thread")]
 #[ignore]
 async fn second() {}
 
-// covers: ORCH-1003
+COVERS ORCH-1003
 fn not_a_test() {}
 
-// covers: ORCH-1004
+COVERS ORCH-1004
 
 #[test]
 fn detached_by_blank_line() {}
-"#;
-        let c = scan_source(src, "x.rs");
+"#
+        .replace("COVERS", concat!("//", " covers:"));
+        let c = scan_source(&src, "x.rs");
         assert_eq!(c.len(), 2, "{c:?}");
         assert_eq!(c[0].function, "first");
         assert_eq!(c[0].ids, ["ORCH-1001", "ORCH-2010"]);
