@@ -31,10 +31,7 @@ impl Default for Config {
             keepalive_ms: 5_000,
             pools: vec![PoolConfig {
                 id: "default".into(),
-                replicas: vec![
-                    ReplicaConfig::builtin("r0"),
-                    ReplicaConfig::builtin("r1"),
-                ],
+                replicas: vec![ReplicaConfig::builtin("r0"), ReplicaConfig::builtin("r1")],
                 ..PoolConfig::default()
             }],
         }
