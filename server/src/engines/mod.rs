@@ -6,8 +6,11 @@
 
 pub mod builtin;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use contracts::FinishReason;
+use contracts::config::EngineConfig;
 use futures::stream::BoxStream;
 
 /// What the orchestrator knows about a replica's engine, fixed at start.
@@ -76,5 +79,12 @@ pub trait Engine: Send + Sync + 'static {
     /// The in-process fault switches, for engines that have them (builtin).
     fn faults(&self) -> Option<&builtin::FaultSwitch> {
         None
+    }
+}
+
+/// The adapter a replica's config asks for.
+pub fn build(config: &EngineConfig) -> Arc<dyn Engine> {
+    match config {
+        EngineConfig::Builtin(builtin) => Arc::new(builtin::BuiltinEngine::new(builtin.clone())),
     }
 }

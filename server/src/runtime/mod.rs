@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use contracts::config::{Config, EngineConfig};
+use contracts::config::Config;
 use contracts::{
     AdmissionResponse, ErrorCode, RejectPolicy, StreamEvent, TaskList, TaskRequest, TaskState,
     TaskStatus,
@@ -23,8 +23,7 @@ use futures::Stream;
 
 use crate::admission;
 use crate::clock::Clock;
-use crate::engines::builtin::BuiltinEngine;
-use crate::engines::{Engine, GenerateRequest};
+use crate::engines::{self, GenerateRequest};
 use crate::error::OrchError;
 use crate::queue::{self, Admission};
 use crate::store::{Inserted, ListFilter, TaskKey, TaskRecord, TaskStore};
@@ -61,11 +60,7 @@ impl Orchestrator {
                     .replicas
                     .iter()
                     .map(|replica| {
-                        let engine: Arc<dyn Engine> = match &replica.engine {
-                            EngineConfig::Builtin(builtin) => {
-                                Arc::new(BuiltinEngine::new(builtin.clone()))
-                            }
-                        };
+                        let engine = engines::build(&replica.engine);
                         Arc::new(Replica::new(replica.id.clone(), engine))
                     })
                     .collect();
