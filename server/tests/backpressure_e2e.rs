@@ -1,0 +1,235 @@
+//! Full queues, unready and unavailable pools, start deadlines: every code of
+//! the admission path produced by its real trigger.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, config_with, task};
+use contracts::config::{BuiltinEngineConfig, BuiltinFaults, FullPolicy};
+use contracts::{ErrorCode, Priority, RejectPolicy, StreamEvent, TaskRequest, TaskState};
+
+fn queue_of(capacity: u32, policy: FullPolicy) -> contracts::config::Config {
+    config_with(1, BuiltinEngineConfig::default(), |pool| {
+        pool.queue.capacity = capacity;
+        pool.queue.full_policy = policy;
+    })
+}
+
+fn batch(prompt: &str) -> TaskRequest {
+    TaskRequest {
+        priority: Some(Priority::Batch),
+        ..task(prompt, 2)
+    }
+}
+
+/// Status, headers and envelope of a raw submission.
+async fn raw_submit(
+    url: &str,
+    body: serde_json::Value,
+) -> (u16, reqwest::header::HeaderMap, contracts::ErrorEnvelope) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/tasks"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.json().await.unwrap())
+}
+
+fn numeric_header(headers: &reqwest::header::HeaderMap, name: &str) -> u64 {
+    headers[name]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} is numeric"))
+}
+
+// covers: ORCH-2003, ORCH-2010, ORCH-3001, ORCH-3004
+#[tokio::test]
+async fn a_full_reject_queue_answers_429_with_backoff_from_the_predicted_wait() {
+    let server = TestServer::start(queue_of(2, FullPolicy::Reject)).await;
+    server.handle().hold_dispatch("default", true);
+    let client = server.client();
+    let first = client.submit(task("one", 2)).await.unwrap();
+    let second = client.submit(task("two", 2)).await.unwrap();
+    assert_eq!((first.queue_position, second.queue_position), (0, 1));
+    assert!(second.predicted_start_ms >= first.predicted_start_ms);
+
+    let (status, headers, envelope) = raw_submit(
+        &server.url(),
+        serde_json::json!({"prompt": "three", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(status, 429);
+    assert_eq!(envelope.code, ErrorCode::AdmissionReject);
+    assert_eq!(envelope.policy, Some(RejectPolicy::Reject));
+    assert!(envelope.retriable);
+    let backoff_ms = numeric_header(&headers, "x-backoff-ms");
+    let retry_after = numeric_header(&headers, "retry-after");
+    assert!(backoff_ms >= 50);
+    assert_eq!(retry_after, backoff_ms.div_ceil(1000).max(1));
+    assert_eq!(envelope.retry_after_ms, Some(backoff_ms));
+
+    // Released, the admitted tasks run to completion.
+    server.handle().hold_dispatch("default", false);
+    client.collect(&second.task_id).await.unwrap();
+}
+
+// covers: ORCH-2011, ORCH-3005
+#[tokio::test]
+async fn drop_lru_evicts_the_oldest_queued_task_onto_its_stream() {
+    let server = TestServer::start(queue_of(2, FullPolicy::DropLru)).await;
+    server.handle().hold_dispatch("default", true);
+    let client = server.client();
+    let oldest = client.submit(task("oldest", 2)).await.unwrap().task_id;
+    let middle = client.submit(batch("middle")).await.unwrap().task_id;
+    let newest = client.submit(task("newest", 2)).await.unwrap();
+    let events = client.collect(&oldest).await.unwrap();
+    let [StreamEvent::Error(error)] = events.as_slice() else {
+        panic!("evicted stream: {events:?}")
+    };
+    assert_eq!(error.code, ErrorCode::QueueFullDropLru);
+    assert_eq!(
+        client.status(&oldest).await.unwrap().state,
+        TaskState::Failed
+    );
+    server.handle().hold_dispatch("default", false);
+    for id in [&middle, &newest.task_id] {
+        let events = client.collect(id).await.unwrap();
+        assert!(
+            matches!(events.last(), Some(StreamEvent::End(_))),
+            "{id} completes"
+        );
+    }
+}
+
+// covers: ORCH-2010, ORCH-3006
+#[tokio::test]
+async fn shed_low_priority_evicts_the_newest_batch_task_for_an_interactive_one() {
+    let server = TestServer::start(queue_of(3, FullPolicy::ShedLowPriority)).await;
+    server.handle().hold_dispatch("default", true);
+    let client = server.client();
+    let older_batch = client.submit(batch("b1")).await.unwrap().task_id;
+    let newer_batch = client.submit(batch("b2")).await.unwrap().task_id;
+    client.submit(task("i1", 2)).await.unwrap();
+
+    let refused = client.submit(batch("b3")).await.unwrap_err();
+    assert_eq!(refused.status(), Some(429));
+    let envelope = refused.envelope().unwrap();
+    assert_eq!(
+        (envelope.code, envelope.policy),
+        (
+            ErrorCode::AdmissionReject,
+            Some(RejectPolicy::ShedLowPriority)
+        )
+    );
+
+    client.submit(task("i2", 2)).await.unwrap();
+    let events = client.collect(&newer_batch).await.unwrap();
+    let [StreamEvent::Error(shed)] = events.as_slice() else {
+        panic!("shed stream: {events:?}")
+    };
+    assert_eq!(
+        (shed.code, shed.policy),
+        (
+            ErrorCode::AdmissionReject,
+            Some(RejectPolicy::ShedLowPriority)
+        )
+    );
+    assert_eq!(
+        client.status(&older_batch).await.unwrap().state,
+        TaskState::Queued
+    );
+
+    // With no batch task left to shed, an interactive arrival is refused too.
+    client.submit(task("i3", 2)).await.unwrap();
+    client.submit(task("i4", 2)).await.unwrap_err();
+}
+
+// covers: ORCH-2003, ORCH-2013
+#[tokio::test]
+async fn starting_replicas_make_the_pool_unready() {
+    let engine = BuiltinEngineConfig {
+        start_unready_ms: 60_000,
+        ..Default::default()
+    };
+    let server = TestServer::start(config_with(2, engine, |_| {})).await;
+    let (status, headers, envelope) = raw_submit(
+        &server.url(),
+        serde_json::json!({"prompt": "early", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(envelope.code, ErrorCode::PoolUnready);
+    assert!(
+        envelope.message.contains("starting"),
+        "{}",
+        envelope.message
+    );
+    assert!(numeric_header(&headers, "retry-after") >= 1);
+    assert!(numeric_header(&headers, "x-backoff-ms") >= 50);
+}
+
+// covers: ORCH-2014, ORCH-4013
+#[tokio::test]
+async fn a_pool_whose_replicas_are_all_down_is_unavailable_until_one_recovers() {
+    let engine = BuiltinEngineConfig {
+        faults: BuiltinFaults {
+            fail_health: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let server =
+        TestServer::start(config_with(2, engine, |pool| pool.health_interval_ms = 20)).await;
+    let (status, headers, envelope) = raw_submit(
+        &server.url(),
+        serde_json::json!({"prompt": "down", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(envelope.code, ErrorCode::PoolUnavailable);
+    assert!(
+        envelope.message.contains("health checks fail"),
+        "{}",
+        envelope.message
+    );
+    assert!(numeric_header(&headers, "x-backoff-ms") >= 50);
+
+    server
+        .handle()
+        .set_faults("default", "r1", BuiltinFaults::default());
+    let client = server.client();
+    common::eventually(Duration::from_secs(5), "r1 back to Ready", async || {
+        client.submit(task("up again", 1)).await.is_ok()
+    })
+    .await;
+}
+
+// covers: ORCH-2015, ORCH-3008
+#[tokio::test]
+async fn a_task_still_queued_at_its_deadline_ends_replica_exhausted() {
+    let server = TestServer::default().await;
+    server.handle().hold_dispatch("default", true);
+    let client = server.client();
+    let request = TaskRequest {
+        deadline_ms: Some(5_000),
+        ..task("in a hurry", 2)
+    };
+    let id = client.submit(request).await.unwrap().task_id;
+    let patient = client.submit(task("patient", 2)).await.unwrap().task_id;
+    server.handle().advance_clock(6_000);
+    let events = client.collect(&id).await.unwrap();
+    let [StreamEvent::Error(error)] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(error.code, ErrorCode::ReplicaExhausted);
+    assert!(error.message.contains("5000"), "{}", error.message);
+    assert_eq!(
+        client.status(&patient).await.unwrap().state,
+        TaskState::Queued
+    );
+}
