@@ -1,0 +1,119 @@
+//! One module per command: its clap `Args` and its `run`. A new command
+//! (the control plane's `pools`, `pool`, `session`, `scope`, …) is one more
+//! module, one variant of [`Command`] and one arm of [`Command::run`].
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use orchctl::{Client, RetryPolicy};
+
+use crate::exit::Failure;
+use crate::output::{Context, Output};
+
+pub mod cancel;
+pub mod completions;
+pub mod ls;
+pub mod status;
+pub mod stream;
+pub mod submit;
+
+/// Longest wait between two retries, whatever the server suggests.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+
+/// Options of every command.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct Global {
+    /// Base URL of orchestratord.
+    #[arg(
+        long,
+        env = "ORCH_URL",
+        hide_env_values = true,
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub url: String,
+
+    /// API key, sent as `Authorization: Bearer <key>`.
+    #[arg(long, env = "ORCH_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
+
+    /// Scope (namespace) of every call: tasks submitted in a scope are seen
+    /// only by calls with the same scope. Without it, only unscoped tasks.
+    #[arg(long, env = "ORCH_SCOPE", hide_env_values = true, global = true)]
+    pub scope: Option<String>,
+
+    /// Machine-readable output: each answer body as one JSON line; streams
+    /// as one `{"event": ..., "data": ...}` line per event. Errors go to
+    /// stderr as `{"status": N, "error": <envelope>}`.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Retry a submission refused with a retriable 429/503 up to N more
+    /// times, waiting as long as the server asks (at most 30 s a wait).
+    /// The same task id is resent, so a retry never admits a task twice.
+    #[arg(long, value_name = "N", default_value_t = 0, global = true)]
+    pub retries: u32,
+}
+
+/// What a command runs with.
+pub struct Ctx {
+    pub client: Client,
+    pub out: Output,
+    pub url: String,
+    pub scope: Option<String>,
+}
+
+impl Ctx {
+    pub fn new(global: &Global) -> Self {
+        let mut client = Client::new(&global.url);
+        if let Some(scope) = &global.scope {
+            client = client.with_scope(scope);
+        }
+        if let Some(key) = &global.api_key {
+            client = client.with_api_key(key);
+        }
+        if global.retries > 0 {
+            client = client.with_retries(RetryPolicy {
+                max_attempts: global.retries.saturating_add(1),
+                max_wait: MAX_RETRY_WAIT,
+            });
+        }
+        Self {
+            client,
+            out: Output { json: global.json },
+            url: global.url.clone(),
+            scope: global.scope.clone(),
+        }
+    }
+
+    pub fn context(&self) -> Context<'_> {
+        Context {
+            url: &self.url,
+            scope: self.scope.as_deref(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Submit(submit::SubmitArgs),
+    Stream(stream::StreamArgs),
+    Status(status::StatusArgs),
+    Ls(ls::LsArgs),
+    Cancel(cancel::CancelArgs),
+    Completions(completions::CompletionsArgs),
+}
+
+impl Command {
+    pub async fn run(self, ctx: &Ctx) -> Result<(), Failure> {
+        match self {
+            Self::Submit(args) => submit::run(ctx, args).await,
+            Self::Stream(args) => stream::run(ctx, args).await,
+            Self::Status(args) => status::run(ctx, args).await,
+            Self::Ls(args) => ls::run(ctx, args).await,
+            Self::Cancel(args) => cancel::run(ctx, args).await,
+            Self::Completions(args) => completions::run(args),
+        }
+    }
+}

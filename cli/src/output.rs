@@ -1,0 +1,154 @@
+//! Everything `orchctl` prints. Data goes to stdout (tokens as they arrive,
+//! or JSON lines with `--json`); notes, summaries, errors and hints go to
+//! stderr, so `orchctl ... > out.txt` keeps only the data.
+
+use std::io::{self, Write};
+
+use orchctl::ClientError;
+use orchctl::contracts::{ErrorCode, ErrorEnvelope};
+use serde::Serialize;
+
+use crate::exit::Failure;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    pub json: bool,
+}
+
+impl Output {
+    /// One compact JSON document on its own stdout line.
+    pub fn json_line(&self, value: &impl Serialize) -> io::Result<()> {
+        let text = serde_json::to_string(value).map_err(io::Error::other)?;
+        self.line(&text)
+    }
+
+    /// A line of data on stdout.
+    pub fn line(&self, text: &str) -> io::Result<()> {
+        let mut stdout = io::stdout().lock();
+        writeln!(stdout, "{text}")?;
+        stdout.flush()
+    }
+
+    /// Text on stdout with no newline, flushed at once (streamed tokens).
+    pub fn raw(&self, text: &str) -> io::Result<()> {
+        let mut stdout = io::stdout().lock();
+        stdout.write_all(text.as_bytes())?;
+        stdout.flush()
+    }
+
+    /// A human note on stderr (never printed with `--json`).
+    pub fn note(&self, text: &str) {
+        if !self.json {
+            eprintln!("{text}");
+        }
+    }
+}
+
+/// The wire spelling of a unit enum (`interactive`, `length`, …).
+pub fn enum_str(value: &impl Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Where the failing call went, for the hints.
+pub struct Context<'a> {
+    pub url: &'a str,
+    pub scope: Option<&'a str>,
+}
+
+/// Print a failure: `error: CODE: message`, the correlation id, and a hint
+/// saying what to do about it. With `--json`, an error answer is printed as
+/// `{"status": N, "error": <envelope>}` on stderr instead.
+pub fn report(failure: &Failure, json: bool, context: &Context) {
+    match failure {
+        Failure::Client(error) => report_client(error, json, context),
+        Failure::TaskFailed(envelope) => {
+            // With --json the error event or status body already says it all.
+            if json {
+                return;
+            }
+            print_envelope(envelope);
+            let hint = if envelope.retriable {
+                "the task failed but may succeed if submitted again"
+            } else {
+                "the task failed; submitting it again unchanged will not help"
+            };
+            eprintln!("hint: {hint}");
+        }
+        Failure::Usage(message) => {
+            eprintln!("error: {message}");
+            eprintln!("hint: see orchctl --help");
+        }
+        Failure::Io(error) => eprintln!("error: {error}"),
+    }
+}
+
+fn report_client(error: &ClientError, json: bool, context: &Context) {
+    match error {
+        ClientError::Api {
+            status, envelope, ..
+        } => {
+            if json {
+                let body = serde_json::json!({ "status": status, "error": envelope });
+                eprintln!("{body}");
+                return;
+            }
+            print_envelope(envelope);
+            eprintln!("hint: {}", api_hint(error, *status, envelope, context));
+        }
+        ClientError::Transport(message) => {
+            eprintln!(
+                "error: cannot reach the server at {}: {message}",
+                context.url
+            );
+            eprintln!("hint: is orchestratord running there? Set --url or ORCH_URL");
+        }
+        ClientError::Protocol(message) => {
+            eprintln!("error: unexpected answer from the server: {message}");
+            eprintln!(
+                "hint: check that --url ({}) points at orchestratord",
+                context.url
+            );
+        }
+    }
+}
+
+fn print_envelope(envelope: &ErrorEnvelope) {
+    eprintln!("error: {}: {}", envelope.code, envelope.message);
+    eprintln!("correlation id: {}", envelope.correlation_id);
+}
+
+fn api_hint(
+    error: &ClientError,
+    status: u16,
+    envelope: &ErrorEnvelope,
+    context: &Context,
+) -> String {
+    match (status, envelope.code) {
+        (404, _) => match context.scope {
+            Some(scope) => format!("check the task id and --scope (this call used scope {scope:?})"),
+            None => "check the task id and --scope (this call used no scope, so it sees only unscoped tasks)".into(),
+        },
+        (500, _) | (_, ErrorCode::Internal) => {
+            "the server failed unexpectedly; quote the correlation id when reporting it".into()
+        }
+        _ if envelope.retriable => match error.backoff() {
+            Some(wait) => format!(
+                "retriable: the server asks to wait {} ms before retrying; --retries N does that automatically",
+                wait.as_millis()
+            ),
+            None => "retriable: try again later; --retries N retries automatically".into(),
+        },
+        (_, ErrorCode::InvalidParams) => {
+            "fix the field named in the message; `orchctl help <command>` lists the options".into()
+        }
+        (_, ErrorCode::Conflict) => "this --task-id is already used in this scope with a different request; \
+             choose another id, or resend the identical request"
+            .into(),
+        (_, ErrorCode::Unauthorized) => "pass a valid key with --api-key or ORCH_API_KEY".into(),
+        (_, ErrorCode::Forbidden) => "this API key lacks the role the operation requires".into(),
+        _ => format!("the server answered HTTP {status}"),
+    }
+}
