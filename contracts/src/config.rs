@@ -145,6 +145,201 @@ impl ReplicaConfig {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum EngineConfig {
     Builtin(BuiltinEngineConfig),
+    /// llama.cpp's `llama-server`, through its native HTTP API (ORCH-4020).
+    Llamacpp(LlamaCppEngineConfig),
+    /// Any OpenAI-compatible server: vLLM, llama.cpp `/v1`, SGLang, Ollama (ORCH-4021).
+    Openai(OpenAiEngineConfig),
+    /// Text Generation Inference (ORCH-4022).
+    Tgi(TgiEngineConfig),
+}
+
+impl EngineConfig {
+    /// The adapter name, as reported in `started` events and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Builtin(_) => "builtin",
+            Self::Llamacpp(_) => "llamacpp",
+            Self::Openai(_) => "openai",
+            Self::Tgi(_) => "tgi",
+        }
+    }
+
+    /// The engine version the config pins, if any: always for builtin; for
+    /// remote engines only when `engine_version` is set, else it is
+    /// discovered from the engine (ORCH-4003, ORCH-4027).
+    pub fn pinned_engine_version(&self) -> Option<&str> {
+        match self {
+            Self::Builtin(c) => Some(&c.engine_version),
+            Self::Llamacpp(c) => c.engine_version.as_deref(),
+            Self::Openai(c) => c.engine_version.as_deref(),
+            Self::Tgi(c) => c.engine_version.as_deref(),
+        }
+    }
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    2_000
+}
+
+fn default_request_timeout_ms() -> u64 {
+    5_000
+}
+
+/// A `llama-server` replica (ORCH-4020). Slots, context and model come from
+/// its `/props` and `/slots` unless overridden here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlamaCppEngineConfig {
+    /// e.g. `http://127.0.0.1:8081` (no trailing path).
+    pub base_url: String,
+    /// Overrides the slot count the engine reports (`total_slots`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u32>,
+    /// Overrides the per-slot context the engine reports (`n_ctx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctx_limit: Option<u32>,
+    /// When set, the engine's `build_info` must equal it or the replica
+    /// stays unready (ORCH-4027).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_version: Option<String>,
+    /// The model's digest, e.g. `sha256:…` of the GGUF file; when unset, a
+    /// fingerprint of the model metadata the engine reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_digest: Option<String>,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Bound of every non-streaming call (health, props, tokenize).
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+impl LlamaCppEngineConfig {
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            slots: None,
+            ctx_limit: None,
+            engine_version: None,
+            model_digest: None,
+            connect_timeout_ms: default_connect_timeout_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+        }
+    }
+}
+
+/// Which OpenAI endpoint generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OpenAiApi {
+    /// `POST /v1/completions` with the prompt as is.
+    #[default]
+    Completions,
+    /// `POST /v1/chat/completions` with the prompt as one user message.
+    Chat,
+}
+
+/// An OpenAI-compatible replica (ORCH-4021).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiEngineConfig {
+    /// e.g. `http://127.0.0.1:8000` (the adapter appends `/v1/...`).
+    pub base_url: String,
+    /// Sent as `Authorization: Bearer …` when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    /// The model to ask for; default: the first one `/v1/models` lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub api: OpenAiApi,
+    /// Concurrent generations to place on the replica (the API does not say).
+    #[serde(default = "default_openai_slots")]
+    pub slots: u32,
+    /// Context limit; default: what `/v1/models` reports (`max_model_len`
+    /// or `meta.n_ctx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctx_limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_digest: Option<String>,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+fn default_openai_slots() -> u32 {
+    4
+}
+
+impl OpenAiEngineConfig {
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            api_key: None,
+            model: None,
+            api: OpenAiApi::Completions,
+            slots: default_openai_slots(),
+            ctx_limit: None,
+            engine_version: None,
+            model_digest: None,
+            connect_timeout_ms: default_connect_timeout_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+        }
+    }
+}
+
+/// A Text Generation Inference replica (ORCH-4022). Slots and context come
+/// from `/info` unless overridden here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TgiEngineConfig {
+    pub base_url: String,
+    /// Overrides `max_concurrent_requests` from `/info`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u32>,
+    /// Overrides `max_total_tokens` from `/info`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctx_limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_digest: Option<String>,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+impl TgiEngineConfig {
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            slots: None,
+            ctx_limit: None,
+            engine_version: None,
+            model_digest: None,
+            connect_timeout_ms: default_connect_timeout_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The same engine asked to serve another model (a pool reload,
+    /// ORCH-6023). Engines that load their model at process start (llama.cpp,
+    /// TGI) keep their config: the reload reconnects and re-reads what they
+    /// report.
+    pub fn with_model_ref(&self, model_ref: &str) -> Self {
+        let mut config = self.clone();
+        match &mut config {
+            Self::Builtin(builtin) => builtin.model_ref = model_ref.to_owned(),
+            Self::Openai(openai) => openai.model = Some(model_ref.to_owned()),
+            Self::Llamacpp(_) | Self::Tgi(_) => {}
+        }
+        config
+    }
 }
 
 /// The in-process deterministic engine (ORCH-4011, ORCH-4012).

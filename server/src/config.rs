@@ -68,7 +68,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             )));
         }
         let mut replica_ids = HashSet::new();
-        let mut versions: Vec<(&str, &str)> = Vec::new();
+        let mut versions: Vec<(&str, String)> = Vec::new();
         for replica in &pool.replicas {
             if !replica_ids.insert(&replica.id) {
                 return Err(ConfigError::Invalid(format!(
@@ -76,14 +76,8 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                     pool.id, replica.id
                 )));
             }
-            let EngineConfig::Builtin(builtin) = &replica.engine;
-            if builtin.slots == 0 || builtin.tokens_per_s <= 0.0 {
-                return Err(ConfigError::Invalid(format!(
-                    "pools.{}.replicas.{}: slots and tokens_per_s must be positive",
-                    pool.id, replica.id
-                )));
-            }
-            versions.push((&replica.id, &builtin.engine_version));
+            check_engine(&pool.id, &replica.id, &replica.engine)?;
+            versions.push((&replica.id, engine_version_key(&replica.engine)));
         }
         if let Some((first_id, first_version)) = versions.first()
             && let Some((other_id, other_version)) =
@@ -94,6 +88,67 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                 pool.id
             )));
         }
+    }
+    Ok(())
+}
+
+/// What a replica set must agree on (ORCH-4003): the adapter kind and the
+/// pinned engine version. A remote engine without a pin is checked against
+/// its configured pin only when one is given; its discovered version is
+/// reported in every `started` event.
+fn engine_version_key(engine: &EngineConfig) -> String {
+    match engine.pinned_engine_version() {
+        Some(version) => format!("{}:{version}", engine.kind()),
+        None => format!("{} (version discovered from the engine)", engine.kind()),
+    }
+}
+
+fn check_engine(pool: &str, replica: &str, engine: &EngineConfig) -> Result<(), ConfigError> {
+    let at = format!("pools.{pool}.replicas.{replica}.engine");
+    let (base_url, slots, ctx_limit, timeouts) = match engine {
+        EngineConfig::Builtin(builtin) => {
+            if builtin.slots == 0 || builtin.tokens_per_s <= 0.0 {
+                return Err(ConfigError::Invalid(format!(
+                    "pools.{pool}.replicas.{replica}: slots and tokens_per_s must be positive"
+                )));
+            }
+            return Ok(());
+        }
+        EngineConfig::Llamacpp(c) => (
+            &c.base_url,
+            c.slots,
+            c.ctx_limit,
+            [c.connect_timeout_ms, c.request_timeout_ms],
+        ),
+        EngineConfig::Openai(c) => (
+            &c.base_url,
+            Some(c.slots),
+            c.ctx_limit,
+            [c.connect_timeout_ms, c.request_timeout_ms],
+        ),
+        EngineConfig::Tgi(c) => (
+            &c.base_url,
+            c.slots,
+            c.ctx_limit,
+            [c.connect_timeout_ms, c.request_timeout_ms],
+        ),
+    };
+    let scheme_ok = base_url.starts_with("http://") && base_url.len() > "http://".len();
+    if !scheme_ok {
+        return Err(ConfigError::Invalid(format!(
+            "{at}.base_url: {base_url:?} must be an http:// URL (no TLS stack is built in; \
+             put a local TLS-terminating proxy in front of a remote engine)"
+        )));
+    }
+    if slots == Some(0) || ctx_limit == Some(0) {
+        return Err(ConfigError::Invalid(format!(
+            "{at}: slots and ctx_limit must be positive when given"
+        )));
+    }
+    if timeouts.contains(&0) {
+        return Err(ConfigError::Invalid(format!(
+            "{at}: connect_timeout_ms and request_timeout_ms must be positive"
+        )));
     }
     Ok(())
 }

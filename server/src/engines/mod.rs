@@ -5,6 +5,10 @@
 //! dropped (for HTTP engines that means closing the connection).
 
 pub mod builtin;
+pub mod http;
+pub mod llamacpp;
+pub mod openai;
+pub mod tgi;
 
 use std::sync::Arc;
 
@@ -86,5 +90,8 @@ pub trait Engine: Send + Sync + 'static {
 pub fn build(config: &EngineConfig) -> Arc<dyn Engine> {
     match config {
         EngineConfig::Builtin(builtin) => Arc::new(builtin::BuiltinEngine::new(builtin.clone())),
+        EngineConfig::Llamacpp(config) => Arc::new(llamacpp::LlamaCppEngine::new(config.clone())),
+        EngineConfig::Openai(config) => Arc::new(openai::OpenAiEngine::new(config.clone())),
+        EngineConfig::Tgi(config) => Arc::new(tgi::TgiEngine::new(config.clone())),
     }
 }
