@@ -171,5 +171,10 @@ fn read_stdin_prompt() -> Result<String, Failure> {
     stdin.read_to_string(&mut prompt)?;
     let trimmed = prompt.strip_suffix('\n').unwrap_or(&prompt);
     let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+    if trimmed.is_empty() {
+        return Err(Failure::Usage(
+            "no prompt: pass --prompt TEXT or pipe the prompt on stdin (stdin was empty)".into(),
+        ));
+    }
     Ok(trimmed.to_owned())
 }
