@@ -18,6 +18,10 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// Interval of SSE keep-alive comments (ORCH-1105).
     pub keepalive_ms: u64,
+    pub sessions: SessionConfig,
+    /// API keys and quotas. With none, every caller is the admin tenant
+    /// `default` and the server binds loopback only (ORCH-6004).
+    pub tenants: Vec<TenantConfig>,
     pub pools: Vec<PoolConfig>,
 }
 
@@ -29,6 +33,8 @@ impl Default for Config {
             retention_ms: 24 * 3600 * 1000,
             shutdown_grace_ms: 10_000,
             keepalive_ms: 5_000,
+            sessions: SessionConfig::default(),
+            tenants: Vec::new(),
             pools: vec![PoolConfig {
                 id: "default".into(),
                 replicas: vec![ReplicaConfig::builtin("r0"), ReplicaConfig::builtin("r1")],
@@ -387,4 +393,65 @@ pub struct BuiltinFaults {
     pub refuse: bool,
     /// Health probes fail.
     pub fail_health: bool,
+}
+
+/// Session limits (ORCH-5010..ORCH-5015).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Idle time after which a session expires; at most 600000 (10 min).
+    pub ttl_ms: u64,
+    /// Tasks per session; at most 8.
+    pub max_turns: u32,
+    /// Estimated KV bytes per token (prompt and output) of a session.
+    pub kv_bytes_per_token: u64,
+    /// KV bytes a replica holds for sessions before evicting the least
+    /// recently used.
+    pub kv_budget_bytes_per_replica: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            ttl_ms: 600_000,
+            max_turns: 8,
+            kv_bytes_per_token: 2_048,
+            kv_budget_bytes_per_replica: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Data plane only.
+    #[default]
+    Client,
+    /// Data and control plane.
+    Admin,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub id: String,
+    #[serde(default)]
+    pub role: Role,
+    /// Hex SHA-256 of each API key; the keys themselves are never stored.
+    pub api_key_sha256: Vec<String>,
+    /// Running tasks at once; the excess waits queued (ORCH-3011).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// Token bucket on admissions (ORCH-3010).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained admissions per second.
+    pub per_second: f64,
+    /// Bucket size: admissions allowed in a burst.
+    pub burst: u32,
 }

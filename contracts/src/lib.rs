@@ -4,10 +4,15 @@
 //! definition of each shape.
 
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod sse;
 pub mod task;
 
+pub use control::{
+    Capabilities, DrainRequest, PoolActionResponse, PoolHealth, PoolList, ReloadRequest,
+    ReplicaSetList, ScopePurge, SessionInfo,
+};
 pub use error::{ErrorCode, ErrorEnvelope, RejectPolicy};
 pub use sse::{EndEvent, FinishReason, MetricsEvent, StartedEvent, StreamEvent, TokenEvent};
 pub use task::{

@@ -34,17 +34,18 @@ pub fn check_task_id(task_id: &str) -> Result<(), OrchError> {
     check_id("task_id", task_id, ID_MAX)
 }
 
+pub fn check_session_id(session_id: &str) -> Result<(), OrchError> {
+    check_id("session_id", session_id, ID_MAX)
+}
+
 /// Checks that need no engine: syntax, ranges and the pool's own limits.
 pub fn validate_request(request: &TaskRequest, pool: &PoolConfig) -> Result<(), OrchError> {
     if let Some(task_id) = &request.task_id {
         check_task_id(task_id)?;
     }
     check_scope(request.scope.as_deref())?;
-    if request.session_id.is_some() {
-        return Err(OrchError::invalid(
-            "session_id",
-            "sessions are not available on this server yet; omit the field",
-        ));
+    if let Some(session_id) = &request.session_id {
+        check_session_id(session_id)?;
     }
     if request.prompt.trim().is_empty() {
         return Err(OrchError::invalid("prompt", "must not be empty"));

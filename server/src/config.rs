@@ -21,21 +21,180 @@ pub enum ConfigError {
     },
     #[error("invalid config: {0}")]
     Invalid(String),
+    #[error("{file}: invalid config ({} error(s)):{}", issues.len(), Issues(issues))]
+    Issues {
+        file: String,
+        issues: Vec<ConfigIssue>,
+    },
 }
 
-/// Parse a config file; errors name the path inside the document.
+/// The config's JSON Schema, embedded from the very file `cargo xtask
+/// regen-schema` writes, so the binary and the published schema cannot
+/// differ (ORCH-7203).
+pub const SCHEMA: &str = include_str!("../../contracts/schemas/config.schema.json");
+
+/// One problem of a config file: where (`pools[0].queue.capacity`) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigIssue {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every issue, one per line, under a head line naming the source.
+pub struct Issues<'a>(pub &'a [ConfigIssue]);
+
+impl std::fmt::Display for Issues<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for issue in self.0 {
+            write!(f, "\n  {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parse and check a config file; on failure every problem is reported,
+/// each with its path (ORCH-7201, ORCH-7203).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    let config = parse(&text).map_err(|(at, message)| ConfigError::Parse {
-        path: path.display().to_string(),
-        at,
-        message,
+    check_text(&text).map_err(|issues| ConfigError::Issues {
+        file: path.display().to_string(),
+        issues,
+    })
+}
+
+/// The whole check of a config document: YAML syntax, then the JSON Schema
+/// (all its errors at once), then the typed parse, then the checks the
+/// schema cannot express (`semantic_issues`).
+pub fn check_text(text: &str) -> Result<Config, Vec<ConfigIssue>> {
+    let document: serde_json::Value = match serde_yaml::from_str(text) {
+        Ok(serde_json::Value::Null) => serde_json::Value::Object(Default::default()),
+        Ok(document) => document,
+        Err(error) => return Err(vec![ConfigIssue::new("(yaml)", error.to_string())]),
+    };
+    let issues = schema_issues(&document);
+    if !issues.is_empty() {
+        return Err(issues);
+    }
+    let config: Config = serde_path_to_error::deserialize(document).map_err(|error| {
+        vec![ConfigIssue::new(
+            error.path().to_string(),
+            error.inner().to_string(),
+        )]
     })?;
-    validate(&config)?;
-    Ok(config)
+    let issues = semantic_issues(&config);
+    if issues.is_empty() {
+        Ok(config)
+    } else {
+        Err(issues)
+    }
+}
+
+fn validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: std::sync::LazyLock<jsonschema::Validator> = std::sync::LazyLock::new(|| {
+        let schema: serde_json::Value =
+            serde_json::from_str(SCHEMA).expect("the embedded config schema is JSON");
+        jsonschema::validator_for(&schema).expect("the embedded config schema is a valid schema")
+    });
+    &VALIDATOR
+}
+
+/// Every schema violation of `document`, each at the path of the offending
+/// value (an unknown field at its own path).
+pub fn schema_issues(document: &serde_json::Value) -> Vec<ConfigIssue> {
+    let mut issues = Vec::new();
+    for error in validator().iter_errors(document) {
+        push_schema_issue(&error, &mut issues);
+    }
+    issues
+}
+
+fn push_schema_issue(error: &jsonschema::ValidationError<'_>, issues: &mut Vec<ConfigIssue>) {
+    use jsonschema::error::ValidationErrorKind as Kind;
+    let at = pointer_to_path(error.instance_path().as_str());
+    match error.kind() {
+        Kind::AdditionalProperties { unexpected } => {
+            for name in unexpected {
+                issues.push(ConfigIssue::new(join(&at, name), "unknown field"));
+            }
+        }
+        // Engines are a union tagged by `kind`: report the errors of the
+        // variant the document names, or the kinds there are.
+        Kind::OneOfNotValid { context } => {
+            let is_kind_error = |e: &jsonschema::ValidationError<'_>| {
+                e.instance_path().as_str().ends_with("/kind")
+                    || matches!(e.kind(), Kind::Required { property } if property == "kind")
+            };
+            if let Some(branch) = context
+                .iter()
+                .find(|branch| !branch.iter().any(is_kind_error))
+            {
+                for inner in branch {
+                    push_schema_issue(inner, issues);
+                }
+                return;
+            }
+            let kinds: Vec<String> = context
+                .iter()
+                .flatten()
+                .filter_map(|e| match e.kind() {
+                    Kind::Constant { expected_value } => Some(expected_value.to_string()),
+                    _ => None,
+                })
+                .collect();
+            if kinds.is_empty() {
+                issues.push(ConfigIssue::new(at, error.to_string()));
+            } else {
+                let given = error.instance().get("kind").map(ToString::to_string);
+                issues.push(ConfigIssue::new(
+                    join(&at, "kind"),
+                    format!(
+                        "unknown or missing engine kind {}; expected one of {}",
+                        given.as_deref().unwrap_or("(none)"),
+                        kinds.join(", ")
+                    ),
+                ));
+            }
+        }
+        _ => issues.push(ConfigIssue::new(at, error.to_string())),
+    }
+}
+
+/// `/pools/0/queue` → `pools[0].queue`; the document root is `.`.
+fn pointer_to_path(pointer: &str) -> String {
+    let mut path = String::new();
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        path = join(&path, &segment);
+    }
+    if path.is_empty() { ".".into() } else { path }
+}
+
+fn join(path: &str, segment: &str) -> String {
+    if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{}[{segment}]", if path == "." { "" } else { path })
+    } else if path.is_empty() || path == "." {
+        segment.to_owned()
+    } else {
+        format!("{path}.{segment}")
+    }
 }
 
 pub fn parse(text: &str) -> Result<Config, (String, String)> {
@@ -44,52 +203,87 @@ pub fn parse(text: &str) -> Result<Config, (String, String)> {
         .map_err(|error| (error.path().to_string(), error.inner().to_string()))
 }
 
-/// Checks the schema cannot express: unique ids, non-empty pools, and one
-/// engine version per replica set.
+/// Checks the schema cannot express, all of them: unique ids, non-empty
+/// pools, engine settings, and one engine version per replica set.
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    let issues = semantic_issues(config);
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Issues {
+            file: "config".into(),
+            issues,
+        })
+    }
+}
+
+pub fn semantic_issues(config: &Config) -> Vec<ConfigIssue> {
+    let mut issues = Vec::new();
     let mut pool_ids = HashSet::new();
-    for pool in &config.pools {
+    for (p, pool) in config.pools.iter().enumerate() {
+        let at = format!("pools[{p}]");
         if !pool_ids.insert(&pool.id) {
-            return Err(ConfigError::Invalid(format!(
-                "pools: duplicate pool id {:?}",
-                pool.id
-            )));
+            issues.push(ConfigIssue::new(
+                format!("{at}.id"),
+                format!("duplicate pool id {:?}", pool.id),
+            ));
         }
         if pool.replicas.is_empty() {
-            return Err(ConfigError::Invalid(format!(
-                "pools.{}: needs at least one replica",
-                pool.id
-            )));
+            issues.push(ConfigIssue::new(
+                format!("{at}.replicas"),
+                format!("pool {:?} needs at least one replica", pool.id),
+            ));
         }
         if pool.queue.capacity == 0 {
-            return Err(ConfigError::Invalid(format!(
-                "pools.{}.queue.capacity: must be at least 1",
-                pool.id
-            )));
+            issues.push(ConfigIssue::new(
+                format!("{at}.queue.capacity"),
+                "must be at least 1",
+            ));
         }
         let mut replica_ids = HashSet::new();
         let mut versions: Vec<(&str, String)> = Vec::new();
-        for replica in &pool.replicas {
+        for (r, replica) in pool.replicas.iter().enumerate() {
             if !replica_ids.insert(&replica.id) {
-                return Err(ConfigError::Invalid(format!(
-                    "pools.{}.replicas: duplicate replica id {:?}",
-                    pool.id, replica.id
-                )));
+                issues.push(ConfigIssue::new(
+                    format!("{at}.replicas[{r}].id"),
+                    format!(
+                        "duplicate replica id {:?} in pool {:?}",
+                        replica.id, pool.id
+                    ),
+                ));
             }
-            check_engine(&pool.id, &replica.id, &replica.engine)?;
+            if let Err(error) = check_engine(&pool.id, &replica.id, &replica.engine) {
+                let message = match error {
+                    ConfigError::Invalid(message) => message,
+                    other => other.to_string(),
+                };
+                issues.push(ConfigIssue::new(
+                    format!("{at}.replicas[{r}].engine"),
+                    message,
+                ));
+            }
             versions.push((&replica.id, engine_version_key(&replica.engine)));
         }
-        if let Some((first_id, first_version)) = versions.first()
-            && let Some((other_id, other_version)) =
-                versions.iter().find(|(_, v)| v != first_version)
-        {
-            return Err(ConfigError::Invalid(format!(
-                "pools.{}: a replica set must not mix engine versions: {first_id} runs {first_version:?}, {other_id} runs {other_version:?}",
-                pool.id
-            )));
+        let mut distinct: Vec<&String> = versions.iter().map(|(_, v)| v).collect();
+        distinct.sort();
+        distinct.dedup();
+        if distinct.len() > 1 {
+            let runs: Vec<String> = versions
+                .iter()
+                .map(|(id, version)| format!("{id} runs {version:?}"))
+                .collect();
+            issues.push(ConfigIssue::new(
+                format!("{at}.replicas"),
+                format!(
+                    "pool {:?}: a replica set must not mix engines or engine versions (ORCH-4003): {}; \
+                     give every replica of the pool the same engine and engine_version, or split them into pools",
+                    pool.id,
+                    runs.join(", ")
+                ),
+            ));
         }
     }
-    Ok(())
+    issues
 }
 
 /// What a replica set must agree on (ORCH-4003): the adapter kind and the

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod engines;
 pub mod error;
+pub mod metrics;
 pub mod placement;
 pub mod queue;
 pub mod runtime;

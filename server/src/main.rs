@@ -23,7 +23,8 @@ struct Args {
     /// SQLite store file, overriding the config's `store`.
     #[arg(long, env = "ORCH_STORE")]
     store: Option<PathBuf>,
-    /// Validate the config file and exit (0 = valid).
+    /// Validate the config file against the config schema and the semantic
+    /// checks, print every error with its path, and exit (0 = valid).
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
     /// Log as JSON lines instead of text.
@@ -44,9 +45,17 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if let Some(path) = &args.check_config {
-        orchestratord::config::load(path)?;
-        println!("{}: valid", path.display());
-        return Ok(());
+        // Every problem, each with its path, then a non-zero exit (ORCH-7203).
+        match orchestratord::config::load(path) {
+            Ok(_) => {
+                println!("{}: valid", path.display());
+                return Ok(());
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                std::process::exit(1);
+            }
+        }
     }
     let config = match &args.config {
         Some(path) => orchestratord::config::load(path)?,

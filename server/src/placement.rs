@@ -10,8 +10,14 @@ pub struct ReplicaLoad<'a> {
 }
 
 /// Index of the chosen replica, or `None` when no Ready replica has a free
-/// slot. `avoid` is skipped unless it is the only choice.
-pub fn choose(replicas: &[ReplicaLoad<'_>], avoid: Option<&str>) -> Option<usize> {
+/// slot. `prefer` (a session's warm replica, ORCH-4004) wins whenever it can
+/// take the task; `avoid` (the replica that just failed the task) is skipped
+/// unless it is the only choice.
+pub fn choose(
+    replicas: &[ReplicaLoad<'_>],
+    prefer: Option<&str>,
+    avoid: Option<&str>,
+) -> Option<usize> {
     let candidates = || {
         replicas
             .iter()
@@ -29,6 +35,9 @@ pub fn choose(replicas: &[ReplicaLoad<'_>], avoid: Option<&str>) -> Option<usize
             })
             .map(|(index, _)| index)
     };
+    if let Some((index, _)) = candidates().find(|(_, r)| Some(r.id) == prefer) {
+        return Some(index);
+    }
     best(avoid).or_else(|| best(None))
 }
 
@@ -53,9 +62,19 @@ mod tests {
             load("b", true, 1, 4),
             load("c", false, 0, 4),
         ];
-        assert_eq!(choose(&replicas, None), Some(1));
-        assert_eq!(choose(&replicas, Some("b")), Some(0));
+        assert_eq!(choose(&replicas, None, None), Some(1));
+        assert_eq!(choose(&replicas, None, Some("b")), Some(0));
+        assert_eq!(
+            choose(&replicas, Some("a"), None),
+            Some(0),
+            "a warm replica wins"
+        );
+        assert_eq!(
+            choose(&replicas, Some("c"), None),
+            Some(1),
+            "unless it is not Ready"
+        );
         let full = [load("a", true, 4, 4), load("c", false, 0, 4)];
-        assert_eq!(choose(&full, None), None);
+        assert_eq!(choose(&full, None, None), None);
     }
 }

@@ -163,25 +163,46 @@ impl<K: Clone + PartialEq> PoolQueue<K> {
         self.lane(priority).push_front(Entry { key, seq });
     }
 
-    /// Whether the next dispatch must serve the batch lane.
-    fn batch_turn(&self) -> bool {
-        !self.batch.is_empty()
-            && (self.interactive.is_empty() || self.streak >= self.starvation_bound)
-    }
-
     /// Next task to dispatch (ORCH-3002, ORCH-3003).
     pub fn pop_next(&mut self) -> Option<K> {
-        if self.batch_turn() {
-            self.streak = 0;
-            return self.batch.pop_front().map(|e| e.key);
-        }
-        let entry = self.interactive.pop_front()?;
-        self.streak = if self.batch.is_empty() {
+        self.pop_next_where(|_| true)
+    }
+
+    /// Next task to dispatch among those `eligible` says may start now (a
+    /// tenant at its concurrency quota waits, ORCH-3011); the others keep
+    /// their place.
+    pub fn pop_next_where(&mut self, mut eligible: impl FnMut(&K) -> bool) -> Option<K> {
+        let key = self.dispatch_order().into_iter().find(|k| eligible(k))?;
+        let from_batch = self.batch.iter().any(|e| e.key == key);
+        self.remove(&key);
+        self.streak = if from_batch || self.batch.is_empty() {
             0
         } else {
             self.streak + 1
         };
-        Some(entry.key)
+        Some(key)
+    }
+
+    /// Keys in the order they would be dispatched: the pops that would empty
+    /// the queue, simulated.
+    pub fn dispatch_order(&self) -> Vec<K> {
+        let (mut i, mut b, mut streak) = (0, 0, self.streak);
+        let mut order = Vec::with_capacity(self.len());
+        while i < self.interactive.len() || b < self.batch.len() {
+            let batch_waiting = b < self.batch.len();
+            let batch_turn =
+                batch_waiting && (i >= self.interactive.len() || streak >= self.starvation_bound);
+            if batch_turn {
+                order.push(self.batch[b].key.clone());
+                b += 1;
+                streak = 0;
+            } else {
+                order.push(self.interactive[i].key.clone());
+                i += 1;
+                streak = if b < self.batch.len() { streak + 1 } else { 0 };
+            }
+        }
+        order
     }
 
     fn pop_oldest(&mut self) -> Option<K> {
@@ -208,12 +229,6 @@ impl<K: Clone + PartialEq> PoolQueue<K> {
             }
         }
         false
-    }
-
-    /// Keys in the order they would be dispatched.
-    pub fn dispatch_order(&self) -> Vec<K> {
-        let mut copy = self.clone();
-        std::iter::from_fn(|| copy.pop_next()).collect()
     }
 
     /// 0-based dispatch position of `key`.

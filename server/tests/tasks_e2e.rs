@@ -290,9 +290,9 @@ async fn every_validated_field_is_named_with_its_limit() {
             "[A-Za-z0-9._:-]",
         ),
         (
-            serde_json::json!({"prompt": "p", "max_tokens": 1, "session_id": "s1"}),
+            serde_json::json!({"prompt": "p", "max_tokens": 1, "session_id": "s 1"}),
             "session_id",
-            "sessions",
+            "[A-Za-z0-9._:-]",
         ),
         (
             serde_json::json!({"prompt": "p", "max_tokens": 1, "sampler_profile_version": "sp-9"}),

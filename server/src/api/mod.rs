@@ -2,15 +2,18 @@
 //! utoipa-axum routers, so the served API and `contracts/openapi/*.yaml`
 //! cannot diverge (ORCH-9003).
 
+mod auth;
+mod control;
 mod error;
 mod extract;
+mod sessions;
 mod tasks;
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::routing::get;
 use contracts::StreamEvent;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -48,6 +51,10 @@ impl AppState {
     pub(crate) fn keepalive(&self) -> u64 {
         self.0.keepalive_ms
     }
+
+    pub(crate) fn orchestrator(&self) -> Arc<Orchestrator> {
+        Arc::clone(&self.0.orchestrator)
+    }
 }
 
 #[derive(OpenApi)]
@@ -57,17 +64,24 @@ impl AppState {
         version = "1.0.0",
         description = "Admit generation tasks, read their status, stream their tokens, cancel them. Normative text: specs/orchestrator-spec.md."
     ),
-    tags((name = "tasks", description = "Task admission, status, streaming and cancel.")),
+    tags(
+        (name = "tasks", description = "Task admission, status, streaming and cancel."),
+        (name = "sessions", description = "Short-lived sessions with replica affinity."),
+        (name = "scopes", description = "Namespaces within a tenant, purged as a whole."),
+    ),
     components(schemas(StreamEvent))
 )]
 struct DataApi;
 
 #[derive(OpenApi)]
-#[openapi(info(
-    title = "OrchQueue control plane",
-    version = "1.0.0",
-    description = "Pool and replica administration. Normative text: specs/orchestrator-spec.md."
-))]
+#[openapi(
+    info(
+        title = "OrchQueue control plane",
+        version = "1.0.0",
+        description = "Pool and replica administration; every operation needs the admin role. Normative text: specs/orchestrator-spec.md."
+    ),
+    tags((name = "pools", description = "Pools, replicas, drain, reload, capabilities."))
+)]
 struct ControlApi;
 
 fn data_routes() -> OpenApiRouter<AppState> {
@@ -76,10 +90,42 @@ fn data_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::get_task))
         .routes(routes!(tasks::stream_task))
         .routes(routes!(tasks::cancel_task))
+        .routes(routes!(sessions::get_session, sessions::delete_session))
+        .routes(routes!(sessions::purge_scope))
 }
 
 fn control_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ControlApi::openapi())
+        .routes(routes!(control::list_pools))
+        .routes(routes!(control::pool_health))
+        .routes(routes!(control::drain_pool))
+        .routes(routes!(control::reload_pool))
+        .routes(routes!(control::replica_sets))
+        .routes(routes!(control::capabilities))
+}
+
+/// API keys are optional per deployment: a bearer key, or none when the
+/// server has no keys configured (ORCH-6001).
+fn with_bearer_auth(mut doc: OpenApiDoc) -> OpenApiDoc {
+    use utoipa::openapi::security::{
+        HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+    doc.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    doc.security = Some(vec![
+        SecurityRequirement::new("bearer", Vec::<String>::new()),
+        SecurityRequirement::default(),
+    ]);
+    doc
+}
+
+fn split(routes: OpenApiRouter<AppState>) -> (Router<AppState>, OpenApiDoc) {
+    let (router, doc) = routes.split_for_parts();
+    (router, with_bearer_auth(doc))
 }
 
 /// The two contract documents, exactly as the server serves them.
@@ -89,15 +135,16 @@ pub struct ApiDocuments {
 }
 
 pub fn openapi_documents() -> ApiDocuments {
-    let (_, data) = data_routes().split_for_parts();
-    let (_, control) = control_routes().split_for_parts();
+    let (_, data) = split(data_routes());
+    let (_, control) = split(control_routes());
     ApiDocuments { data, control }
 }
 
 pub fn router(state: AppState) -> Router {
-    let (data, data_doc) = data_routes().split_for_parts();
-    let (control, control_doc) = control_routes().split_for_parts();
+    let (data, data_doc) = split(data_routes());
+    let (control, control_doc) = split(control_routes());
     let readiness = state.clone();
+    let scrape = state.clone();
     Router::new()
         .merge(data)
         .merge(control)
@@ -117,6 +164,13 @@ pub fn router(state: AppState) -> Router {
                         "not ready: a pool has no Ready replica",
                     )
                 }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || async move {
+                let text = scrape.metrics.encode(&scrape);
+                ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
             }),
         )
         .route(

@@ -17,10 +17,11 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::AppState;
+use super::auth::Caller;
 use super::extract::{Query, parse_json};
 use crate::admission::{check_scope, check_task_id};
 use crate::error::OrchError;
-use crate::runtime::{DEFAULT_TENANT, Resume};
+use crate::runtime::{Resume, Tenant};
 use crate::store::{ListFilter, TaskKey};
 
 const LIST_LIMIT_MAX: u32 = 500;
@@ -49,11 +50,11 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
-fn task_key(task_id: String, scope: Option<String>) -> Result<TaskKey, OrchError> {
+fn task_key(tenant: &Tenant, task_id: String, scope: Option<String>) -> Result<TaskKey, OrchError> {
     check_task_id(&task_id)?;
     check_scope(scope.as_deref())?;
     Ok(TaskKey {
-        tenant: DEFAULT_TENANT.into(),
+        tenant: tenant.id.clone(),
         scope: scope.unwrap_or_default(),
         task_id,
     })
@@ -74,15 +75,19 @@ fn task_key(task_id: String, scope: Option<String>) -> Result<TaskKey, OrchError
             ),
             extensions(("x-req-id" = json!(["ORCH-1001", "ORCH-1005", "ORCH-7001"])))),
         (status = 400, description = "`INVALID_PARAMS`: a field is malformed or over its limit; the message names it.", body = ErrorEnvelope,
-            extensions(("x-req-id" = json!(["ORCH-1002", "ORCH-1003", "ORCH-1004", "ORCH-1009", "ORCH-2012"])))),
+            extensions(("x-req-id" = json!(["ORCH-1002", "ORCH-1003", "ORCH-1004", "ORCH-1009", "ORCH-2012", "ORCH-5011"])))),
+        (status = 404, description = "`NOT_FOUND`: the request names a `session_id` whose session expired.", body = ErrorEnvelope,
+            extensions(("x-req-id" = json!(["ORCH-5010", "ORCH-2021"])))),
         (status = 409, description = "`CONFLICT`: the `task_id` exists in this scope with a different body.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-1006", "ORCH-2022"])))),
-        (status = 429, description = "`ADMISSION_REJECT`: the queue is full under its policy.", body = ErrorEnvelope,
+        (status = 429, description = "`ADMISSION_REJECT`: the queue is full under its policy (`policy`: `reject` or `shed-low-priority`), or the tenant is over its rate limit (`policy`: `rate-limit`).", body = ErrorEnvelope,
             headers(
                 ("Retry-After" = u64, description = "Seconds, from the predicted wait."),
                 ("X-Backoff-Ms" = u64, description = "Milliseconds, from the predicted wait."),
             ),
-            extensions(("x-req-id" = json!(["ORCH-2010", "ORCH-2003", "ORCH-3004", "ORCH-3006"])))),
+            extensions(("x-req-id" = json!(["ORCH-2010", "ORCH-2003", "ORCH-3004", "ORCH-3006", "ORCH-3010"])))),
+        (status = 401, description = "`UNAUTHORIZED`: API keys are configured and the call has none, or an invalid one.", body = ErrorEnvelope,
+            extensions(("x-req-id" = json!(["ORCH-6002", "ORCH-2019"])))),
         (status = 500, description = "`INTERNAL`: an unexpected failure, e.g. the store refused the write.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-2018", "ORCH-2002"])))),
         (status = 503, description = "`POOL_UNREADY` (replicas starting, none Ready) or `POOL_UNAVAILABLE` (draining, shutting down, or every replica down).", body = ErrorEnvelope,
@@ -94,9 +99,15 @@ fn task_key(task_id: String, scope: Option<String>) -> Result<TaskKey, OrchError
     ),
     extensions(("x-req-id" = json!(["ORCH-1001", "ORCH-1002", "ORCH-1005", "ORCH-1006", "ORCH-7001"]))),
 )]
-pub async fn create_task(State(app): State<AppState>, body: Bytes) -> Result<Response, OrchError> {
-    let request: TaskRequest = parse_json(&body)?;
-    let admission = app.submit(DEFAULT_TENANT, request).await?;
+pub async fn create_task(
+    State(app): State<AppState>,
+    Caller(tenant): Caller,
+    body: Bytes,
+) -> Result<Response, OrchError> {
+    let request: TaskRequest = parse_json(&body).inspect_err(|e| app.metrics.rejected(None, e))?;
+    let pool = request.pool_id.clone().unwrap_or_else(|| "default".into());
+    let admission = (app.submit(&tenant, request).await)
+        .inspect_err(|e| app.metrics.rejected(Some(&pool), e))?;
     let mut response = (StatusCode::ACCEPTED, Json(&admission)).into_response();
     let response_headers = response.headers_mut();
     response_headers.insert(
@@ -124,6 +135,8 @@ pub async fn create_task(State(app): State<AppState>, body: Bytes) -> Result<Res
             extensions(("x-req-id" = json!(["ORCH-2012"])))),
         (status = 404, description = "`NOT_FOUND`: no such task in this scope.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-1012", "ORCH-2021", "ORCH-6011"])))),
+        (status = 401, description = "`UNAUTHORIZED`: API keys are configured and the call has none, or an invalid one.", body = ErrorEnvelope,
+            extensions(("x-req-id" = json!(["ORCH-6002", "ORCH-2019"])))),
         (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-2018"])))),
     ),
@@ -131,10 +144,11 @@ pub async fn create_task(State(app): State<AppState>, body: Bytes) -> Result<Res
 )]
 pub async fn get_task(
     State(app): State<AppState>,
+    Caller(tenant): Caller,
     Path(task_id): Path<String>,
     Query(query): Query<ScopeQuery>,
 ) -> Result<Json<TaskStatus>, OrchError> {
-    let key = task_key(task_id, query.scope)?;
+    let key = task_key(&tenant, task_id, query.scope)?;
     Ok(Json(app.status(&key).await?))
 }
 
@@ -150,6 +164,8 @@ pub async fn get_task(
             extensions(("x-req-id" = json!(["ORCH-1011"])))),
         (status = 400, description = "`INVALID_PARAMS`: bad state, limit, cursor or scope.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-2012"])))),
+        (status = 401, description = "`UNAUTHORIZED`: API keys are configured and the call has none, or an invalid one.", body = ErrorEnvelope,
+            extensions(("x-req-id" = json!(["ORCH-6002", "ORCH-2019"])))),
         (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-2018"])))),
     ),
@@ -157,6 +173,7 @@ pub async fn get_task(
 )]
 pub async fn list_tasks(
     State(app): State<AppState>,
+    Caller(tenant): Caller,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<TaskList>, OrchError> {
     check_scope(query.scope.as_deref())?;
@@ -179,7 +196,7 @@ pub async fn list_tasks(
         })
         .transpose()?;
     let filter = ListFilter {
-        tenant: DEFAULT_TENANT.into(),
+        tenant: tenant.id.clone(),
         scope: query.scope.unwrap_or_default(),
         state: query.state,
         after_seq,
@@ -207,6 +224,8 @@ pub async fn list_tasks(
             extensions(("x-req-id" = json!(["ORCH-2012"])))),
         (status = 404, description = "`NOT_FOUND`: no such task in this scope.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-1012", "ORCH-2021", "ORCH-6011"])))),
+        (status = 401, description = "`UNAUTHORIZED`: API keys are configured and the call has none, or an invalid one.", body = ErrorEnvelope,
+            extensions(("x-req-id" = json!(["ORCH-6002", "ORCH-2019"])))),
         (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-2018"])))),
     ),
@@ -214,11 +233,12 @@ pub async fn list_tasks(
 )]
 pub async fn stream_task(
     State(app): State<AppState>,
+    Caller(tenant): Caller,
     Path(task_id): Path<String>,
     Query(query): Query<ScopeQuery>,
     request_headers: HeaderMap,
 ) -> Result<impl IntoResponse, OrchError> {
-    let key = task_key(task_id, query.scope)?;
+    let key = task_key(&tenant, task_id, query.scope)?;
     let resume = match request_headers.get(headers::LAST_EVENT_ID) {
         None => Resume::FromStart,
         Some(value) => value
@@ -256,6 +276,8 @@ pub async fn stream_task(
             extensions(("x-req-id" = json!(["ORCH-2012"])))),
         (status = 404, description = "`NOT_FOUND`: no such task in this scope.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-1012", "ORCH-2021", "ORCH-6011"])))),
+        (status = 401, description = "`UNAUTHORIZED`: API keys are configured and the call has none, or an invalid one.", body = ErrorEnvelope,
+            extensions(("x-req-id" = json!(["ORCH-6002", "ORCH-2019"])))),
         (status = 500, description = "`INTERNAL`: the cancel could not be persisted.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-2018"])))),
     ),
@@ -263,10 +285,11 @@ pub async fn stream_task(
 )]
 pub async fn cancel_task(
     State(app): State<AppState>,
+    Caller(tenant): Caller,
     Path(task_id): Path<String>,
     Query(query): Query<ScopeQuery>,
 ) -> Result<StatusCode, OrchError> {
-    let key = task_key(task_id, query.scope)?;
+    let key = task_key(&tenant, task_id, query.scope)?;
     app.cancel(&key).await?;
     Ok(StatusCode::NO_CONTENT)
 }

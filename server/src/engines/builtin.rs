@@ -18,6 +18,9 @@ use super::{
 /// passes again.
 const CRASH_RESTART: Duration = Duration::from_millis(300);
 
+/// The only models the builtin engine can "load".
+const MODEL_PREFIX: &str = "builtin:";
+
 const VOCABULARY: &[&str] = &[
     "the", "queue", "admits", "a", "task", "and", "streams", "tokens", "while", "replicas", "warm",
     "their", "caches", "under", "quiet", "load", "river", "stone", "light", "over", "north",
@@ -145,6 +148,12 @@ impl Engine for BuiltinEngine {
         }
         if self.faults.down_since_crash() {
             return Health::Down("restarting after a crash".into());
+        }
+        if !self.properties.model_ref.starts_with(MODEL_PREFIX) {
+            return Health::Down(format!(
+                "cannot load model {:?}: the builtin engine serves only {MODEL_PREFIX}* models",
+                self.properties.model_ref
+            ));
         }
         let preload = Duration::from_millis(self.config.start_unready_ms);
         if self.started.elapsed() < preload {

@@ -2,12 +2,17 @@
 //! reads, recovery and shutdown. Pure decisions are delegated to `queue`,
 //! `placement` and `admission`; durable state to `store`.
 
+mod control;
 mod pool;
 mod runner;
+mod sessions;
 mod task;
+mod tenants;
 
 pub use pool::{Capacity, Pool, Replica, ReplicaHealth};
+pub use sessions::{SessionKey, Sessions};
 pub use task::{LiveTask, Outcome};
+pub use tenants::{Auth, DEFAULT_TENANT, Tenant, Tenants, key_hash};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,17 +33,18 @@ use crate::error::OrchError;
 use crate::queue::{self, Admission};
 use crate::store::{Inserted, ListFilter, TaskKey, TaskRecord, TaskStore};
 
-/// Tenant of every request until API keys exist (ORCH-6001 is planned).
-pub const DEFAULT_TENANT: &str = "default";
-
 pub struct Orchestrator {
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub store: Arc<dyn TaskStore>,
     pub clock: Clock,
     live: Mutex<HashMap<TaskKey, Arc<LiveTask>>>,
+    pub tenants: Tenants,
+    sessions: Mutex<Sessions>,
     accepting: AtomicBool,
     stopped: AtomicBool,
     retention_ms: u64,
+    /// This server's Prometheus registry (ORCH-7101).
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Where a stream reader resumes (ORCH-1104).
@@ -73,12 +79,15 @@ impl Orchestrator {
             store,
             clock,
             live: Mutex::new(HashMap::new()),
+            tenants: Tenants::new(&config.tenants),
+            sessions: Mutex::new(Sessions::new(config.sessions.clone())),
             accepting: AtomicBool::new(true),
             stopped: AtomicBool::new(false),
             retention_ms: config.retention_ms,
+            metrics: crate::metrics::Metrics::new(config.pools.iter().map(|p| p.id.as_str())),
         });
         for pool in orchestrator.pools.values() {
-            for replica in &pool.replicas {
+            for replica in pool.replicas() {
                 let health = replica.engine.health().await;
                 replica.record_health(health, Duration::ZERO);
             }
@@ -91,12 +100,8 @@ impl Orchestrator {
     pub fn spawn_workers(self: &Arc<Self>) {
         for pool in self.pools.values() {
             tokio::spawn(runner::dispatch_loop(Arc::clone(self), Arc::clone(pool)));
-            for replica in &pool.replicas {
-                tokio::spawn(health_loop(
-                    Arc::clone(self),
-                    Arc::clone(pool),
-                    Arc::clone(replica),
-                ));
+            for replica in pool.replicas() {
+                tokio::spawn(health_loop(Arc::clone(self), Arc::clone(pool), replica));
             }
         }
         tokio::spawn(retention_loop(Arc::clone(self)));
@@ -125,10 +130,11 @@ impl Orchestrator {
             .count()
     }
 
-    /// `POST /v1/tasks` (ORCH-1001..ORCH-1009, ORCH-3004..ORCH-3006, ORCH-7001).
+    /// `POST /v1/tasks` (ORCH-1001..ORCH-1009, ORCH-3004..ORCH-3006,
+    /// ORCH-3010, ORCH-5010, ORCH-7001).
     pub async fn submit(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         request: TaskRequest,
     ) -> Result<AdmissionResponse, OrchError> {
         let pool_id = request.pool_id.clone().unwrap_or_else(|| "default".into());
@@ -143,7 +149,8 @@ impl Orchestrator {
             )
         })?;
         admission::validate_request(&request, &pool.config)?;
-        let counter = &pool.replicas.first().ok_or_else(|| {
+        let replicas = pool.replicas();
+        let counter = replicas.first().ok_or_else(|| {
             OrchError::new(
                 ErrorCode::PoolUnavailable,
                 format!("pool {pool_id} has no replicas"),
@@ -154,18 +161,16 @@ impl Orchestrator {
             .count_tokens(&request.prompt)
             .await
             .map_err(|e| OrchError::invalid("prompt", e))?;
-        let ctx_limit = pool
-            .replicas
+        let ctx_limit = replicas
             .iter()
             .map(|r| r.engine.properties().ctx_limit)
             .min()
             .unwrap_or(0);
         admission::check_context(prompt_tokens, request.max_tokens, ctx_limit)?;
 
-        let scope = request.scope.clone().unwrap_or_default();
         let key = TaskKey {
-            tenant: tenant.to_owned(),
-            scope,
+            tenant: tenant.id.clone(),
+            scope: request.scope.clone().unwrap_or_default(),
             task_id: request
                 .task_id
                 .clone()
@@ -180,29 +185,66 @@ impl Orchestrator {
             return Ok(existing);
         }
         self.check_pool_available(&pool)?;
-        if let Some(policy) = pool
-            .queue()
-            .would_reject(request.priority.unwrap_or_default())
-        {
+        let priority = request.priority.unwrap_or_default();
+        if let Some(policy) = pool.queue().would_reject(priority) {
             return Err(self.rejection(&pool, policy));
         }
+        if let Err(wait_ms) = tenant.admit(self.clock.now_ms()) {
+            return Err(OrchError::new(
+                ErrorCode::AdmissionReject,
+                format!(
+                    "tenant {} is over its admission rate limit; retry later",
+                    tenant.id
+                ),
+            )
+            .with_policy(RejectPolicy::RateLimit)
+            .with_backoff(queue::backoff_hint(wait_ms).0));
+        }
+        let session = request.session_id.clone().map(|session_id| SessionKey {
+            tenant: key.tenant.clone(),
+            scope: key.scope.clone(),
+            session_id,
+        });
+        if let Some(session) = &session {
+            self.sessions().begin_turn(session, self.clock.now_ms())?;
+        }
+        let admitted = self.enqueue(&pool, key, request, body_hash, priority).await;
+        if admitted.is_ok() {
+            self.metrics
+                .enqueued(&pool_id, counter.engine.properties(), prompt_tokens);
+        }
+        if admitted.is_err()
+            && let Some(session) = &session
+        {
+            self.sessions().cancel_turn(session);
+        }
+        admitted
+    }
 
+    /// Store, then queue: the task is durable before it can be dispatched
+    /// and before its `202` (ORCH-7001).
+    async fn enqueue(
+        &self,
+        pool: &Arc<Pool>,
+        key: TaskKey,
+        request: TaskRequest,
+        body_hash: String,
+        priority: contracts::Priority,
+    ) -> Result<AdmissionResponse, OrchError> {
         let seed = request
             .seed
             .unwrap_or_else(|| admission::default_seed(&key.task_id));
-        let priority = request.priority.unwrap_or_default();
-        let now = self.clock.now_ms();
         let record = TaskRecord {
             seq: 0,
             key: key.clone(),
-            pool_id: pool_id.clone(),
+            pool_id: pool.id().to_owned(),
             priority,
-            request: request.clone(),
+            request,
             body_hash: body_hash.clone(),
             seed,
             state: TaskState::Queued,
             replica_id: None,
-            submitted_at_ms: now,
+            submitted_at_ms: self.clock.now_ms(),
             started_at_ms: None,
             finished_at_ms: None,
             first_token: false,
@@ -222,7 +264,7 @@ impl Orchestrator {
             Admission::Rejected { policy } => {
                 self.live().remove(&key);
                 self.store.delete(&key).await?;
-                return Err(self.rejection(&pool, policy));
+                return Err(self.rejection(pool, policy));
             }
             Admission::Admitted { position, evicted } => {
                 if let Some(eviction) = evicted {
@@ -231,10 +273,10 @@ impl Orchestrator {
                 position
             }
         };
-        let answer = self.admission_answer(&pool, &key, position);
+        let answer = self.admission_answer(pool, &key, position);
         task.set_admission(position, answer.predicted_start_ms);
         pool.wake.notify_one();
-        tracing::info!(task_id = %key.task_id, scope = %key.scope, pool = %pool_id, position, "task admitted");
+        tracing::info!(task_id = %key.task_id, scope = %key.scope, pool = %pool.id(), position, "task admitted");
         Ok(answer)
     }
 
@@ -303,6 +345,13 @@ impl Orchestrator {
             )
             .with_backoff(queue::backoff_hint(1_000).0));
         }
+        if pool.drain().is_some() {
+            return Err(OrchError::new(
+                ErrorCode::PoolUnavailable,
+                format!("pool {} is draining and admits no new tasks", pool.id()),
+            )
+            .with_backoff(queue::backoff_hint(pool.mean_service_ms() as u64).0));
+        }
         let capacity = pool.capacity();
         if capacity.ready_replicas > 0 {
             return Ok(());
@@ -320,7 +369,7 @@ impl Orchestrator {
             .with_backoff(wait));
         }
         let reasons: Vec<String> = pool
-            .replicas
+            .replicas()
             .iter()
             .map(|r| {
                 let state = r.state();
@@ -367,6 +416,7 @@ impl Orchestrator {
         let Some(task) = self.live_task(&eviction.key) else {
             return;
         };
+        self.metrics.evicted(&task.pool_id, eviction.policy);
         let message = match eviction.policy {
             RejectPolicy::DropLru => {
                 "evicted from a full queue to admit a newer task (policy drop-lru)"
@@ -409,6 +459,7 @@ impl Orchestrator {
             };
             self.store.finish(key, finish).await?;
             self.live().remove(key);
+            self.metrics.canceled(&task.pool_id);
             tracing::info!(task_id = %key.task_id, scope = %key.scope, "task canceled");
             return Ok(());
         }
@@ -592,6 +643,95 @@ impl Orchestrator {
         );
     }
 
+    pub fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn tenant_may_start(&self, tenant: &str) -> bool {
+        self.tenants.get(tenant).is_none_or(|t| t.may_start())
+    }
+
+    pub fn tenant_started(&self, tenant: &str) {
+        if let Some(t) = self.tenants.get(tenant) {
+            t.started();
+        }
+    }
+
+    pub fn tenant_stopped(&self, tenant: &str) {
+        if let Some(t) = self.tenants.get(tenant) {
+            t.stopped();
+        }
+    }
+
+    /// Live (queued or running) tasks of a pool.
+    pub fn pool_tasks(&self, pool_id: &str) -> Vec<Arc<LiveTask>> {
+        self.live()
+            .values()
+            .filter(|t| t.pool_id == pool_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Live tasks of a namespace.
+    fn namespace_tasks(&self, tenant: &str, scope: &str) -> Vec<Arc<LiveTask>> {
+        self.live()
+            .values()
+            .filter(|t| t.key.tenant == tenant && t.key.scope == scope)
+            .cloned()
+            .collect()
+    }
+
+    /// `GET /v1/sessions/{id}` (ORCH-5012).
+    pub fn session_info(&self, key: &SessionKey) -> Result<contracts::SessionInfo, OrchError> {
+        self.sessions().info(key, self.clock.now_ms())
+    }
+
+    /// `DELETE /v1/sessions/{id}` (ORCH-5013).
+    pub fn end_session(&self, key: &SessionKey) -> Result<(), OrchError> {
+        self.sessions().remove(key, self.clock.now_ms())
+    }
+
+    /// `DELETE /v1/scopes/{scope}` (ORCH-6013): cancel what runs or waits,
+    /// then purge every task and session of the namespace.
+    pub async fn purge_scope(
+        &self,
+        tenant: &str,
+        scope: &str,
+    ) -> Result<contracts::ScopePurge, OrchError> {
+        let mut tasks_canceled = 0;
+        for task in self.namespace_tasks(tenant, scope) {
+            if let Some(pool) = self.pools.get(&task.pool_id) {
+                pool.queue().remove(&task.key);
+            }
+            if task
+                .finish(
+                    Outcome::End(contracts::FinishReason::Canceled),
+                    self.clock.now_ms(),
+                )
+                .is_some()
+            {
+                tasks_canceled += 1;
+            }
+            self.live().remove(&task.key);
+        }
+        let tasks_purged = self.store.purge_scope(tenant, scope).await? as u32;
+        let sessions_purged = self.sessions().purge_scope(tenant, scope);
+        tracing::info!(
+            tenant,
+            scope,
+            tasks_canceled,
+            tasks_purged,
+            sessions_purged,
+            "scope purged"
+        );
+        Ok(contracts::ScopePurge {
+            scope: scope.to_owned(),
+            tasks_canceled,
+            tasks_purged,
+            sessions_purged,
+        })
+    }
+
     pub fn retention_ms(&self) -> u64 {
         self.retention_ms
     }
@@ -635,10 +775,14 @@ pub fn status_from_record(record: &TaskRecord) -> TaskStatus {
 }
 
 /// Probe one replica forever, with backoff while it is not Ready (ORCH-4013).
-async fn health_loop(orchestrator: Arc<Orchestrator>, pool: Arc<Pool>, replica: Arc<Replica>) {
+pub(super) async fn health_loop(
+    orchestrator: Arc<Orchestrator>,
+    pool: Arc<Pool>,
+    replica: Arc<Replica>,
+) {
     let interval = Duration::from_millis(pool.config.health_interval_ms.max(10));
     let mut next = interval;
-    while !orchestrator.is_stopped() {
+    while !orchestrator.is_stopped() && !replica.retired.load(Ordering::SeqCst) {
         tokio::time::sleep(next).await;
         let health = replica.engine.health().await;
         let (delay, became_ready) = replica.record_health(health, interval);

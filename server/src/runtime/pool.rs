@@ -1,8 +1,9 @@
 //! A pool at run time: its queue, its replicas with their health and load,
 //! and the observed service time behind every wait prediction.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use contracts::config::{PoolConfig, TimeoutConfig};
@@ -32,6 +33,8 @@ pub struct Replica {
     pub id: String,
     pub engine: Arc<dyn Engine>,
     state: Mutex<ReplicaState>,
+    /// Replaced by a reload: its health monitor stops, nothing new lands on it.
+    pub retired: AtomicBool,
 }
 
 impl Replica {
@@ -45,6 +48,7 @@ impl Replica {
                 last_error: None,
                 consecutive_failures: 0,
             }),
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -88,9 +92,30 @@ impl Replica {
     }
 }
 
+/// One completed task, for the SLO snapshot of `GET /v1/replicasets`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Completion {
+    pub ttft_ms: u64,
+    pub tokens: u32,
+    pub decode_ms: u64,
+}
+
+const RECENT_COMPLETIONS: usize = 256;
+
+/// A drain in progress: admission is closed; at `deadline_ms` whatever is
+/// left ends with `POOL_UNAVAILABLE` (ORCH-6022).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    pub deadline_ms: u64,
+}
+
 pub struct Pool {
     pub config: PoolConfig,
-    pub replicas: Vec<Arc<Replica>>,
+    replicas: RwLock<Vec<Arc<Replica>>>,
+    drain: Mutex<Option<Drain>>,
+    recent: Mutex<VecDeque<Completion>>,
+    /// Serializes reloads of this pool.
+    pub reloading: tokio::sync::Mutex<()>,
     pub sampler_profile_version: String,
     queue: Mutex<PoolQueue<TaskKey>>,
     pub wake: Notify,
@@ -127,7 +152,10 @@ impl Pool {
             sampler_profile_version: config.sampler_profile_version.clone(),
             timeouts: Mutex::new(config.timeouts.clone()),
             config,
-            replicas,
+            replicas: RwLock::new(replicas),
+            drain: Mutex::new(None),
+            recent: Mutex::new(VecDeque::new()),
+            reloading: tokio::sync::Mutex::new(()),
             queue: Mutex::new(queue),
             wake: Notify::new(),
             mean_service_ms: Mutex::new(initial_service_ms),
@@ -151,8 +179,46 @@ impl Pool {
         *self.timeouts.lock().unwrap() = timeouts;
     }
 
-    pub fn replica(&self, id: &str) -> Option<&Arc<Replica>> {
-        self.replicas.iter().find(|r| r.id == id)
+    /// The current replica set (a snapshot: a reload may replace it).
+    pub fn replicas(&self) -> Vec<Arc<Replica>> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Swap in a new replica set; the old replicas finish what they run.
+    pub fn replace_replicas(&self, replicas: Vec<Arc<Replica>>) -> Vec<Arc<Replica>> {
+        let mut current = self.replicas.write().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::replace(&mut *current, replicas);
+        for replica in &old {
+            replica.retired.store(true, Ordering::SeqCst);
+        }
+        old
+    }
+
+    pub fn replica(&self, id: &str) -> Option<Arc<Replica>> {
+        self.replicas().into_iter().find(|r| r.id == id)
+    }
+
+    pub fn drain(&self) -> Option<Drain> {
+        *self.drain.lock().unwrap()
+    }
+
+    pub fn set_drain(&self, drain: Option<Drain>) {
+        *self.drain.lock().unwrap() = drain;
+    }
+
+    pub fn record_completion(&self, completion: Completion) {
+        let mut recent = self.recent.lock().unwrap();
+        if recent.len() == RECENT_COMPLETIONS {
+            recent.pop_front();
+        }
+        recent.push_back(completion);
+    }
+
+    pub fn recent_completions(&self) -> Vec<Completion> {
+        self.recent.lock().unwrap().iter().copied().collect()
     }
 
     pub fn capacity(&self) -> Capacity {
@@ -162,7 +228,7 @@ impl Pool {
             total_slots: 0,
             free_slots: 0,
         };
-        for replica in &self.replicas {
+        for replica in self.replicas() {
             let state = replica.state();
             let slots = replica.engine.properties().slots;
             match state.health {
@@ -198,12 +264,12 @@ impl Pool {
         )
     }
 
-    /// Reserve a slot on the replica placement picks, keeping `avoid` for
-    /// last (ORCH-4001, ORCH-4002, ORCH-4014).
-    pub fn reserve_slot(&self, avoid: Option<&str>) -> Option<Arc<Replica>> {
-        let mut states: Vec<_> = self.replicas.iter().map(|r| r.state()).collect();
-        let loads: Vec<ReplicaLoad<'_>> = self
-            .replicas
+    /// Reserve a slot on the replica placement picks: `prefer` if it can
+    /// take the task, `avoid` last (ORCH-4001, ORCH-4002, ORCH-4004, ORCH-4014).
+    pub fn reserve_slot(&self, prefer: Option<&str>, avoid: Option<&str>) -> Option<Arc<Replica>> {
+        let replicas = self.replicas();
+        let mut states: Vec<_> = replicas.iter().map(|r| r.state()).collect();
+        let loads: Vec<ReplicaLoad<'_>> = replicas
             .iter()
             .zip(&states)
             .map(|(replica, state)| ReplicaLoad {
@@ -213,9 +279,9 @@ impl Pool {
                 slots: replica.engine.properties().slots,
             })
             .collect();
-        let chosen = placement::choose(&loads, avoid)?;
+        let chosen = placement::choose(&loads, prefer, avoid)?;
         states[chosen].active += 1;
-        Some(Arc::clone(&self.replicas[chosen]))
+        Some(Arc::clone(&replicas[chosen]))
     }
 
     pub fn release_slot(&self, replica: &Replica) {

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use contracts::{ErrorCode, StartedEvent};
+use contracts::{ErrorCode, FinishReason, StartedEvent};
 use futures::StreamExt;
 
+use super::pool::Completion;
 use super::{LiveTask, Orchestrator, Outcome, Pool, Replica};
 use crate::engines::{EngineError, EngineEvent};
 use crate::error::OrchError;
@@ -19,11 +20,12 @@ pub(super) async fn dispatch_loop(orchestrator: Arc<Orchestrator>, pool: Arc<Poo
     while !orchestrator.is_stopped() {
         let _ = tokio::time::timeout(Duration::from_millis(25), pool.wake.notified()).await;
         expire_deadlines(&orchestrator, &pool).await;
+        end_drain(&orchestrator, &pool).await;
         if pool.is_held() {
             continue;
         }
         while !orchestrator.is_stopped() {
-            let Some((task, replica)) = next_placement(&orchestrator, &pool) else {
+            let Some((task, replica, kv_warmth)) = next_placement(&orchestrator, &pool) else {
                 break;
             };
             tokio::spawn(run_task(
@@ -31,33 +33,66 @@ pub(super) async fn dispatch_loop(orchestrator: Arc<Orchestrator>, pool: Arc<Poo
                 Arc::clone(&pool),
                 replica,
                 task,
+                kv_warmth,
             ));
         }
     }
 }
 
-/// Pop the next task and reserve a slot for it, or `None` when either the
-/// queue is empty or no Ready replica has a free slot.
+/// Pop the next task that may start and reserve a slot for it, or `None`
+/// when the queue has nothing startable or no Ready replica has a free slot.
+/// A tenant at its concurrency quota keeps its place (ORCH-3011); a session's
+/// task goes to its warm replica when it can (ORCH-4004).
 fn next_placement(
     orchestrator: &Orchestrator,
     pool: &Pool,
-) -> Option<(Arc<LiveTask>, Arc<Replica>)> {
+) -> Option<(Arc<LiveTask>, Arc<Replica>, bool)> {
     loop {
         let mut queue = pool.queue();
         if pool.capacity().free_slots == 0 {
             return None;
         }
-        let key = queue.pop_next()?;
+        let key = queue.pop_next_where(|key| orchestrator.tenant_may_start(&key.tenant))?;
         drop(queue);
         let Some(task) = orchestrator.live_task(&key) else {
             continue;
         };
+        let warm = task
+            .session
+            .as_ref()
+            .and_then(|s| orchestrator.sessions().warm_replica(s));
         let avoid = task.avoid_replica();
-        let Some(replica) = pool.reserve_slot(avoid.as_deref()) else {
+        let Some(replica) = pool.reserve_slot(warm.as_deref(), avoid.as_deref()) else {
             pool.queue().requeue_front(key, task.priority);
             return None;
         };
-        return Some((task, replica));
+        let kv_warmth = warm.as_deref() == Some(replica.id.as_str());
+        orchestrator.tenant_started(&key.tenant);
+        return Some((task, replica, kv_warmth));
+    }
+}
+
+/// Past a drain's deadline, whatever the pool still holds ends with
+/// `POOL_UNAVAILABLE` (ORCH-6022).
+async fn end_drain(orchestrator: &Orchestrator, pool: &Pool) {
+    let Some(drain) = pool.drain() else {
+        return;
+    };
+    if orchestrator.clock.now_ms() < drain.deadline_ms {
+        return;
+    }
+    let queued = pool.queue().dispatch_order();
+    for key in &queued {
+        pool.queue().remove(key);
+    }
+    let leftovers = orchestrator.pool_tasks(pool.id());
+    for task in leftovers {
+        let envelope = OrchError::new(
+            ErrorCode::PoolUnavailable,
+            format!("pool {} was drained and its deadline passed", pool.id()),
+        )
+        .envelope();
+        orchestrator.finish(&task, Outcome::Error(envelope)).await;
     }
 }
 
@@ -91,14 +126,44 @@ async fn run_task(
     pool: Arc<Pool>,
     replica: Arc<Replica>,
     task: Arc<LiveTask>,
+    kv_warmth: bool,
 ) {
     let started_ms = orchestrator.clock.now_ms();
-    let outcome = drive(&orchestrator, &pool, &replica, &task).await;
+    let run = drive(&orchestrator, &pool, &replica, &task, kv_warmth).await;
     pool.release_slot(&replica);
-    match outcome {
+    orchestrator.tenant_stopped(&task.key.tenant);
+    let now = orchestrator.clock.now_ms();
+    match run.step {
         Step::Done(outcome) => {
-            if orchestrator.finish(&task, outcome).await {
-                pool.observe_service(orchestrator.clock.now_ms().saturating_sub(started_ms));
+            let completed =
+                matches!(outcome, Outcome::End(reason) if reason != FinishReason::Canceled);
+            if let Some(session) = &task.session {
+                let mut sessions = orchestrator.sessions();
+                if completed {
+                    // KV estimate: ~4 bytes of prompt per token, plus the output.
+                    let tokens = task.generate.prompt.len().div_ceil(4) as u64
+                        + u64::from(task.tokens_out());
+                    sessions.complete_turn(session, &replica.id, tokens, now);
+                } else {
+                    sessions.lose_kv(session);
+                }
+            }
+            let ended = orchestrator.finish(&task, outcome).await;
+            let decode_ms = now.saturating_sub(task.started_ms().unwrap_or(started_ms));
+            if ended {
+                log_end(&task, pool.id(), &replica, decode_ms, run.ttft_ms);
+            }
+            if ended && completed {
+                orchestrator
+                    .metrics
+                    .completed(pool.id(), replica.engine.properties(), decode_ms);
+                let service_ms = now.saturating_sub(started_ms);
+                pool.observe_service(service_ms);
+                pool.record_completion(Completion {
+                    ttft_ms: run.ttft_ms.unwrap_or(service_ms),
+                    tokens: task.tokens_out(),
+                    decode_ms: service_ms,
+                });
             }
         }
         Step::Retry => {
@@ -110,6 +175,12 @@ async fn run_task(
         }
         Step::Stop => {}
     }
+}
+
+struct Run {
+    step: Step,
+    /// Time from start to the first token, when there was one.
+    ttft_ms: Option<u64>,
 }
 
 enum Step {
@@ -125,6 +196,20 @@ async fn drive(
     pool: &Pool,
     replica: &Replica,
     task: &Arc<LiveTask>,
+    kv_warmth: bool,
+) -> Run {
+    let mut ttft_ms = None;
+    let step = decode(orchestrator, pool, replica, task, kv_warmth, &mut ttft_ms).await;
+    Run { step, ttft_ms }
+}
+
+async fn decode(
+    orchestrator: &Orchestrator,
+    pool: &Pool,
+    replica: &Replica,
+    task: &Arc<LiveTask>,
+    kv_warmth: bool,
+    ttft_ms: &mut Option<u64>,
 ) -> Step {
     let properties = replica.engine.properties().clone();
     let position_wait = orchestrator
@@ -140,7 +225,7 @@ async fn drive(
         engine_version: properties.engine_version.clone(),
         seed: task.generate.seed,
         sampler_profile_version: pool.sampler_profile_version.clone(),
-        kv_warmth: false,
+        kv_warmth,
     };
     let now = orchestrator.clock.now_ms();
     if !task.start(started, now) {
@@ -154,6 +239,8 @@ async fn drive(
         return Step::Done(Outcome::Error(OrchError::from(error).envelope()));
     }
     tracing::info!(task_id = %task.key.task_id, pool = %pool.id(), replica = %replica.id, engine = %properties.engine, queue_time_ms = position_wait, "task started");
+    let metered = orchestrator.metrics.task(pool.id(), &properties, now);
+    metered.started();
 
     let failure = |error: EngineError, tokens: u32| -> Step {
         let lost = matches!(error, EngineError::Lost(_) | EngineError::Refused(_));
@@ -195,7 +282,7 @@ async fn drive(
     loop {
         tokio::select! {
             biased;
-            () = task.canceled() => return Step::Stop,
+            () = task.stopped() => return Step::Stop,
             item = stream.next() => match item {
                 Some(Ok(EngineEvent::Token(text))) => {
                     if task.tokens_out() == 0
@@ -203,10 +290,12 @@ async fn drive(
                     {
                         return Step::Done(Outcome::Error(OrchError::from(error).envelope()));
                     }
-                    if task.push_token(text).is_none() {
+                    let Some(i) = task.push_token(text) else {
                         return Step::Stop;
-                    }
+                    };
                     last_progress = orchestrator.clock.now_ms();
+                    metered.token(i, last_progress);
+                    ttft_ms.get_or_insert(last_progress.saturating_sub(now));
                 }
                 Some(Ok(EngineEvent::Finished(reason))) => return Step::Done(Outcome::End(reason)),
                 Some(Err(error)) => return failure(error, task.tokens_out()),
@@ -234,5 +323,18 @@ async fn drive(
                 }
             }
         }
+    }
+}
+
+/// The one log line of a task the runner ended (ORCH-7102, ORCH-7105):
+/// `info` when it completed, `warn` with the code when it failed.
+fn log_end(task: &LiveTask, pool: &str, replica: &Replica, decode_ms: u64, ttft_ms: Option<u64>) {
+    let properties = replica.engine.properties();
+    let status = task.status(None);
+    let code = status.error.as_ref().map(|e| format!("{:?}", e.code));
+    if code.is_some() {
+        tracing::warn!(task_id = %task.key.task_id, scope = %task.key.scope, pool, replica = %replica.id, engine = %properties.engine, engine_version = %properties.engine_version, state = ?status.state, error = code.as_deref(), tokens_out = status.tokens_out, decode_ms, ttft_ms, "task failed");
+    } else {
+        tracing::info!(task_id = %task.key.task_id, scope = %task.key.scope, pool, replica = %replica.id, engine = %properties.engine, engine_version = %properties.engine_version, state = ?status.state, finish_reason = ?status.finish_reason, tokens_out = status.tokens_out, decode_ms, ttft_ms, "task ended");
     }
 }

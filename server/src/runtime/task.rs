@@ -11,6 +11,7 @@ use contracts::{
 };
 use tokio::sync::{Notify, watch};
 
+use super::sessions::SessionKey;
 use crate::engines::GenerateRequest;
 use crate::store::{Finish, TaskKey};
 
@@ -25,10 +26,13 @@ pub struct LiveTask {
     pub submitted_at_ms: u64,
     /// Start deadline from `deadline_ms` (ORCH-3008).
     pub start_deadline_ms: Option<u64>,
+    pub session: Option<SessionKey>,
     inner: Mutex<Inner>,
     /// Number of events in the log; readers wait on changes.
     log_len: watch::Sender<usize>,
-    canceled: Notify,
+    /// Wakes the runner when someone else ended the task (cancel, eviction,
+    /// drain deadline).
+    stopped: Notify,
 }
 
 #[derive(Debug)]
@@ -68,6 +72,11 @@ impl LiveTask {
         events: Vec<StreamEvent>,
     ) -> Self {
         let start_deadline_ms = request.deadline_ms.map(|d| submitted_at_ms + d);
+        let session = request.session_id.clone().map(|session_id| SessionKey {
+            tenant: key.tenant.clone(),
+            scope: key.scope.clone(),
+            session_id,
+        });
         let (log_len, _) = watch::channel(events.len());
         Self {
             key,
@@ -78,6 +87,7 @@ impl LiveTask {
             generate,
             submitted_at_ms,
             start_deadline_ms,
+            session,
             inner: Mutex::new(Inner {
                 state: TaskState::Queued,
                 events,
@@ -93,7 +103,7 @@ impl LiveTask {
                 avoid_replica: None,
             }),
             log_len,
-            canceled: Notify::new(),
+            stopped: Notify::new(),
         }
     }
 
@@ -222,9 +232,7 @@ impl LiveTask {
         inner.state = state;
         inner.finished_at_ms = Some(now_ms);
         self.push(&mut inner, event);
-        if state == TaskState::Canceled {
-            self.canceled.notify_one();
-        }
+        self.stopped.notify_one();
         Some(Finish {
             state,
             finished_at_ms: now_ms,
@@ -235,9 +243,10 @@ impl LiveTask {
         })
     }
 
-    /// Resolves once the task was canceled (the runner stops the engine).
-    pub async fn canceled(&self) {
-        self.canceled.notified().await;
+    /// Resolves once the task ended while running (the runner then stops
+    /// the engine).
+    pub async fn stopped(&self) {
+        self.stopped.notified().await;
     }
 
     /// Events from `cursor` on, and whether the log is complete.

@@ -106,6 +106,8 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn unfinished(&self) -> Result<Vec<TaskRecord>, StoreError>;
     /// Drop terminal tasks finished before `at_ms` (retention, ORCH-7004).
     async fn purge_finished_before(&self, at_ms: u64) -> Result<u64, StoreError>;
+    /// Delete every task of a namespace and its event log (ORCH-6013).
+    async fn purge_scope(&self, tenant: &str, scope: &str) -> Result<u64, StoreError>;
     /// Test hook: make every write fail, to reach `INTERNAL` for real.
     fn refuse_writes(&self, refuse: bool);
 }

@@ -425,6 +425,23 @@ impl TaskStore for SqliteStore {
         .await
     }
 
+    async fn purge_scope(&self, tenant: &str, scope: &str) -> Result<u64, StoreError> {
+        let (tenant, scope) = (tenant.to_owned(), scope.to_owned());
+        self.call(true, move |tx| {
+            tx.execute(
+                "DELETE FROM task_events WHERE task_seq IN \
+                 (SELECT seq FROM tasks WHERE tenant = ?1 AND scope = ?2)",
+                params![tenant, scope],
+            )?;
+            let purged = tx.execute(
+                "DELETE FROM tasks WHERE tenant = ?1 AND scope = ?2",
+                params![tenant, scope],
+            )?;
+            Ok(purged as u64)
+        })
+        .await
+    }
+
     fn refuse_writes(&self, refuse: bool) {
         self.refuse_writes.store(refuse, Ordering::SeqCst);
     }

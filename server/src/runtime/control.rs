@@ -1,0 +1,283 @@
+//! Control-plane operations (ORCH-6020..ORCH-6026): pool listing and health,
+//! drain with a deadline, atomic reload, replica sets and capabilities.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use contracts::control::{
+    PoolCapability, PoolSummary, ReplicaSet, ReplicaSetLoad, ReplicaState, ReplicaStatus,
+    SloSnapshot,
+};
+use contracts::{
+    Capabilities, ErrorCode, PoolActionResponse, PoolHealth, PoolList, ReplicaSetList,
+};
+
+use super::pool::{Drain, ReplicaHealth};
+use super::{Orchestrator, Pool, Replica, health_loop};
+use crate::engines;
+use crate::error::OrchError;
+use crate::queue;
+
+const DEFAULT_READY_TIMEOUT_MS: u64 = 30_000;
+
+fn replica_status(replica: &Replica) -> ReplicaStatus {
+    let properties = replica.engine.properties();
+    let state = replica.state();
+    ReplicaStatus {
+        replica_id: replica.id.clone(),
+        state: match state.health {
+            ReplicaHealth::Starting => ReplicaState::Starting,
+            ReplicaHealth::Ready => ReplicaState::Ready,
+            ReplicaHealth::Down => ReplicaState::Down,
+        },
+        engine: properties.engine.clone(),
+        engine_version: properties.engine_version.clone(),
+        model_ref: properties.model_ref.clone(),
+        active: state.active,
+        slots: properties.slots,
+        last_error: state.last_error.clone(),
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+impl Orchestrator {
+    fn known_pool(&self, pool_id: &str) -> Result<&Arc<Pool>, OrchError> {
+        self.pools
+            .get(pool_id)
+            .ok_or_else(|| OrchError::not_found(format!("pool {pool_id:?}")))
+    }
+
+    /// `GET /v1/pools` (ORCH-6020).
+    pub fn pool_list(&self) -> PoolList {
+        let pools = self
+            .pools
+            .values()
+            .map(|pool| {
+                let replicas = pool.replicas();
+                let first = replicas.first().map(|r| r.engine.properties().clone());
+                PoolSummary {
+                    pool_id: pool.id().to_owned(),
+                    engine: first.as_ref().map(|p| p.engine.clone()).unwrap_or_default(),
+                    model_ref: first.map(|p| p.model_ref).unwrap_or_default(),
+                    replicas: replicas.len() as u32,
+                    ready_replicas: pool.capacity().ready_replicas,
+                    queue_depth: pool.queue().len() as u32,
+                    queue_capacity: pool.config.queue.capacity,
+                    draining: pool.drain().is_some(),
+                }
+            })
+            .collect();
+        PoolList { pools }
+    }
+
+    /// `GET /v1/pools/{id}/health` (ORCH-6021).
+    pub fn pool_health(&self, pool_id: &str) -> Result<PoolHealth, OrchError> {
+        let pool = self.known_pool(pool_id)?;
+        let draining = pool.drain().is_some();
+        let replicas: Vec<_> = pool.replicas().iter().map(|r| replica_status(r)).collect();
+        Ok(PoolHealth {
+            pool_id: pool_id.to_owned(),
+            live: !self.is_stopped(),
+            ready: !draining && replicas.iter().any(|r| r.state == ReplicaState::Ready),
+            draining,
+            queue_depth: pool.queue().len() as u32,
+            replicas,
+        })
+    }
+
+    fn pool_action(&self, pool: &Pool) -> PoolActionResponse {
+        let replicas = pool.replicas();
+        PoolActionResponse {
+            pool_id: pool.id().to_owned(),
+            draining: pool.drain().is_some(),
+            model_ref: replicas
+                .first()
+                .map(|r| r.engine.properties().model_ref.clone())
+                .unwrap_or_default(),
+            replicas: replicas.iter().map(|r| r.id.clone()).collect(),
+        }
+    }
+
+    /// `POST /v1/pools/{id}/drain` (ORCH-6022): admission closes now; queued
+    /// and running work continues until `deadline_ms`, then ends with
+    /// `POOL_UNAVAILABLE`.
+    pub fn drain_pool(
+        &self,
+        pool_id: &str,
+        deadline_ms: u64,
+    ) -> Result<PoolActionResponse, OrchError> {
+        let pool = self.known_pool(pool_id)?;
+        pool.set_drain(Some(Drain {
+            deadline_ms: self.clock.now_ms() + deadline_ms,
+        }));
+        pool.wake.notify_one();
+        tracing::info!(pool = %pool_id, deadline_ms, "pool draining");
+        Ok(self.pool_action(pool))
+    }
+
+    /// `POST /v1/pools/{id}/reload` (ORCH-6023): start a new replica set on
+    /// `model_ref`; swap it in only when every new replica is Ready, else
+    /// keep the old one serving and answer `503 POOL_UNREADY` saying why.
+    pub async fn reload_pool(
+        self: &Arc<Self>,
+        pool_id: &str,
+        model_ref: &str,
+        ready_timeout_ms: Option<u64>,
+    ) -> Result<PoolActionResponse, OrchError> {
+        let pool = Arc::clone(self.known_pool(pool_id)?);
+        if model_ref.trim().is_empty() {
+            return Err(OrchError::invalid("model_ref", "must not be empty"));
+        }
+        let _one_at_a_time = pool.reloading.lock().await;
+        let fresh: Vec<Arc<Replica>> = pool
+            .config
+            .replicas
+            .iter()
+            .map(|config| {
+                let engine = engines::build(&config.engine.with_model_ref(model_ref));
+                Arc::new(Replica::new(config.id.clone(), engine))
+            })
+            .collect();
+        let timeout = Duration::from_millis(ready_timeout_ms.unwrap_or(DEFAULT_READY_TIMEOUT_MS));
+        let interval = Duration::from_millis(pool.config.health_interval_ms.max(10));
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut not_ready = Vec::new();
+            for replica in &fresh {
+                let health = replica.engine.health().await;
+                replica.record_health(health, interval);
+                let state = replica.state();
+                if state.health != ReplicaHealth::Ready {
+                    let why = state
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "not Ready".into());
+                    not_ready.push(format!("{}: {why}", replica.id));
+                }
+            }
+            if not_ready.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(OrchError::new(
+                    ErrorCode::PoolUnready,
+                    format!(
+                        "reload of pool {pool_id} to {model_ref:?} failed, the old replicas keep serving: {}",
+                        not_ready.join("; ")
+                    ),
+                )
+                .with_backoff(queue::backoff_hint(timeout.as_millis() as u64).0));
+            }
+            tokio::time::sleep(interval).await;
+        }
+        pool.replace_replicas(fresh.clone());
+        pool.set_drain(None);
+        for replica in fresh {
+            tokio::spawn(health_loop(Arc::clone(self), Arc::clone(&pool), replica));
+        }
+        pool.wake.notify_one();
+        tracing::info!(pool = %pool_id, model_ref, "pool reloaded");
+        Ok(self.pool_action(&pool))
+    }
+
+    /// `GET /v1/replicasets` (ORCH-6024): one entry per pool replica set,
+    /// with its load and the service levels of its last completed tasks.
+    pub fn replica_sets(&self) -> ReplicaSetList {
+        let replica_sets = self
+            .pools
+            .values()
+            .filter_map(|pool| {
+                let replicas = pool.replicas();
+                let properties = replicas.first()?.engine.properties().clone();
+                let (active, slots) = replicas.iter().fold((0, 0), |(a, s), r| {
+                    (a + r.state().active, s + r.engine.properties().slots)
+                });
+                let recent = pool.recent_completions();
+                let mut ttfts: Vec<u64> = recent.iter().map(|c| c.ttft_ms).collect();
+                ttfts.sort_unstable();
+                let tokens: u64 = recent.iter().map(|c| u64::from(c.tokens)).sum();
+                let decode_ms: u64 = recent.iter().map(|c| c.decode_ms).sum();
+                Some(ReplicaSet {
+                    pool_id: pool.id().to_owned(),
+                    engine: properties.engine,
+                    engine_version: properties.engine_version,
+                    model_ref: properties.model_ref,
+                    model_digest: properties.model_digest,
+                    sampler_profile_version: pool.sampler_profile_version.clone(),
+                    replicas: replicas.iter().map(|r| r.id.clone()).collect(),
+                    load: ReplicaSetLoad {
+                        active,
+                        slots,
+                        queue_depth: pool.queue().len() as u32,
+                    },
+                    slo: SloSnapshot {
+                        completed: recent.len() as u32,
+                        ttft_p50_ms: percentile(&ttfts, 0.5),
+                        ttft_p99_ms: percentile(&ttfts, 0.99),
+                        tokens_per_s: if decode_ms == 0 {
+                            0.0
+                        } else {
+                            (tokens as f64 * 1000.0 / decode_ms as f64 * 10.0).round() / 10.0
+                        },
+                    },
+                })
+            })
+            .collect();
+        ReplicaSetList { replica_sets }
+    }
+
+    /// `GET /v1/capabilities` (ORCH-6025).
+    pub fn capabilities(&self) -> Capabilities {
+        let mut engines: Vec<String> = Vec::new();
+        let pools = self
+            .pools
+            .values()
+            .map(|pool| {
+                let replicas = pool.replicas();
+                let engine = replicas
+                    .first()
+                    .map(|r| r.engine.properties().engine.clone())
+                    .unwrap_or_default();
+                if !engines.contains(&engine) {
+                    engines.push(engine.clone());
+                }
+                PoolCapability {
+                    pool_id: pool.id().to_owned(),
+                    engine,
+                    ctx_limit: replicas
+                        .iter()
+                        .map(|r| r.engine.properties().ctx_limit)
+                        .min()
+                        .unwrap_or(0),
+                    max_tokens_limit: pool.config.max_tokens_limit,
+                    slots: replicas.iter().map(|r| r.engine.properties().slots).sum(),
+                }
+            })
+            .collect();
+        let features = [
+            "sse",
+            "last-event-id",
+            "idempotent-task-id",
+            "priorities",
+            "full-policies",
+            "sessions",
+            "scopes",
+            "drain",
+            "reload",
+            "rate-limits",
+        ];
+        Capabilities {
+            api_version: env!("CARGO_PKG_VERSION").into(),
+            engines,
+            pools,
+            features: features.map(String::from).to_vec(),
+        }
+    }
+}
