@@ -263,6 +263,75 @@ async fn ls_all_follows_every_cursor_and_queued_tasks_show_their_position() {
     assert!(body.get("next_cursor").is_none());
 }
 
+// covers: ORCH-1010, ORCH-3007
+#[tokio::test]
+async fn follow_shows_the_queue_position_while_the_task_waits() {
+    let server = TestServer::quiet().await;
+    server.handle().hold_dispatch("default", true);
+    let orchctl = server.orchctl();
+    for id in ["w-0", "w-1"] {
+        orchctl
+            .run(&[
+                "submit",
+                "--prompt",
+                PROMPT,
+                "--max-tokens",
+                "2",
+                "--seed",
+                "1",
+                "--task-id",
+                id,
+            ])
+            .await
+            .assert_exit(0);
+    }
+    let follower = {
+        let orchctl = orchctl.clone();
+        tokio::spawn(async move {
+            orchctl
+                .run(&[
+                    "submit",
+                    "--prompt",
+                    PROMPT,
+                    "--max-tokens",
+                    "2",
+                    "--seed",
+                    "1",
+                    "--task-id",
+                    "w-2",
+                    "--follow",
+                ])
+                .await
+        })
+    };
+    let client = orchctl::Client::new(server.url()).with_scope(orchctl.scope.clone().unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while client.status("w-2").await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "w-2 was never admitted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    orchctl.run(&["cancel", "w-0"]).await.assert_exit(0);
+    // The follower polls the position once a second until the stream starts.
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    server.handle().hold_dispatch("default", false);
+    let run = follower.await.unwrap();
+    run.assert_exit(0);
+    assert!(
+        run.stderr.contains("queued at position 2 (eta ")
+            && run.stderr.contains("queued at position 1\n"),
+        "{}",
+        run.transcript()
+    );
+    assert!(
+        run.stderr.contains("finish: length"),
+        "{}",
+        run.transcript()
+    );
+}
+
 // covers: ORCH-1020, ORCH-1022
 #[tokio::test]
 async fn cancel_stops_a_queued_task_and_its_stream_ends_canceled() {
@@ -609,6 +678,9 @@ async fn help_documents_the_exit_codes_and_usage_errors_exit_2() {
     insta::assert_snapshot!("help", help.stdout);
 
     orchctl.run(&["status"]).await.assert_exit(2);
+    // An id that would change the URL (a query, a fragment) is refused here.
+    orchctl.run(&["status", "a?b"]).await.assert_exit(2);
+    orchctl.run(&["cancel", "a#b"]).await.assert_exit(2);
     orchctl
         .run(&["submit", "--prompt", "x", "--priority", "urgent"])
         .await

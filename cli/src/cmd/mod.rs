@@ -95,6 +95,20 @@ impl Ctx {
     }
 }
 
+/// Parser of a task id argument that goes into a URL path: the id charset of
+/// the spec (ORCH-6014), so that no id can turn into a query (`?`), a
+/// fragment (`#`) or a dot segment and silently address another resource.
+pub fn task_id_arg(value: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+    if value.is_empty() || value.len() > 128 || !value.chars().all(allowed) {
+        return Err("a task id is 1 to 128 characters from [A-Za-z0-9._:-]".into());
+    }
+    if value == "." || value == ".." {
+        return Err("`.` and `..` cannot be used in a URL path".into());
+    }
+    Ok(value.to_owned())
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Submit(submit::SubmitArgs),
@@ -103,6 +117,22 @@ pub enum Command {
     Ls(ls::LsArgs),
     Cancel(cancel::CancelArgs),
     Completions(completions::CompletionsArgs),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::task_id_arg;
+
+    #[test]
+    fn task_ids_that_would_change_the_url_are_refused() {
+        for ok in ["t-1", "job.2:a_b", "A"] {
+            assert_eq!(task_id_arg(ok).as_deref(), Ok(ok));
+        }
+        for bad in ["", "a?b", "a#b", "a/b", "a b", "..", ".", "é"] {
+            assert!(task_id_arg(bad).is_err(), "{bad:?}");
+        }
+        assert!(task_id_arg(&"x".repeat(129)).is_err());
+    }
 }
 
 impl Command {

@@ -20,6 +20,7 @@ Examples:
 #[command(after_help = AFTER_HELP)]
 pub struct StatusArgs {
     /// The task id.
+    #[arg(value_parser = super::task_id_arg)]
     pub task_id: String,
 }
 

@@ -34,6 +34,7 @@ Examples:
 #[command(after_help = AFTER_HELP)]
 pub struct StreamArgs {
     /// The task id (as printed by `orchctl submit`).
+    #[arg(value_parser = super::task_id_arg)]
     pub task_id: String,
 
     /// Resume after this token index (as the SSE `Last-Event-ID`).
