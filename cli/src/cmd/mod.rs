@@ -119,6 +119,19 @@ pub enum Command {
     Completions(completions::CompletionsArgs),
 }
 
+impl Command {
+    pub async fn run(self, ctx: &Ctx) -> Result<(), Failure> {
+        match self {
+            Self::Submit(args) => submit::run(ctx, args).await,
+            Self::Stream(args) => stream::run(ctx, args).await,
+            Self::Status(args) => status::run(ctx, args).await,
+            Self::Ls(args) => ls::run(ctx, args).await,
+            Self::Cancel(args) => cancel::run(ctx, args).await,
+            Self::Completions(args) => completions::run(args),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::task_id_arg;
@@ -132,18 +145,5 @@ mod tests {
             assert!(task_id_arg(bad).is_err(), "{bad:?}");
         }
         assert!(task_id_arg(&"x".repeat(129)).is_err());
-    }
-}
-
-impl Command {
-    pub async fn run(self, ctx: &Ctx) -> Result<(), Failure> {
-        match self {
-            Self::Submit(args) => submit::run(ctx, args).await,
-            Self::Stream(args) => stream::run(ctx, args).await,
-            Self::Status(args) => status::run(ctx, args).await,
-            Self::Ls(args) => ls::run(ctx, args).await,
-            Self::Cancel(args) => cancel::run(ctx, args).await,
-            Self::Completions(args) => completions::run(args),
-        }
     }
 }
