@@ -91,8 +91,17 @@ fn report_client(error: &ClientError, json: bool, context: &Context) {
             status, envelope, ..
         } => {
             if json {
-                let body = serde_json::json!({ "status": status, "error": envelope });
-                eprintln!("{body}");
+                // A struct, not `json!`, so the envelope keeps its wire field order.
+                #[derive(Serialize)]
+                struct ErrorLine<'a> {
+                    status: u16,
+                    error: &'a ErrorEnvelope,
+                }
+                let line = ErrorLine {
+                    status: *status,
+                    error: envelope,
+                };
+                eprintln!("{}", serde_json::to_string(&line).unwrap_or_default());
                 return;
             }
             print_envelope(envelope);

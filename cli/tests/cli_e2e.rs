@@ -477,6 +477,7 @@ async fn a_full_queue_exits_3_with_the_wait_the_server_asks_for() {
     assert_eq!(body["status"], 429);
     assert_eq!(body["error"]["policy"], "reject");
     assert_eq!(body["error"]["retriable"], true);
+    snapshot!("queue_full_json", json.transcript());
 
     // With --retries the same submission waits and gets in once the queue moves.
     let retrying = {

@@ -26,8 +26,15 @@ pub struct CancelArgs {
 pub async fn run(ctx: &Ctx, args: CancelArgs) -> Result<(), Failure> {
     ctx.client.cancel(&args.task_id).await?;
     if ctx.out.json {
-        ctx.out
-            .json_line(&serde_json::json!({ "task_id": args.task_id, "canceled": true }))?;
+        #[derive(serde::Serialize)]
+        struct Canceled<'a> {
+            task_id: &'a str,
+            canceled: bool,
+        }
+        ctx.out.json_line(&Canceled {
+            task_id: &args.task_id,
+            canceled: true,
+        })?;
     } else {
         ctx.out.line(&format!("canceled {}", args.task_id))?;
     }

@@ -62,7 +62,7 @@ impl Summary {
             Some(ttft) => parts.push(format!("ttft {} ms", ttft.as_millis())),
             None => parts.push("ttft -".into()),
         }
-        if let Some(end) = end.filter(|e| e.decode_ms > 0) {
+        if let Some(end) = end.filter(|e| e.decode_ms > 0 && e.tokens_out > 0) {
             let rate = f64::from(end.tokens_out) * 1000.0 / end.decode_ms as f64;
             parts.push(format!("{rate:.1} tok/s"));
         }
