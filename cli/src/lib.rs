@@ -8,8 +8,9 @@ mod sse;
 use std::time::Duration;
 
 use contracts::{
-    AdmissionResponse, ErrorEnvelope, StreamEvent, TaskList, TaskRequest, TaskState, TaskStatus,
-    headers,
+    AdmissionResponse, Capabilities, DrainRequest, ErrorEnvelope, PoolActionResponse, PoolHealth,
+    PoolList, ReloadRequest, ReplicaSetList, ScopePurge, SessionInfo, StreamEvent, TaskList,
+    TaskRequest, TaskState, TaskStatus, headers,
 };
 use futures::{Stream, StreamExt};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -218,16 +219,8 @@ impl Client {
     /// `POST /v1/tasks/{id}/cancel`.
     pub async fn cancel(&self, task_id: &str) -> Result<(), ClientError> {
         let path = format!("/v1/tasks/{}/cancel", encode(task_id));
-        let response = self
-            .send(self.scoped(self.request(Method::POST, &path)))
-            .await?;
-        if response.status() != StatusCode::NO_CONTENT {
-            return Err(ClientError::Protocol(format!(
-                "cancel answered {} instead of 204",
-                response.status()
-            )));
-        }
-        Ok(())
+        self.no_content(self.scoped(self.request(Method::POST, &path)), "cancel")
+            .await
     }
 
     /// `GET /v1/tasks/{id}/stream` from the start.
@@ -321,6 +314,90 @@ impl Client {
             request = request.header(headers::LAST_EVENT_ID, id.to_string());
         }
         self.send(request).await
+    }
+
+    async fn no_content(&self, request: RequestBuilder, what: &str) -> Result<(), ClientError> {
+        let response = self.send(request).await?;
+        if response.status() != StatusCode::NO_CONTENT {
+            return Err(ClientError::Protocol(format!(
+                "{what} answered {} instead of 204",
+                response.status()
+            )));
+        }
+        Ok(())
+    }
+
+    /// `GET /v1/sessions/{id}`.
+    pub async fn session(&self, session_id: &str) -> Result<SessionInfo, ClientError> {
+        let path = format!("/v1/sessions/{}", encode(session_id));
+        self.json(self.scoped(self.request(Method::GET, &path)))
+            .await
+    }
+
+    /// `DELETE /v1/sessions/{id}`.
+    pub async fn end_session(&self, session_id: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/sessions/{}", encode(session_id));
+        self.no_content(
+            self.scoped(self.request(Method::DELETE, &path)),
+            "session delete",
+        )
+        .await
+    }
+
+    /// `DELETE /v1/scopes/{scope}`: cancel and purge everything in `scope`
+    /// (the client's own scope when `None`).
+    pub async fn purge_scope(&self, scope: Option<&str>) -> Result<ScopePurge, ClientError> {
+        let scope = scope.or(self.scope.as_deref()).ok_or_else(|| {
+            ClientError::Protocol("purge_scope needs a scope: the client has none".into())
+        })?;
+        let path = format!("/v1/scopes/{}", encode(scope));
+        self.json(self.request(Method::DELETE, &path)).await
+    }
+
+    /// `GET /v1/pools`.
+    pub async fn pools(&self) -> Result<PoolList, ClientError> {
+        self.json(self.request(Method::GET, "/v1/pools")).await
+    }
+
+    /// `GET /v1/pools/{id}/health`.
+    pub async fn pool_health(&self, pool_id: &str) -> Result<PoolHealth, ClientError> {
+        let path = format!("/v1/pools/{}/health", encode(pool_id));
+        self.json(self.request(Method::GET, &path)).await
+    }
+
+    /// `POST /v1/pools/{id}/drain`.
+    pub async fn drain_pool(
+        &self,
+        pool_id: &str,
+        deadline_ms: u64,
+    ) -> Result<PoolActionResponse, ClientError> {
+        let path = format!("/v1/pools/{}/drain", encode(pool_id));
+        let body = DrainRequest { deadline_ms };
+        self.json(self.request(Method::POST, &path).json(&body))
+            .await
+    }
+
+    /// `POST /v1/pools/{id}/reload`.
+    pub async fn reload_pool(
+        &self,
+        pool_id: &str,
+        request: &ReloadRequest,
+    ) -> Result<PoolActionResponse, ClientError> {
+        let path = format!("/v1/pools/{}/reload", encode(pool_id));
+        self.json(self.request(Method::POST, &path).json(request))
+            .await
+    }
+
+    /// `GET /v1/replicasets`.
+    pub async fn replica_sets(&self) -> Result<ReplicaSetList, ClientError> {
+        self.json(self.request(Method::GET, "/v1/replicasets"))
+            .await
+    }
+
+    /// `GET /v1/capabilities`.
+    pub async fn capabilities(&self) -> Result<Capabilities, ClientError> {
+        self.json(self.request(Method::GET, "/v1/capabilities"))
+            .await
     }
 
     /// Read a task's whole stream, up to and including its terminal event.

@@ -138,13 +138,36 @@ fn push_schema_issue(error: &jsonschema::ValidationError<'_>, issues: &mut Vec<C
         // Engines are a union tagged by `kind`: report the errors of the
         // variant the document names, or the kinds there are.
         Kind::OneOfNotValid { context } => {
+            let constant = |e: &jsonschema::ValidationError<'_>| match e.kind() {
+                Kind::Constant { expected_value } => Some(expected_value.to_string()),
+                _ => None,
+            };
+            // An enum (one constant per variant): name the allowed values.
+            let allowed: Vec<String> = context
+                .iter()
+                .filter_map(|branch| match branch.as_slice() {
+                    [only] if only.instance_path() == error.instance_path() => constant(only),
+                    _ => None,
+                })
+                .collect();
+            if !allowed.is_empty() && allowed.len() == context.len() {
+                issues.push(ConfigIssue::new(
+                    at,
+                    format!("{} is not one of {}", error.instance(), allowed.join(", ")),
+                ));
+                return;
+            }
+            // A union tagged by `kind` (engines): report the errors of the
+            // variant the document names, or the kinds there are.
             let is_kind_error = |e: &jsonschema::ValidationError<'_>| {
                 e.instance_path().as_str().ends_with("/kind")
                     || matches!(e.kind(), Kind::Required { property } if property == "kind")
             };
-            if let Some(branch) = context
-                .iter()
-                .find(|branch| !branch.iter().any(is_kind_error))
+            let tagged = context.iter().flatten().any(is_kind_error);
+            if tagged
+                && let Some(branch) = context
+                    .iter()
+                    .find(|branch| !branch.iter().any(is_kind_error))
             {
                 for inner in branch {
                     push_schema_issue(inner, issues);
@@ -154,10 +177,8 @@ fn push_schema_issue(error: &jsonschema::ValidationError<'_>, issues: &mut Vec<C
             let kinds: Vec<String> = context
                 .iter()
                 .flatten()
-                .filter_map(|e| match e.kind() {
-                    Kind::Constant { expected_value } => Some(expected_value.to_string()),
-                    _ => None,
-                })
+                .filter(|e| is_kind_error(e))
+                .filter_map(constant)
                 .collect();
             if kinds.is_empty() {
                 issues.push(ConfigIssue::new(at, error.to_string()));
@@ -348,13 +369,14 @@ fn check_engine(pool: &str, replica: &str, engine: &EngineConfig) -> Result<(), 
 }
 
 /// With no API keys configured the server serves loopback only (ORCH-6004).
-pub fn check_bind(addr: &SocketAddr) -> Result<(), ConfigError> {
-    if addr.ip().is_loopback() {
+pub fn check_bind(addr: &SocketAddr, config: &Config) -> Result<(), ConfigError> {
+    let has_keys = config.tenants.iter().any(|t| !t.api_key_sha256.is_empty());
+    if addr.ip().is_loopback() || has_keys {
         return Ok(());
     }
     Err(ConfigError::Invalid(format!(
         "refusing to listen on {addr}: no API keys are configured, so the server binds loopback only; \
-         use --bind 127.0.0.1:PORT (or put a reverse proxy with authentication in front)"
+         use --bind 127.0.0.1:PORT, or add tenants with api_key_sha256 to the config"
     )))
 }
 

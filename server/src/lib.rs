@@ -73,7 +73,7 @@ pub async fn start(config: Config, bind: &str, store_path: &Path) -> anyhow::Res
         .with_context(|| format!("cannot resolve bind address {bind:?}"))?
         .next()
         .with_context(|| format!("bind address {bind:?} resolves to nothing"))?;
-    config::check_bind(&addr)?;
+    config::check_bind(&addr, &config)?;
     let store = SqliteStore::open(store_path)
         .with_context(|| format!("cannot open the store {}", store_path.display()))?;
     let orchestrator = Orchestrator::new(&config, Arc::new(store), Clock::default()).await;

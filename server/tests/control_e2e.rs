@@ -1,0 +1,209 @@
+//! Control plane end to end: pools, health, drain, reload, replica sets,
+//! capabilities.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, config_with, eventually, task, tokens};
+use contracts::config::{BuiltinEngineConfig, EngineConfig, ReplicaConfig};
+use contracts::control::ReplicaState;
+use contracts::{ErrorCode, ReloadRequest, StreamEvent, TaskState};
+
+// covers: ORCH-6020, ORCH-6021, ORCH-6024, ORCH-6025
+#[tokio::test]
+async fn pools_health_replica_sets_and_capabilities_describe_the_real_server() {
+    let server = TestServer::default().await;
+    let client = server.client();
+    let id = client.submit(task("warm up", 4)).await.unwrap().task_id;
+    client.collect(&id).await.unwrap();
+
+    let pools = client.pools().await.unwrap().pools;
+    assert_eq!(pools.len(), 1);
+    assert_eq!(
+        (
+            pools[0].pool_id.as_str(),
+            pools[0].replicas,
+            pools[0].ready_replicas
+        ),
+        ("default", 2, 2)
+    );
+    assert_eq!(pools[0].engine, "builtin");
+
+    let health = client.pool_health("default").await.unwrap();
+    assert!(health.live && health.ready && !health.draining);
+    assert_eq!(health.replicas.len(), 2);
+    assert!(
+        health
+            .replicas
+            .iter()
+            .all(|r| r.state == ReplicaState::Ready && r.slots == 4)
+    );
+
+    let sets = client.replica_sets().await.unwrap().replica_sets;
+    assert_eq!(sets.len(), 1);
+    assert_eq!(sets[0].replicas, ["r0", "r1"]);
+    assert_eq!(sets[0].sampler_profile_version, "sp-1");
+    assert!(sets[0].model_digest.starts_with("sha256:"));
+    assert!(sets[0].slo.completed >= 1 && sets[0].slo.tokens_per_s > 0.0);
+    assert_eq!(sets[0].load.slots, 8);
+
+    let capabilities = client.capabilities().await.unwrap();
+    assert_eq!(capabilities.engines, ["builtin"]);
+    assert_eq!(capabilities.pools[0].ctx_limit, 4096);
+    assert!(capabilities.features.iter().any(|f| f == "sessions"));
+
+    let missing = client.pool_health("nope").await.unwrap_err();
+    assert_eq!(missing.envelope().unwrap().code, ErrorCode::NotFound);
+}
+
+// covers: ORCH-6022, ORCH-2014
+#[tokio::test]
+async fn drain_closes_admission_lets_work_finish_and_ends_the_rest_at_the_deadline() {
+    let engine = BuiltinEngineConfig {
+        slots: 1,
+        tokens_per_s: 100.0,
+        ..Default::default()
+    };
+    let server = TestServer::start(config_with(1, engine, |_| {})).await;
+    let client = server.client();
+    let running = client
+        .submit(task("finishes in time", 10))
+        .await
+        .unwrap()
+        .task_id;
+    let queued = client
+        .submit(task("also in time", 5))
+        .await
+        .unwrap()
+        .task_id;
+    let drained = client.drain_pool("default", 60_000).await.unwrap();
+    assert!(drained.draining);
+    let refused = client.submit(task("too late", 1)).await.unwrap_err();
+    assert_eq!(refused.status(), Some(503));
+    assert_eq!(refused.envelope().unwrap().code, ErrorCode::PoolUnavailable);
+    assert!(refused.backoff().is_some());
+    for id in [&running, &queued] {
+        let events = client.collect(id).await.unwrap();
+        assert!(
+            matches!(events.last(), Some(StreamEvent::End(_))),
+            "{id}: {events:?}"
+        );
+    }
+    assert!(client.pool_health("default").await.unwrap().draining);
+
+    // A second pool state: long work still running when the deadline passes.
+    let server = TestServer::start(config_with(
+        1,
+        BuiltinEngineConfig {
+            slots: 1,
+            tokens_per_s: 20.0,
+            ..Default::default()
+        },
+        |_| {},
+    ))
+    .await;
+    let client = server.client();
+    let long = client.submit(task("long", 500)).await.unwrap().task_id;
+    let waiting = client.submit(task("waiting", 5)).await.unwrap().task_id;
+    eventually(Duration::from_secs(2), "long task running", async || {
+        client.status(&long).await.unwrap().state == TaskState::Running
+    })
+    .await;
+    client.drain_pool("default", 10_000).await.unwrap();
+    server.handle().advance_clock(11_000);
+    for id in [&long, &waiting] {
+        let events = client.collect(id).await.unwrap();
+        let Some(StreamEvent::Error(error)) = events.last() else {
+            panic!("{id}: {events:?}")
+        };
+        assert_eq!(error.code, ErrorCode::PoolUnavailable);
+    }
+}
+
+// covers: ORCH-6023, ORCH-2013
+#[tokio::test]
+async fn reload_swaps_replicas_atomically_or_keeps_the_old_ones_and_says_why() {
+    let server = TestServer::default().await;
+    let client = server.client();
+    let failed = client
+        .reload_pool(
+            "default",
+            &ReloadRequest {
+                model_ref: "gguf:missing.gguf".into(),
+                ready_timeout_ms: Some(300),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(failed.status(), Some(503));
+    let envelope = failed.envelope().unwrap();
+    assert_eq!(envelope.code, ErrorCode::PoolUnready);
+    assert!(
+        envelope.message.contains("cannot load model")
+            && envelope.message.contains("old replicas keep serving"),
+        "{}",
+        envelope.message
+    );
+    let health = client.pool_health("default").await.unwrap();
+    assert!(
+        health
+            .replicas
+            .iter()
+            .all(|r| r.model_ref == "builtin:tiny-words" && r.state == ReplicaState::Ready)
+    );
+    let id = client
+        .submit(task("still served", 3))
+        .await
+        .unwrap()
+        .task_id;
+    assert_eq!(tokens(&client.collect(&id).await.unwrap()).len(), 3);
+
+    let reloaded = client
+        .reload_pool(
+            "default",
+            &ReloadRequest {
+                model_ref: "builtin:other-model".into(),
+                ready_timeout_ms: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(reloaded.model_ref, "builtin:other-model");
+    let health = client.pool_health("default").await.unwrap();
+    assert!(
+        health
+            .replicas
+            .iter()
+            .all(|r| r.model_ref == "builtin:other-model")
+    );
+    let id = client
+        .submit(task("on the new set", 3))
+        .await
+        .unwrap()
+        .task_id;
+    assert_eq!(tokens(&client.collect(&id).await.unwrap()).len(), 3);
+}
+
+// covers: ORCH-4003
+#[tokio::test]
+async fn a_replica_set_mixing_engine_versions_is_refused_at_start() {
+    let mut config = config_with(1, BuiltinEngineConfig::default(), |_| {});
+    config.pools[0].replicas.push(ReplicaConfig {
+        id: "odd".into(),
+        engine: EngineConfig::Builtin(BuiltinEngineConfig {
+            engine_version: "builtin-2.0.0".into(),
+            ..Default::default()
+        }),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let error = orchestratord::start(config, "127.0.0.1:0", &dir.path().join("s.db"))
+        .await
+        .err()
+        .unwrap();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("r0") && message.contains("odd"),
+        "{message}"
+    );
+}

@@ -1,0 +1,153 @@
+//! Tenants end to end: API keys, roles, rate limits, concurrency quotas,
+//! and the loopback-only rule without keys.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, config_with, eventually, task};
+use contracts::config::{BuiltinEngineConfig, Config, RateLimitConfig, Role, TenantConfig};
+use contracts::{ErrorCode, RejectPolicy, TaskState};
+use orchctl::Client;
+use orchestratord::runtime::key_hash;
+
+fn tenant(id: &str, key: &str, role: Role) -> TenantConfig {
+    TenantConfig {
+        id: id.into(),
+        role,
+        api_key_sha256: vec![key_hash(key)],
+        max_concurrent: None,
+        rate_limit: None,
+    }
+}
+
+fn keyed(tenants: Vec<TenantConfig>) -> Config {
+    Config {
+        tenants,
+        ..config_with(1, BuiltinEngineConfig::default(), |_| {})
+    }
+}
+
+// covers: ORCH-6001, ORCH-6002, ORCH-6003, ORCH-2019, ORCH-2020
+#[tokio::test]
+async fn keys_map_to_tenants_and_the_control_plane_needs_admin() {
+    let server = TestServer::start(keyed(vec![
+        tenant("ops", "admin-key", Role::Admin),
+        tenant("app", "app-key", Role::Client),
+    ]))
+    .await;
+    let anonymous = Client::new(server.url());
+    let wrong = Client::new(server.url()).with_api_key("guess");
+    let app = Client::new(server.url()).with_api_key("app-key");
+    let ops = Client::new(server.url()).with_api_key("admin-key");
+    for error in [
+        anonymous.submit(task("p", 1)).await.unwrap_err(),
+        wrong.status("x").await.unwrap_err(),
+        anonymous.pools().await.unwrap_err(),
+    ] {
+        assert_eq!(error.status(), Some(401));
+        assert_eq!(error.envelope().unwrap().code, ErrorCode::Unauthorized);
+    }
+    let id = app.submit(task("mine", 2)).await.unwrap().task_id;
+    app.collect(&id).await.unwrap();
+    let forbidden = app.pools().await.unwrap_err();
+    assert_eq!(forbidden.status(), Some(403));
+    assert_eq!(forbidden.envelope().unwrap().code, ErrorCode::Forbidden);
+    ops.pools().await.unwrap();
+    ops.capabilities().await.unwrap();
+    assert_eq!(
+        ops.status(&id).await.unwrap_err().status(),
+        Some(404),
+        "tenants are namespaces too"
+    );
+}
+
+// covers: ORCH-3010, ORCH-2010, ORCH-2003
+#[tokio::test]
+async fn the_rate_limit_answers_429_with_a_retry_after_from_the_bucket() {
+    let mut limited = tenant("app", "app-key", Role::Client);
+    limited.rate_limit = Some(RateLimitConfig {
+        per_second: 0.5,
+        burst: 2,
+    });
+    let server = TestServer::start(keyed(vec![limited])).await;
+    let app = Client::new(server.url()).with_api_key("app-key");
+    app.submit(task("one", 1)).await.unwrap();
+    app.submit(task("two", 1)).await.unwrap();
+    let error = app.submit(task("three", 1)).await.unwrap_err();
+    let orchctl::ClientError::Api {
+        status,
+        envelope,
+        retry_after_s,
+        backoff_ms,
+    } = &error
+    else {
+        panic!("{error}")
+    };
+    assert_eq!(*status, 429);
+    assert_eq!(
+        (envelope.code, envelope.policy),
+        (ErrorCode::AdmissionReject, Some(RejectPolicy::RateLimit))
+    );
+    let backoff_ms = backoff_ms.unwrap();
+    assert!(
+        (1_500..=2_000).contains(&backoff_ms),
+        "one token refills in 2 s: {backoff_ms}"
+    );
+    assert_eq!(*retry_after_s, Some(2));
+}
+
+// covers: ORCH-3011
+#[tokio::test]
+async fn a_concurrency_quota_keeps_the_excess_queued_without_an_error() {
+    let mut capped = tenant("app", "app-key", Role::Client);
+    capped.max_concurrent = Some(1);
+    let mut config = keyed(vec![capped, tenant("other", "other-key", Role::Client)]);
+    config.pools[0].replicas[0].engine =
+        contracts::config::EngineConfig::Builtin(BuiltinEngineConfig {
+            tokens_per_s: 50.0,
+            ..Default::default()
+        });
+    let server = TestServer::start(config).await;
+    let app = Client::new(server.url()).with_api_key("app-key");
+    let other = Client::new(server.url()).with_api_key("other-key");
+    let first = app.submit(task("first", 20)).await.unwrap().task_id;
+    let second = app.submit(task("second", 2)).await.unwrap().task_id;
+    let third_party = other.submit(task("other tenant", 2)).await.unwrap().task_id;
+    eventually(Duration::from_secs(2), "first running", async || {
+        app.status(&first).await.unwrap().state == TaskState::Running
+    })
+    .await;
+    other.collect(&third_party).await.unwrap();
+    assert_eq!(
+        app.status(&second).await.unwrap().state,
+        TaskState::Queued,
+        "over quota: waits, no error"
+    );
+    app.collect(&first).await.unwrap();
+    app.collect(&second).await.unwrap();
+    assert_eq!(
+        app.status(&second).await.unwrap().state,
+        TaskState::Completed
+    );
+}
+
+// covers: ORCH-6004
+#[tokio::test]
+async fn without_keys_the_server_refuses_a_non_loopback_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = orchestratord::start(Config::default(), "0.0.0.0:0", &dir.path().join("s.db"))
+        .await
+        .err()
+        .unwrap();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("loopback") && message.contains("--bind 127.0.0.1"),
+        "{message}"
+    );
+    let with_keys = keyed(vec![tenant("ops", "k", Role::Admin)]);
+    let server = orchestratord::start(with_keys, "0.0.0.0:0", &dir.path().join("t.db"))
+        .await
+        .unwrap();
+    server.shutdown().await;
+}
