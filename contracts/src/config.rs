@@ -172,7 +172,7 @@ impl EngineConfig {
 
     /// The engine version the config pins, if any: always for builtin; for
     /// remote engines only when `engine_version` is set, else it is
-    /// discovered from the engine (ORCH-4003, ORCH-4027).
+    /// discovered from the engine (ORCH-4003, ORCH-4026).
     pub fn pinned_engine_version(&self) -> Option<&str> {
         match self {
             Self::Builtin(c) => Some(&c.engine_version),
@@ -205,7 +205,7 @@ pub struct LlamaCppEngineConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ctx_limit: Option<u32>,
     /// When set, the engine's `build_info` must equal it or the replica
-    /// stays unready (ORCH-4027).
+    /// stays unready (ORCH-4026).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_version: Option<String>,
     /// The model's digest, e.g. `sha256:…` of the GGUF file; when unset, a

@@ -370,13 +370,13 @@ async fn stream_equals_llama_servers_own_output(adapter: Adapter) {
     }
 }
 
-// covers: ORCH-4020, ORCH-1101, ORCH-1102
+// covers: ORCH-4020, ORCH-1101, ORCH-1102, ORCH-4028
 #[tokio::test]
 async fn llamacpp_stream_equals_llama_servers_own_output() {
     stream_equals_llama_servers_own_output(Adapter::LlamaCpp).await;
 }
 
-// covers: ORCH-4021, ORCH-1101
+// covers: ORCH-4021, ORCH-1101, ORCH-4028
 #[tokio::test]
 async fn openai_stream_equals_llama_servers_own_v1_output() {
     stream_equals_llama_servers_own_output(Adapter::OpenAi).await;
@@ -456,13 +456,13 @@ async fn cancel_mid_stream_frees_the_slot(adapter: Adapter) {
     assert_eq!(rig.server.handle().replica_active("default", &replica), 0);
 }
 
-// covers: ORCH-4020, ORCH-1023
+// covers: ORCH-4020, ORCH-1023, ORCH-4028
 #[tokio::test]
 async fn llamacpp_cancel_mid_stream_frees_the_engine_slot() {
     cancel_mid_stream_frees_the_slot(Adapter::LlamaCpp).await;
 }
 
-// covers: ORCH-4021, ORCH-1023
+// covers: ORCH-4021, ORCH-1023, ORCH-4028
 #[tokio::test]
 async fn openai_cancel_mid_stream_frees_the_engine_slot() {
     cancel_mid_stream_frees_the_slot(Adapter::OpenAi).await;
@@ -498,19 +498,19 @@ async fn killed_replica_is_worker_reset_and_the_pool_keeps_serving(adapter: Adap
     }
 }
 
-// covers: ORCH-4025, ORCH-5003, ORCH-4013
+// covers: ORCH-4025, ORCH-5003, ORCH-4013, ORCH-4028
 #[tokio::test]
 async fn llamacpp_killed_replica_mid_stream_is_worker_reset_and_the_pool_keeps_serving() {
     killed_replica_is_worker_reset_and_the_pool_keeps_serving(Adapter::LlamaCpp).await;
 }
 
-// covers: ORCH-4021, ORCH-4025, ORCH-5003
+// covers: ORCH-4021, ORCH-4025, ORCH-5003, ORCH-4028
 #[tokio::test]
 async fn openai_killed_replica_mid_stream_is_worker_reset_and_the_pool_keeps_serving() {
     killed_replica_is_worker_reset_and_the_pool_keeps_serving(Adapter::OpenAi).await;
 }
 
-// covers: ORCH-5002, ORCH-4020
+// covers: ORCH-5002, ORCH-4020, ORCH-4028
 #[tokio::test]
 async fn a_stopped_llama_server_hits_the_idle_watchdog() {
     let _serial = SERIAL.lock().await;
@@ -539,7 +539,7 @@ async fn a_stopped_llama_server_hits_the_idle_watchdog() {
     );
 }
 
-// covers: ORCH-4023, ORCH-4020
+// covers: ORCH-4023, ORCH-4020, ORCH-4028
 #[tokio::test]
 async fn eight_concurrent_streams_of_fifty_requests_never_fail_nor_retry() {
     let _serial = SERIAL.lock().await;
@@ -645,19 +645,19 @@ async fn seeds_are_byte_identical_across_replicas(adapter: Adapter, seeds: u32) 
     );
 }
 
-// covers: ORCH-4030, ORCH-4020
+// covers: ORCH-4030, ORCH-4020, ORCH-4028
 #[tokio::test]
 async fn sixty_four_seeds_are_byte_identical_across_two_real_llamacpp_replicas() {
     seeds_are_byte_identical_across_replicas(Adapter::LlamaCpp, 64).await;
 }
 
-// covers: ORCH-4030, ORCH-4021
+// covers: ORCH-4030, ORCH-4021, ORCH-4028
 #[tokio::test]
 async fn openai_seeds_are_byte_identical_across_two_real_replicas() {
     seeds_are_byte_identical_across_replicas(Adapter::OpenAi, 16).await;
 }
 
-// covers: ORCH-4024, ORCH-4025, ORCH-4020
+// covers: ORCH-4024, ORCH-4025, ORCH-4020, ORCH-4028
 #[tokio::test]
 async fn admission_counts_with_the_engines_tokenizer_and_context_errors_are_invalid_params() {
     let _serial = SERIAL.lock().await;

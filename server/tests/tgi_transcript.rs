@@ -278,3 +278,47 @@ async fn check_with_tgi_client(url: &str, bodies: &[Value]) {
     );
     assert!(stdout.contains("tgi wire check passed"), "{stdout}");
 }
+
+// covers: ORCH-4026, ORCH-4003
+#[tokio::test]
+async fn a_replica_whose_engine_reports_another_version_than_the_pin_stays_out() {
+    let (url, _fake) = start_fake_tgi().await;
+    let replica = |id: &str, pin: &str| ReplicaConfig {
+        id: id.into(),
+        engine: EngineConfig::Tgi(TgiEngineConfig {
+            engine_version: Some(pin.into()),
+            slots: Some(3),
+            ..TgiEngineConfig::new(&url)
+        }),
+    };
+    let pool = PoolConfig {
+        id: "default".into(),
+        health_interval_ms: 50,
+        replicas: vec![replica("r0", "2.4.1"), replica("r1", "2.4.1")],
+        ..PoolConfig::default()
+    };
+    let mut config = Config {
+        pools: vec![pool],
+        ..Config::default()
+    };
+    let server = TestServer::start(config.clone()).await;
+    let handle = server.handle();
+    let ready = async || handle.replica_health("default", "r0") == ReplicaHealth::Ready;
+    eventually(Duration::from_secs(5), "the pinned version matches", ready).await;
+    let events = {
+        let client = server.client();
+        let admitted = client.submit(task("length: pinned")).await.unwrap();
+        client.collect(&admitted.task_id).await.unwrap()
+    };
+    assert!(matches!(last(&events), StreamEvent::End(_)), "{events:?}");
+
+    // A config pinning another version than TGI's /info reports: the
+    // replica never becomes Ready.
+    config.pools[0].replicas = vec![replica("r0", "9.9.9"), replica("r1", "9.9.9")];
+    let server = TestServer::start(config).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        server.handle().replica_health("default", "r0"),
+        ReplicaHealth::Down
+    );
+}
