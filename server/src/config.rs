@@ -387,8 +387,14 @@ mod tests {
     // covers: ORCH-7201
     #[test]
     fn unknown_fields_name_their_path() {
-        let (at, message) = parse("pools:\n  - id: a\n    queue:\n      capacty: 3\n").unwrap_err();
-        assert_eq!(at, "pools[0].queue");
+        let text = "pools:\n  - id: a\n    queue:\n      capacty: 3\n";
+        let issues = check_text(text).unwrap_err();
+        assert_eq!(
+            issues,
+            vec![ConfigIssue::new("pools[0].queue.capacty", "unknown field")]
+        );
+        let (at, message) = parse(text).unwrap_err();
+        assert!(at.starts_with("pools[0].queue"), "{at}");
         assert!(message.contains("capacty"), "{message}");
     }
 
