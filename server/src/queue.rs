@@ -125,11 +125,11 @@ impl<K: Clone + PartialEq> PoolQueue<K> {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.lane(priority).push_back(Entry {
-            key: key.clone(),
-            seq,
-        });
-        let position = self.position(&key).expect("just admitted");
+        self.lane(priority).push_back(Entry { key, seq });
+        let position = match priority {
+            Priority::Interactive => self.interactive_position(self.interactive.len() - 1),
+            Priority::Batch => self.batch_position(self.batch.len() - 1),
+        };
         Admission::Admitted { position, evicted }
     }
 
@@ -231,12 +231,37 @@ impl<K: Clone + PartialEq> PoolQueue<K> {
         false
     }
 
-    /// 0-based dispatch position of `key`.
+    /// 0-based dispatch position of `key`, computed from its lane index
+    /// without simulating: with streak `s` and bound `b`, batch picks happen
+    /// once `c1 = b - s` interactive picks are done, then after every `b`.
     pub fn position(&self, key: &K) -> Option<u32> {
-        self.dispatch_order()
-            .iter()
-            .position(|k| k == key)
-            .map(|p| p as u32)
+        if let Some(i) = self.interactive.iter().position(|e| &e.key == key) {
+            return Some(self.interactive_position(i));
+        }
+        let j = self.batch.iter().position(|e| &e.key == key)?;
+        Some(self.batch_position(j))
+    }
+
+    fn first_batch_turn(&self) -> usize {
+        self.starvation_bound.saturating_sub(self.streak) as usize
+    }
+
+    fn interactive_position(&self, i: usize) -> u32 {
+        let bound = self.starvation_bound as usize;
+        let batch_before = if bound == 0 {
+            self.batch.len()
+        } else if i >= self.first_batch_turn() {
+            ((i - self.first_batch_turn()) / bound + 1).min(self.batch.len())
+        } else {
+            0
+        };
+        (i + batch_before) as u32
+    }
+
+    fn batch_position(&self, j: usize) -> u32 {
+        let interactive_before = (self.first_batch_turn() + j * self.starvation_bound as usize)
+            .min(self.interactive.len());
+        (j + interactive_before) as u32
     }
 }
 
@@ -318,6 +343,33 @@ mod tests {
         };
         let evicted = evicted.unwrap();
         assert_eq!((evicted.key, evicted.code), (2, ErrorCode::AdmissionReject));
+    }
+
+    // covers: ORCH-3003
+    #[test]
+    fn position_agrees_with_the_simulated_dispatch_order() {
+        for bound in 0..4 {
+            let mut q = PoolQueue::new(64, FullPolicy::Reject, bound);
+            for k in 0..20u32 {
+                let priority = if k % 3 == 0 {
+                    Priority::Batch
+                } else {
+                    Priority::Interactive
+                };
+                q.admit(k, priority);
+                if k % 5 == 4 {
+                    q.pop_next();
+                }
+                let order = q.dispatch_order();
+                for (index, key) in order.iter().enumerate() {
+                    assert_eq!(
+                        q.position(key),
+                        Some(index as u32),
+                        "bound {bound}, key {key}"
+                    );
+                }
+            }
+        }
     }
 
     // covers: ORCH-3007

@@ -273,6 +273,9 @@ impl Orchestrator {
                 position
             }
         };
+        if let Some(at) = task.start_deadline_ms {
+            pool.watch_deadline(at, key.clone());
+        }
         let answer = self.admission_answer(pool, &key, position);
         task.set_admission(position, answer.predicted_start_ms);
         pool.wake.notify_one();
@@ -445,6 +448,21 @@ impl Orchestrator {
         true
     }
 
+    /// Write a running task's new events; a failure is logged and retried
+    /// with the next flush or the terminal write.
+    pub async fn flush_events(&self, task: &LiveTask) {
+        let Some(tail) = task.unpersisted() else {
+            return;
+        };
+        let upto = tail.events_from + tail.events.len();
+        match self.store.append_events(&task.key, tail).await {
+            Ok(()) => task.mark_persisted(upto),
+            Err(error) => {
+                tracing::warn!(task_id = %task.key.task_id, %error, "could not persist streamed events")
+            }
+        }
+    }
+
     /// `POST /v1/tasks/{id}/cancel` (ORCH-1020..ORCH-1023).
     pub async fn cancel(&self, key: &TaskKey) -> Result<(), OrchError> {
         if let Some(task) = self.live_task(key) {
@@ -599,6 +617,9 @@ impl Orchestrator {
                 self.store.mark_requeued(&record.key).await?;
             }
             pool.queue().restore(record.key.clone(), record.priority);
+            if let Some(at) = task.start_deadline_ms {
+                pool.watch_deadline(at, record.key.clone());
+            }
             requeued += 1;
         }
         for pool in self.pools.values() {

@@ -114,6 +114,8 @@ pub struct Pool {
     replicas: RwLock<Vec<Arc<Replica>>>,
     drain: Mutex<Option<Drain>>,
     recent: Mutex<VecDeque<Completion>>,
+    /// Start deadlines of queued tasks (ORCH-3008), checked each dispatch tick.
+    deadlines: Mutex<Vec<(u64, TaskKey)>>,
     /// Serializes reloads of this pool.
     pub reloading: tokio::sync::Mutex<()>,
     pub sampler_profile_version: String,
@@ -155,6 +157,7 @@ impl Pool {
             replicas: RwLock::new(replicas),
             drain: Mutex::new(None),
             recent: Mutex::new(VecDeque::new()),
+            deadlines: Mutex::new(Vec::new()),
             reloading: tokio::sync::Mutex::new(()),
             queue: Mutex::new(queue),
             wake: Notify::new(),
@@ -215,6 +218,19 @@ impl Pool {
             recent.pop_front();
         }
         recent.push_back(completion);
+    }
+
+    pub fn watch_deadline(&self, at_ms: u64, key: TaskKey) {
+        self.deadlines.lock().unwrap().push((at_ms, key));
+    }
+
+    /// Keys whose start deadline is due; they leave the watch list.
+    pub fn due_deadlines(&self, now_ms: u64) -> Vec<TaskKey> {
+        let mut deadlines = self.deadlines.lock().unwrap();
+        let (due, pending): (Vec<_>, Vec<_>) =
+            deadlines.drain(..).partition(|(at, _)| *at <= now_ms);
+        *deadlines = pending;
+        due.into_iter().map(|(_, key)| key).collect()
     }
 
     pub fn recent_completions(&self) -> Vec<Completion> {

@@ -16,6 +16,9 @@ use crate::error::OrchError;
 /// How often a running task checks its watchdogs and metrics timer.
 const TICK: Duration = Duration::from_millis(20);
 
+/// How often a running task's new events are written to the store.
+const FLUSH_EVERY_MS: u64 = 200;
+
 pub(super) async fn dispatch_loop(orchestrator: Arc<Orchestrator>, pool: Arc<Pool>) {
     while !orchestrator.is_stopped() {
         let _ = tokio::time::timeout(Duration::from_millis(25), pool.wake.notified()).await;
@@ -98,16 +101,13 @@ async fn end_drain(orchestrator: &Orchestrator, pool: &Pool) {
 
 /// End queued tasks whose start deadline passed (ORCH-3008).
 async fn expire_deadlines(orchestrator: &Orchestrator, pool: &Pool) {
-    let now = orchestrator.clock.now_ms();
-    let expired: Vec<_> = pool
-        .queue()
-        .dispatch_order()
-        .into_iter()
-        .filter_map(|key| orchestrator.live_task(&key))
-        .filter(|task| task.start_deadline_ms.is_some_and(|d| d <= now))
-        .collect();
-    for task in expired {
-        pool.queue().remove(&task.key);
+    for key in pool.due_deadlines(orchestrator.clock.now_ms()) {
+        let Some(task) = orchestrator.live_task(&key) else {
+            continue;
+        };
+        if !pool.queue().remove(&key) {
+            continue; // already started, canceled or evicted
+        }
         let deadline = task.request.deadline_ms.unwrap_or_default();
         let envelope = OrchError::new(
             ErrorCode::ReplicaExhausted,
@@ -277,6 +277,7 @@ async fn decode(
     let metrics_every = pool.config.metrics_interval_ms;
     let mut last_progress = now;
     let mut next_metrics = now + metrics_every;
+    let mut next_flush = now + FLUSH_EVERY_MS;
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -320,6 +321,10 @@ async fn decode(
                 if metrics_every > 0 && now >= next_metrics {
                     task.push_metrics(now);
                     next_metrics = now + metrics_every;
+                }
+                if now >= next_flush {
+                    orchestrator.flush_events(task).await;
+                    next_flush = now + FLUSH_EVERY_MS;
                 }
             }
         }

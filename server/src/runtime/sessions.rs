@@ -119,6 +119,17 @@ impl Sessions {
         }
     }
 
+    /// Estimated KV bytes the sessions hold on `replica`, and the budget
+    /// (ORCH-7109: the `kv_cache_utilization` gauge).
+    pub fn kv_usage(&self, replica: &str) -> (u64, u64) {
+        let tokens: u64 = (self.table.values())
+            .filter(|s| s.warm && s.replica_id.as_deref() == Some(replica))
+            .map(|s| s.kv_tokens)
+            .sum();
+        let budget = self.config.kv_budget_bytes_per_replica;
+        (tokens * self.config.kv_bytes_per_token, budget)
+    }
+
     fn enforce_budget(&mut self, replica: &str, keep: &SessionKey) {
         let per_token = self.config.kv_bytes_per_token;
         let budget = self.config.kv_budget_bytes_per_replica;

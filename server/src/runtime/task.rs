@@ -13,7 +13,7 @@ use tokio::sync::{Notify, watch};
 
 use super::sessions::SessionKey;
 use crate::engines::GenerateRequest;
-use crate::store::{Finish, TaskKey};
+use crate::store::{Finish, LogTail, TaskKey};
 
 #[derive(Debug)]
 pub struct LiveTask {
@@ -47,6 +47,8 @@ struct Inner {
     finish_reason: Option<FinishReason>,
     error: Option<ErrorEnvelope>,
     attempts: u32,
+    /// Events already in the store.
+    persisted: usize,
     /// Queue position and predicted wait at admission, echoed in `started`.
     admitted: (u32, u64),
     /// Replica to avoid on the retry after a failure (ORCH-4014).
@@ -78,6 +80,12 @@ impl LiveTask {
             session_id,
         });
         let (log_len, _) = watch::channel(events.len());
+        // A task restored from the store resumes its log where it stopped.
+        let persisted = events.len();
+        let tokens_out = events
+            .iter()
+            .filter(|e| matches!(e, StreamEvent::Token(_)))
+            .count() as u32;
         Self {
             key,
             pool_id,
@@ -91,7 +99,7 @@ impl LiveTask {
             inner: Mutex::new(Inner {
                 state: TaskState::Queued,
                 events,
-                tokens_out: 0,
+                tokens_out,
                 replica_id: None,
                 started_at_ms: None,
                 decode_started_ms: None,
@@ -99,6 +107,7 @@ impl LiveTask {
                 finish_reason: None,
                 error: None,
                 attempts: 0,
+                persisted,
                 admitted: (0, 0),
                 avoid_replica: None,
             }),
@@ -236,11 +245,29 @@ impl LiveTask {
         Some(Finish {
             state,
             finished_at_ms: now_ms,
-            tokens_out: inner.tokens_out,
             finish_reason: inner.finish_reason,
             error: inner.error.clone(),
-            events: inner.events.clone(),
+            tail: Self::tail(&inner),
         })
+    }
+
+    fn tail(inner: &Inner) -> LogTail {
+        LogTail {
+            events_from: inner.persisted,
+            events: inner.events[inner.persisted..].to_vec(),
+            tokens_out: inner.tokens_out,
+        }
+    }
+
+    /// What the store does not have yet, if anything.
+    pub fn unpersisted(&self) -> Option<LogTail> {
+        let inner = self.lock();
+        (inner.persisted < inner.events.len()).then(|| Self::tail(&inner))
+    }
+
+    pub fn mark_persisted(&self, upto: usize) {
+        let mut inner = self.lock();
+        inner.persisted = inner.persisted.max(upto);
     }
 
     /// Resolves once the task ended while running (the runner then stops

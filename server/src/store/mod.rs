@@ -42,15 +42,22 @@ pub struct TaskRecord {
     pub error: Option<ErrorEnvelope>,
 }
 
-/// The terminal write of a task: its outcome and whole event log.
+/// Events `events_from..` of a task's log, not yet in the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogTail {
+    pub events_from: usize,
+    pub events: Vec<StreamEvent>,
+    pub tokens_out: u32,
+}
+
+/// The terminal write of a task: its outcome and the rest of its event log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finish {
     pub state: TaskState,
     pub finished_at_ms: u64,
-    pub tokens_out: u32,
     pub finish_reason: Option<FinishReason>,
     pub error: Option<ErrorEnvelope>,
-    pub events: Vec<StreamEvent>,
+    pub tail: LogTail,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +105,9 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn mark_first_token(&self, key: &TaskKey) -> Result<(), StoreError>;
     /// Give a claimed task back to the queue (retry on another replica).
     async fn mark_requeued(&self, key: &TaskKey) -> Result<(), StoreError>;
+    /// Persist more of a running task's event log, so a restart keeps what
+    /// was streamed (ORCH-7003).
+    async fn append_events(&self, key: &TaskKey, tail: LogTail) -> Result<(), StoreError>;
     async fn finish(&self, key: &TaskKey, finish: Finish) -> Result<(), StoreError>;
     async fn get(&self, key: &TaskKey) -> Result<Option<TaskRecord>, StoreError>;
     async fn events(&self, key: &TaskKey) -> Result<Vec<StreamEvent>, StoreError>;

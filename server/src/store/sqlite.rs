@@ -11,7 +11,7 @@ use contracts::{ErrorEnvelope, FinishReason, Priority, StreamEvent, TaskRequest,
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use tokio::sync::oneshot;
 
-use super::{Finish, Inserted, ListFilter, StoreError, TaskKey, TaskRecord, TaskStore};
+use super::{Finish, Inserted, ListFilter, LogTail, StoreError, TaskKey, TaskRecord, TaskStore};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tasks (
@@ -240,6 +240,26 @@ fn update(
     Ok(())
 }
 
+/// Upsert events by index: a flush and the terminal write may overlap.
+fn write_tail(tx: &Transaction<'_>, key: &TaskKey, tail: &LogTail) -> rusqlite::Result<()> {
+    update(tx, key, "tokens_out = ?4", &[&tail.tokens_out])?;
+    let Some(record) = get_record(tx, key)? else {
+        return Ok(());
+    };
+    let mut insert = tx.prepare_cached(
+        "INSERT OR REPLACE INTO task_events (task_seq, idx, event) VALUES (?1, ?2, ?3)",
+    )?;
+    for (offset, event) in tail.events.iter().enumerate() {
+        let text = serde_json::to_string(event).expect("serializable");
+        insert.execute(params![
+            record.seq,
+            (tail.events_from + offset) as i64,
+            text
+        ])?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl TaskStore for SqliteStore {
     async fn insert(&self, record: TaskRecord) -> Result<Inserted, StoreError> {
@@ -320,6 +340,11 @@ impl TaskStore for SqliteStore {
         .await
     }
 
+    async fn append_events(&self, key: &TaskKey, tail: LogTail) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.call(true, move |tx| write_tail(tx, &key, &tail)).await
+    }
+
     async fn finish(&self, key: &TaskKey, finish: Finish) -> Result<(), StoreError> {
         let key = key.clone();
         self.call(true, move |tx| {
@@ -331,27 +356,15 @@ impl TaskStore for SqliteStore {
             update(
                 tx,
                 &key,
-                "state = ?4, finished_at_ms = ?5, tokens_out = ?6, finish_reason = ?7, error = ?8",
+                "state = ?4, finished_at_ms = ?5, finish_reason = ?6, error = ?7",
                 &[
                     &finish.state.as_str(),
                     &finish.finished_at_ms,
-                    &finish.tokens_out,
                     &finish_reason,
                     &error,
                 ],
             )?;
-            let Some(record) = get_record(tx, &key)? else {
-                return Ok(());
-            };
-            tx.execute("DELETE FROM task_events WHERE task_seq = ?1", [record.seq])?;
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO task_events (task_seq, idx, event) VALUES (?1, ?2, ?3)",
-            )?;
-            for (idx, event) in finish.events.iter().enumerate() {
-                let text = serde_json::to_string(event).expect("serializable");
-                insert.execute(params![record.seq, idx as i64, text])?;
-            }
-            Ok(())
+            write_tail(tx, &key, &finish.tail)
         })
         .await
     }
