@@ -162,7 +162,7 @@ impl Metrics {
         );
         registry.register(
             "kv_cache_utilization",
-            "KV-cache pressure of a replica, 0..1 (builtin: busy slots / slots)",
+            "KV-cache pressure of a replica, 0..1: the sessions' estimated KV bytes on it over its KV budget",
             this.kv_cache_utilization.clone(),
         );
         Self { registry, ..this }
@@ -281,14 +281,15 @@ impl Metrics {
                 };
                 let state = replica.state();
                 let ready = state.health == ReplicaHealth::Ready;
-                let busy = f64::from(state.active.min(properties.slots));
                 drop(state);
                 self.replica_ready
                     .get_or_create(&labels)
                     .set(i64::from(ready));
+                // Sessions' estimated KV on the replica over its KV budget.
+                let (kv_bytes, budget) = orchestrator.sessions().kv_usage(&replica.id);
                 self.kv_cache_utilization
                     .get_or_create(&labels)
-                    .set(busy / f64::from(properties.slots.max(1)));
+                    .set((kv_bytes as f64 / budget.max(1) as f64).min(1.0));
             }
         }
         let mut text = String::new();

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::{TestServer, config_with, eventually, task, tokens};
-use contracts::config::{BuiltinEngineConfig, FullPolicy};
-use contracts::{StreamEvent, TaskState};
+use contracts::config::{BuiltinEngineConfig, FullPolicy, SessionConfig};
+use contracts::{StreamEvent, TaskRequest, TaskState};
 use futures::StreamExt;
 use serde::Deserialize;
 
@@ -334,14 +334,6 @@ async fn metrics_follow_the_contract_and_agree_with_a_real_workload() {
         task_ids.len() - 1,
         "all but the canceled one complete"
     );
-    eventually(Duration::from_secs(5), "every slot released", async || {
-        scrape(&url)
-            .await
-            .value("kv_cache_utilization", &[("pool", "default")])
-            == 0.0
-    })
-    .await;
-
     let after = scrape(&url).await;
     let violations = lint(&contract, &after);
     assert!(
@@ -389,6 +381,48 @@ async fn metrics_follow_the_contract_and_agree_with_a_real_workload() {
         ];
         assert_eq!(after.value("replica_ready", &labels), 1.0);
     }
+}
+
+// covers: ORCH-7109
+#[tokio::test]
+async fn kv_cache_utilization_follows_the_sessions_kv_on_each_replica() {
+    let server = TestServer::start(config_with(2, BuiltinEngineConfig::default(), |_| {})).await;
+    let url = server.url();
+    let client = server.client();
+    let before = scrape(&url).await;
+    assert_eq!(before.value("kv_cache_utilization", &[]), 0.0);
+
+    let request = TaskRequest {
+        session_id: Some("kv-session".into()),
+        ..task("remember these few words", 8)
+    };
+    let id = client.submit(request).await.unwrap().task_id;
+    client.collect(&id).await.unwrap();
+    let mut info = client.session("kv-session").await.unwrap();
+    eventually(Duration::from_secs(5), "the turn holds KV", async || {
+        info = client.session("kv-session").await.unwrap();
+        info.kv_bytes > 0
+    })
+    .await;
+    let warm = info.replica_id.clone().expect("the session has a replica");
+    let budget = SessionConfig::default().kv_budget_bytes_per_replica as f64;
+    let after = scrape(&url).await;
+    for replica in ["r0", "r1"] {
+        let value = after.value(
+            "kv_cache_utilization",
+            &[("pool", "default"), ("replica", replica)],
+        );
+        let expected = if replica == warm {
+            info.kv_bytes as f64 / budget
+        } else {
+            0.0
+        };
+        assert!(
+            (value - expected).abs() < 1e-12,
+            "{replica}: {value} vs {expected}"
+        );
+    }
+    assert!(lint(&contract(), &after).is_empty());
 }
 
 // covers: ORCH-7107
