@@ -96,7 +96,10 @@ impl Client {
     pub fn new(base_url: impl Into<String>) -> Self {
         Self {
             base_url: base_url.into().trim_end_matches('/').to_owned(),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .expect("a plain HTTP client builds"),
             scope: None,
             api_key: None,
             retry: None,
@@ -416,10 +419,19 @@ fn is_retriable(error: &ClientError) -> bool {
     matches!(error, ClientError::Api { status: 429 | 503, envelope, .. } if envelope.retriable)
 }
 
+/// Percent-encode one path segment, so an id can never change the path or
+/// the query (`?`, `#`, `/`): the server then rejects a malformed id with a
+/// clear `INVALID_PARAMS` instead of silently reaching another task.
 fn encode(segment: &str) -> String {
-    // Task ids are [A-Za-z0-9._:-]; anything else is rejected by the server
-    // with a clear error, so only '/' and '%' need escaping to reach it.
-    segment.replace('%', "%25").replace('/', "%2F")
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b':' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 async fn api_error(response: Response) -> ClientError {

@@ -1,4 +1,4 @@
-//! Control-plane bodies (ORCH-6020..ORCH-6029), sessions (ORCH-5010..) and
+//! Control-plane bodies (ORCH-6020..ORCH-6026), sessions (ORCH-5013) and
 //! scope purge (ORCH-6013).
 
 use schemars::JsonSchema;

@@ -52,7 +52,6 @@ impl ErrorCode {
                 | Self::ReplicaExhausted
                 | Self::DecodeTimeout
                 | Self::WorkerReset
-                | Self::Internal
         )
     }
 

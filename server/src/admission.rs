@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::error::OrchError;
 
 const ID_MAX: usize = 128;
-const SCOPE_MAX: usize = 64;
+const SCOPE_MAX: usize = 128;
 const DEADLINE_MAX_MS: u64 = 24 * 3600 * 1000;
 const TOP_K_MAX: u32 = 1_000;
 
@@ -16,10 +16,12 @@ fn check_id(field: &str, value: &str, max: usize) -> Result<(), OrchError> {
     let ok_chars = value
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
-    if value.is_empty() || value.len() > max || !ok_chars {
+    // `.` and `..` would be collapsed out of the URL path by every client.
+    let dots_only = value.chars().all(|c| c == '.');
+    if value.is_empty() || value.len() > max || !ok_chars || dots_only {
         return Err(OrchError::invalid(
             field,
-            format!("must be 1-{max} characters of [A-Za-z0-9._:-], got {value:?}"),
+            format!("must be 1-{max} characters of [A-Za-z0-9._:-], not only dots, got {value:?}"),
         ));
     }
     Ok(())

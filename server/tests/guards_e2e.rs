@@ -156,6 +156,7 @@ async fn a_store_refusing_writes_answers_internal_with_a_correlation_id() {
     let envelope: contracts::ErrorEnvelope = response.json().await.unwrap();
     assert_eq!(envelope.code, ErrorCode::Internal);
     assert_eq!(envelope.correlation_id, header);
+    assert!(!envelope.retriable, "INTERNAL is not retriable");
     assert!(
         envelope.message.contains("store refused the write"),
         "{}",

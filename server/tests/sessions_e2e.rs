@@ -35,7 +35,7 @@ async fn run_turn(client: &Client, session: &str, prompt: &str) -> (String, bool
     started.last().cloned().unwrap()
 }
 
-// covers: ORCH-4004, ORCH-5012, ORCH-5014
+// covers: ORCH-4004, ORCH-5010, ORCH-5013, ORCH-5015
 #[tokio::test]
 async fn a_session_sticks_to_its_warm_replica_and_fails_over_cold() {
     let server = TestServer::start(config_with(2, BuiltinEngineConfig::default(), |p| {
@@ -84,7 +84,7 @@ async fn a_session_sticks_to_its_warm_replica_and_fails_over_cold() {
     );
 }
 
-// covers: ORCH-5010, ORCH-5011, ORCH-5013
+// covers: ORCH-5011, ORCH-5012, ORCH-5014
 #[tokio::test]
 async fn sessions_expire_have_a_turn_limit_and_can_be_ended() {
     let config = Config {
@@ -133,7 +133,7 @@ async fn sessions_expire_have_a_turn_limit_and_can_be_ended() {
     );
 }
 
-// covers: ORCH-5015
+// covers: ORCH-5016
 #[tokio::test]
 async fn the_per_replica_kv_budget_evicts_the_least_recently_used_session() {
     let config = Config {

@@ -1,4 +1,4 @@
-//! Sessions (ORCH-5012, ORCH-5013) and scope purge (ORCH-6013).
+//! Sessions (ORCH-5013, ORCH-5014) and scope purge (ORCH-6013).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -36,15 +36,15 @@ fn session_key(
     params(("session_id" = String, Path, description = "The session's id."), ScopeQuery),
     responses(
         (status = 200, description = "The session.", body = SessionInfo,
-            extensions(("x-req-id" = json!(["ORCH-5012"])))),
+            extensions(("x-req-id" = json!(["ORCH-5013"])))),
         (status = 400, description = "`INVALID_PARAMS`: malformed id or scope.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-2012"])))),
         (status = 401, description = "`UNAUTHORIZED`: missing or invalid API key.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-6002", "ORCH-2019"])))),
         (status = 404, description = "`NOT_FOUND`: no such session in this scope, or it expired.", body = ErrorEnvelope,
-            extensions(("x-req-id" = json!(["ORCH-5010", "ORCH-2021", "ORCH-6011"])))),
+            extensions(("x-req-id" = json!(["ORCH-5011", "ORCH-2021", "ORCH-6011"])))),
     ),
-    extensions(("x-req-id" = json!(["ORCH-5012", "ORCH-5010"]))),
+    extensions(("x-req-id" = json!(["ORCH-5013", "ORCH-5011"]))),
 )]
 pub async fn get_session(
     State(app): State<AppState>,
@@ -65,7 +65,7 @@ pub async fn get_session(
     params(("session_id" = String, Path, description = "The session's id."), ScopeQuery),
     responses(
         (status = 204, description = "Ended.",
-            extensions(("x-req-id" = json!(["ORCH-5013"])))),
+            extensions(("x-req-id" = json!(["ORCH-5014"])))),
         (status = 400, description = "`INVALID_PARAMS`: malformed id or scope.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-2012"])))),
         (status = 401, description = "`UNAUTHORIZED`: missing or invalid API key.", body = ErrorEnvelope,
@@ -73,7 +73,7 @@ pub async fn get_session(
         (status = 404, description = "`NOT_FOUND`: no such session in this scope, or it expired.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-2021", "ORCH-6011"])))),
     ),
-    extensions(("x-req-id" = json!(["ORCH-5013"]))),
+    extensions(("x-req-id" = json!(["ORCH-5014"]))),
 )]
 pub async fn delete_session(
     State(app): State<AppState>,

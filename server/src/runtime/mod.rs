@@ -702,12 +702,12 @@ impl Orchestrator {
             .collect()
     }
 
-    /// `GET /v1/sessions/{id}` (ORCH-5012).
+    /// `GET /v1/sessions/{id}` (ORCH-5013).
     pub fn session_info(&self, key: &SessionKey) -> Result<contracts::SessionInfo, OrchError> {
         self.sessions().info(key, self.clock.now_ms())
     }
 
-    /// `DELETE /v1/sessions/{id}` (ORCH-5013).
+    /// `DELETE /v1/sessions/{id}` (ORCH-5014).
     pub fn end_session(&self, key: &SessionKey) -> Result<(), OrchError> {
         self.sessions().remove(key, self.clock.now_ms())
     }

@@ -1,4 +1,4 @@
-//! Sessions (ORCH-5010..ORCH-5015): short-lived, in memory, keyed by
+//! Sessions (ORCH-5010..ORCH-5016): short-lived, in memory, keyed by
 //! namespace and id; a TTL, a turn limit, affinity to the last good replica,
 //! and a per-replica KV budget enforced by evicting the least recently used.
 
@@ -207,7 +207,7 @@ mod tests {
         }
     }
 
-    // covers: ORCH-5015
+    // covers: ORCH-5016
     #[test]
     fn the_kv_budget_evicts_the_least_recently_used_session() {
         let mut sessions = Sessions::new(SessionConfig {
@@ -227,7 +227,7 @@ mod tests {
         assert_eq!(sessions.info(&key("c"), 3).unwrap().kv_bytes, 40);
     }
 
-    // covers: ORCH-5010, ORCH-5011
+    // covers: ORCH-5011, ORCH-5012
     #[test]
     fn ttl_and_turn_limit() {
         let mut sessions = Sessions::new(SessionConfig {
