@@ -728,3 +728,144 @@ async fn a_real_model_writes_a_haiku_with_the_nonce() {
     eprintln!("haiku:\n{haiku}");
     assert!(haiku.contains(&nonce), "the nonce {nonce} is in: {haiku}");
 }
+
+/// Run one session turn; its events.
+async fn session_turn(client: &Client, session: &str, prompt: &str) -> Vec<StreamEvent> {
+    let task = TaskRequest {
+        session_id: Some(session.into()),
+        ..request(prompt, 16, 11)
+    };
+    let admitted = client.submit(task).await.unwrap();
+    let events = client.collect(&admitted.task_id).await.unwrap();
+    assert_eq!(end(&events).finish_reason, FinishReason::Length);
+    events
+}
+
+// covers: ORCH-4004, ORCH-5015, ORCH-4020, ORCH-4028
+#[tokio::test]
+async fn a_sessions_second_turn_reuses_its_replicas_prompt_cache_and_failover_is_cold() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut rig) = Rig::start(Adapter::LlamaCpp).await else {
+        return;
+    };
+    let client = rig.client();
+    let mut conversation = "A long conversation about queues and replicas. ".repeat(20);
+    let first = session_turn(&client, "chat", &conversation).await;
+    let warm_replica = started(&first).replica_id.clone();
+    assert!(!started(&first).kv_warmth, "the first turn has no KV yet");
+    conversation.push_str(&text(&first));
+    conversation.push_str(" Go on.");
+
+    // Turn two lands on the same replica, and llama-server reuses the
+    // prompt it cached: its own counter of cached prompt tokens grows by
+    // (at least most of) the first turn's prompt.
+    let warm_llama = rig.llama(&warm_replica);
+    let cached_before = warm_llama.metric("prompt_tokens_cached_total").await;
+    let second = session_turn(&client, "chat", &conversation).await;
+    assert_eq!(started(&second).replica_id, warm_replica);
+    assert!(started(&second).kv_warmth);
+    let cached = warm_llama.metric("prompt_tokens_cached_total").await - cached_before;
+    assert!(
+        cached >= 100.0,
+        "turn two reused the cached prompt: {cached} cached tokens"
+    );
+    eprintln!("session turn two: {cached} prompt tokens served from llama-server's cache");
+    conversation.push_str(&text(&second));
+    conversation.push_str(" More.");
+
+    // The warm replica dies: turn three fails over cold, and the other
+    // llama-server computes the whole prompt (no cached tokens).
+    let victim: usize = warm_replica.trim_start_matches('r').parse().unwrap();
+    rig.llamas[victim].kill();
+    let handle = rig.server.handle();
+    eventually(
+        Duration::from_secs(5),
+        "the warm replica is out",
+        async || handle.replica_health("default", &warm_replica) != ReplicaHealth::Ready,
+    )
+    .await;
+    let third = session_turn(&client, "chat", &conversation).await;
+    let cold = &started(&third).replica_id;
+    assert_ne!(cold, &warm_replica);
+    assert!(!started(&third).kv_warmth, "failover is cold");
+    let cold_llama = rig.llama(cold);
+    assert_eq!(cold_llama.metric("prompt_tokens_cached_total").await, 0.0);
+    assert!(cold_llama.metric("prompt_tokens_total").await >= 100.0);
+}
+
+// covers: ORCH-4025, ORCH-4020, ORCH-4028
+#[tokio::test]
+async fn an_engine_context_error_after_admission_ends_the_stream_with_invalid_params() {
+    let _serial = SERIAL.lock().await;
+    let Some((binary, model)) = llama_files() else {
+        return;
+    };
+    let llama = LlamaServer::start(&binary, &model).await;
+    // The config claims a far larger context than the engine has, so
+    // admission lets a prompt through that llama-server then refuses.
+    let pool = PoolConfig {
+        id: "default".into(),
+        replicas: vec![ReplicaConfig {
+            id: "r0".into(),
+            engine: EngineConfig::Llamacpp(LlamaCppEngineConfig {
+                ctx_limit: Some(1_000_000),
+                ..LlamaCppEngineConfig::new(&llama.url)
+            }),
+        }],
+        ..PoolConfig::default()
+    };
+    let server = TestServer::start(Config {
+        pools: vec![pool],
+        ..Config::default()
+    })
+    .await;
+    let client = server.client();
+    let prompt = "ab ".repeat(CTX_TOTAL as usize);
+    let admitted = client.submit(request(&prompt, 8, 1)).await.unwrap();
+    let events = client.collect(&admitted.task_id).await.unwrap();
+    match events.last() {
+        Some(StreamEvent::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::InvalidParams, "{e:?}");
+            assert!(e.message.contains("exceed_context_size_error"), "{e:?}");
+        }
+        other => panic!("expected INVALID_PARAMS on the stream: {other:?}"),
+    }
+    assert_eq!(
+        server.handle().replica_health("default", "r0"),
+        ReplicaHealth::Ready,
+        "a request error does not take the replica out"
+    );
+}
+
+// covers: ORCH-4021
+#[tokio::test]
+async fn the_openai_chat_api_streams_through_llama_servers_v1_chat() {
+    let _serial = SERIAL.lock().await;
+    let Some((binary, model)) = llama_files() else {
+        return;
+    };
+    let llama = LlamaServer::start(&binary, &model).await;
+    let pool = PoolConfig {
+        id: "default".into(),
+        replicas: vec![ReplicaConfig {
+            id: "r0".into(),
+            engine: EngineConfig::Openai(OpenAiEngineConfig {
+                api: OpenAiApi::Chat,
+                api_key: Some("sk-local-test".into()),
+                ..OpenAiEngineConfig::new(&llama.url)
+            }),
+        }],
+        ..PoolConfig::default()
+    };
+    let server = TestServer::start(Config {
+        pools: vec![pool],
+        ..Config::default()
+    })
+    .await;
+    let client = server.client();
+    let admitted = client.submit(request("Hello there", 24, 5)).await.unwrap();
+    let events = client.collect(&admitted.task_id).await.unwrap();
+    assert_eq!(started(&events).engine, "openai");
+    assert_eq!(end(&events).finish_reason, FinishReason::Length);
+    assert!(!tokens(&events).is_empty());
+}
