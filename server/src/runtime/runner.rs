@@ -336,10 +336,16 @@ async fn decode(
 fn log_end(task: &LiveTask, pool: &str, replica: &Replica, decode_ms: u64, ttft_ms: Option<u64>) {
     let properties = replica.engine.properties();
     let status = task.status(None);
-    let code = status.error.as_ref().map(|e| format!("{:?}", e.code));
-    if code.is_some() {
-        tracing::warn!(task_id = %task.key.task_id, scope = %task.key.scope, pool, replica = %replica.id, engine = %properties.engine, engine_version = %properties.engine_version, state = ?status.state, error = code.as_deref(), tokens_out = status.tokens_out, decode_ms, ttft_ms, "task failed");
+    let session = task.session.as_ref().map(|s| s.session_id.as_str());
+    let wire = |value: serde_json::Value| value.as_str().map(str::to_owned);
+    let state = wire(serde_json::json!(status.state));
+    if let Some(error) = &status.error {
+        let code = wire(serde_json::json!(error.code));
+        tracing::warn!(task_id = %task.key.task_id, scope = %task.key.scope, session, pool, replica = %replica.id, engine = %properties.engine, engine_version = %properties.engine_version, state, code, tokens_out = status.tokens_out, decode_ms, ttft_ms, "task failed");
     } else {
-        tracing::info!(task_id = %task.key.task_id, scope = %task.key.scope, pool, replica = %replica.id, engine = %properties.engine, engine_version = %properties.engine_version, state = ?status.state, finish_reason = ?status.finish_reason, tokens_out = status.tokens_out, decode_ms, ttft_ms, "task ended");
+        let finish_reason = status
+            .finish_reason
+            .and_then(|r| wire(serde_json::json!(r)));
+        tracing::info!(task_id = %task.key.task_id, scope = %task.key.scope, session, pool, replica = %replica.id, engine = %properties.engine, engine_version = %properties.engine_version, state, finish_reason, tokens_out = status.tokens_out, decode_ms, ttft_ms, "task ended");
     }
 }
