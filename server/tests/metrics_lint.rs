@@ -524,3 +524,86 @@ fn the_lint_fails_on_a_missing_metric_a_wrong_type_a_missing_label_and_a_label_o
         );
     }
 }
+
+// ------------------------------------------------------------------- logs
+
+/// Every log line of this test binary, as JSON (one global subscriber).
+fn captured_logs() -> &'static std::sync::Mutex<Vec<u8>> {
+    static LOGS: std::sync::OnceLock<&'static std::sync::Mutex<Vec<u8>>> =
+        std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs: &'static std::sync::Mutex<Vec<u8>> =
+            Box::leak(Box::new(std::sync::Mutex::new(Vec::new())));
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || Writer(logs))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        logs
+    })
+}
+
+struct Writer(&'static std::sync::Mutex<Vec<u8>>);
+
+impl std::io::Write for Writer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn log_lines(task_id: &str) -> Vec<serde_json::Value> {
+    let logs = captured_logs().lock().unwrap();
+    String::from_utf8_lossy(&logs)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["fields"]["task_id"] == task_id)
+        .collect()
+}
+
+// covers: ORCH-7102, ORCH-7110
+#[tokio::test]
+async fn a_task_end_is_logged_once_with_its_timing_fields() {
+    captured_logs();
+    let server = TestServer::default().await;
+    let client = server.client();
+    let request = TaskRequest {
+        session_id: Some("logged-session".into()),
+        ..task("log my end", 6)
+    };
+    let id = client.submit(request).await.unwrap().task_id;
+    let events = client.collect(&id).await.unwrap();
+    let streamed = tokens(&events).len();
+    let mut ends = Vec::new();
+    eventually(Duration::from_secs(5), "the end is logged", async || {
+        ends = log_lines(&id)
+            .into_iter()
+            .filter(|line| line["fields"]["message"] == "task ended")
+            .collect();
+        !ends.is_empty()
+    })
+    .await;
+    let [end] = ends.as_slice() else {
+        panic!("one end line: {ends:#?}")
+    };
+    let fields = &end["fields"];
+    assert_eq!(end["level"], "INFO");
+    assert_eq!(fields["pool"], "default");
+    assert_eq!(fields["engine"], "builtin");
+    assert_eq!(fields["session"], "logged-session");
+    assert_eq!(fields["state"], "completed");
+    assert_eq!(fields["tokens_out"], streamed as u64);
+    assert!(fields["replica"].is_string(), "{fields}");
+    assert!(fields["decode_ms"].is_u64(), "{fields}");
+    assert!(fields["ttft_ms"].is_u64(), "{fields}");
+    let started: Vec<_> = log_lines(&id)
+        .into_iter()
+        .filter(|line| line["fields"]["message"] == "task started")
+        .collect();
+    assert_eq!(started.len(), 1, "{started:#?}");
+    assert!(started[0]["fields"]["queue_time_ms"].is_u64());
+}
