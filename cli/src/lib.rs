@@ -197,6 +197,18 @@ impl Client {
         }
     }
 
+    /// `POST /v1/tasks` with a body the caller built, sent as it is (no scope
+    /// filled in, no retries): for fields newer than this client's types, and
+    /// for checking how the server answers a body the typed request cannot
+    /// express (an unknown field, a value outside an enumeration).
+    pub async fn submit_json(
+        &self,
+        body: &serde_json::Value,
+    ) -> Result<AdmissionResponse, ClientError> {
+        self.json(self.request(Method::POST, "/v1/tasks").json(body))
+            .await
+    }
+
     /// `GET /v1/tasks/{id}`.
     pub async fn status(&self, task_id: &str) -> Result<TaskStatus, ClientError> {
         let path = format!("/v1/tasks/{}", encode(task_id));

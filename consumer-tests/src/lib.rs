@@ -1,0 +1,1 @@
+//! Pact consumer tests live in `tests/`; this library is empty.

@@ -1,0 +1,116 @@
+//! Every operation × declared status of both OpenAPI documents is exercised
+//! by at least one interaction of the committed pact. `401`, `403` and `500`,
+//! declared on many operations, need one interaction per plane.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+const PACT: &str = "contracts/pacts/orchctl-orchestratord.json";
+const DOCUMENTS: [(&str, &str); 2] = [
+    ("data", "contracts/openapi/data.yaml"),
+    ("control", "contracts/openapi/control.yaml"),
+];
+/// Statuses that one interaction per plane covers for every operation.
+const PER_PLANE: [u16; 3] = [401, 403, 500];
+/// Operation × status pairs the typed client cannot produce by construction,
+/// with the reason. Each is still declared, because the server answers it.
+const UNREACHABLE_FROM_CLIENT: [(&str, &str, u16, &str); 1] = [(
+    "POST",
+    "/v1/pools/{pool_id}/drain",
+    400,
+    "the client's DrainRequest {deadline_ms: u64} always serializes to a valid body",
+)];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn read_yaml(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn template_matches(template: &str, path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or(path);
+    let t: Vec<_> = template.split('/').collect();
+    let p: Vec<_> = path.split('/').collect();
+    t.len() == p.len()
+        && t.iter()
+            .zip(&p)
+            .all(|(t, p)| (t.starts_with('{') && t.ends_with('}') && !p.is_empty()) || t == p)
+}
+
+/// (plane, method, path template, status) of every interaction; panics on an
+/// interaction whose path no document declares.
+fn exercised(documents: &[(&str, Value)]) -> BTreeSet<(String, String, String, u16)> {
+    let pact_path = root().join(PACT);
+    let pact: Value = serde_json::from_str(
+        &std::fs::read_to_string(&pact_path)
+            .unwrap_or_else(|e| panic!("{}: {e}; run cargo xtask regen-pacts", pact_path.display())),
+    )
+    .expect("the pact is JSON");
+    let mut seen = BTreeSet::new();
+    for interaction in pact["interactions"].as_array().expect("interactions") {
+        let method = interaction["request"]["method"].as_str().unwrap().to_uppercase();
+        let path = interaction["request"]["path"].as_str().unwrap();
+        let status = interaction["response"]["status"].as_u64().unwrap() as u16;
+        let found = documents.iter().find_map(|(plane, doc)| {
+            doc["paths"].as_object().unwrap().keys().find_map(|template| {
+                template_matches(template, path).then(|| (plane.to_string(), template.clone()))
+            })
+        });
+        let Some((plane, template)) = found else {
+            panic!(
+                "interaction {:?}: {method} {path} is declared by no OpenAPI document",
+                interaction["description"]
+            );
+        };
+        seen.insert((plane, method, template, status));
+    }
+    seen
+}
+
+// covers: ORCH-9005
+#[test]
+fn every_operation_and_declared_status_has_an_interaction() {
+    let documents: Vec<(&str, Value)> = DOCUMENTS
+        .iter()
+        .map(|(plane, path)| (*plane, read_yaml(&root().join(path))))
+        .collect();
+    let seen = exercised(&documents);
+    let mut missing = Vec::new();
+    for (plane, doc) in &documents {
+        for (template, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let Some(responses) = operation.get("responses").and_then(Value::as_object) else {
+                    continue;
+                };
+                let method = method.to_uppercase();
+                for status in responses.keys() {
+                    let status: u16 = status.parse().expect("numeric status");
+                    if UNREACHABLE_FROM_CLIENT
+                        .iter()
+                        .any(|(m, t, s, _)| *m == method && t == template && *s == status)
+                    {
+                        continue;
+                    }
+                    let covered = if PER_PLANE.contains(&status) {
+                        seen.iter().any(|(p, _, _, s)| p == plane && *s == status)
+                    } else {
+                        seen.contains(&(plane.to_string(), method.clone(), template.clone(), status))
+                    };
+                    if !covered {
+                        missing.push(format!("{plane}: {method} {template} → {status}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "no pact interaction exercises:\n  {}\nadd a consumer test in consumer-tests/ and run cargo xtask regen-pacts",
+        missing.join("\n  ")
+    );
+}
