@@ -334,7 +334,7 @@ async fn sigkill_mid_burst_loses_no_admitted_task() {
         .expect("recovered tasks did not all settle within 60 s");
 
     let mut final_states: BTreeMap<String, usize> = BTreeMap::new();
-    let (mut ended_with_end, mut ended_with_reset) = (0, 0);
+    let (mut ended_with_end, mut ended_with_reset, mut reset_tokens) = (0, 0, 0u64);
     // Queued tasks come back in order (ORCH-7002): within a worker's scope,
     // tasks were admitted in `k` order, so their starts never go backwards by
     // more than scheduling jitter (`started_at_ms` is stamped by the spawned
@@ -385,6 +385,19 @@ async fn sigkill_mid_burst_loses_no_admitted_task() {
                     Some("error"),
                     "{scope}/{task_id}: stream {names:?}"
                 );
+                // What was streamed before the kill and flushed survives it.
+                assert_eq!(
+                    names.iter().filter(|n| *n == "token").count() as u64,
+                    status["tokens_out"].as_u64().unwrap(),
+                    "{scope}/{task_id}: token events vs tokens_out after the restart"
+                );
+                // It was running with a token delivered, and the first token
+                // is stored before any reader sees it.
+                assert!(
+                    status["tokens_out"].as_u64().unwrap() >= 1,
+                    "{scope}/{task_id}: a WORKER_RESET after restart keeps its first token"
+                );
+                reset_tokens += status["tokens_out"].as_u64().unwrap();
                 ended_with_reset += 1;
             }
             other => panic!("{scope}/{task_id} settled as {other}: {status}"),
@@ -402,7 +415,7 @@ async fn sigkill_mid_burst_loses_no_admitted_task() {
     println!("crash_recovery: states of the 202s right after restart = {at_restart:?}");
     println!("crash_recovery: final states (202s + resubmitted in-flight) = {final_states:?}");
     println!(
-        "crash_recovery: streams ending `end` = {ended_with_end}, ending `error` WORKER_RESET = {ended_with_reset}"
+        "crash_recovery: streams ending `end` = {ended_with_end}, ending `error` WORKER_RESET = {ended_with_reset} (tokens kept from before the kill: {reset_tokens})"
     );
     println!("crash_recovery: wall time {:?}", started.elapsed());
     assert_eq!(ended_with_end + ended_with_reset, everything.len());

@@ -286,14 +286,25 @@ async fn decode(
             () = task.stopped() => return Step::Stop,
             item = stream.next() => match item {
                 Some(Ok(EngineEvent::Token(text))) => {
+                    // The first token is stored (with the log so far) before
+                    // any reader can see it: a restart then knows a token was
+                    // delivered (ORCH-7003).
+                    let mut stored_upto = None;
                     if task.tokens_out() == 0
-                        && let Err(error) = orchestrator.store.mark_first_token(&task.key).await
+                        && let Some(tail) = task.tail_with_next_token(&text)
                     {
-                        return Step::Done(Outcome::Error(OrchError::from(error).envelope()));
+                        let upto = tail.events_from + tail.events.len();
+                        if let Err(error) = orchestrator.store.append_events(&task.key, tail).await {
+                            return Step::Done(Outcome::Error(OrchError::from(error).envelope()));
+                        }
+                        stored_upto = Some(upto);
                     }
                     let Some(i) = task.push_token(text) else {
                         return Step::Stop;
                     };
+                    if let Some(upto) = stored_upto {
+                        task.mark_persisted(upto);
+                    }
                     last_progress = orchestrator.clock.now_ms();
                     metered.token(i, last_progress);
                     ttft_ms.get_or_insert(last_progress.saturating_sub(now));

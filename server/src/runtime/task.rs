@@ -259,6 +259,22 @@ impl LiveTask {
         }
     }
 
+    /// The tail plus the token about to be appended, so the first token can
+    /// be stored before any reader sees it; `None` once the task stopped.
+    pub fn tail_with_next_token(&self, text: &str) -> Option<LogTail> {
+        let inner = self.lock();
+        if inner.state != TaskState::Running {
+            return None;
+        }
+        let mut tail = Self::tail(&inner);
+        tail.events.push(StreamEvent::Token(TokenEvent {
+            t: text.to_owned(),
+            i: inner.tokens_out,
+        }));
+        tail.tokens_out += 1;
+        Some(tail)
+    }
+
     /// What the store does not have yet, if anything.
     pub fn unpersisted(&self) -> Option<LogTail> {
         let inner = self.lock();

@@ -101,12 +101,11 @@ pub trait TaskStore: Send + Sync + 'static {
         replica_id: &str,
         at_ms: u64,
     ) -> Result<(), StoreError>;
-    /// Record, before it is delivered, that the task has produced a token.
-    async fn mark_first_token(&self, key: &TaskKey) -> Result<(), StoreError>;
     /// Give a claimed task back to the queue (retry on another replica).
     async fn mark_requeued(&self, key: &TaskKey) -> Result<(), StoreError>;
     /// Persist more of a running task's event log, so a restart keeps what
-    /// was streamed (ORCH-7003).
+    /// was streamed (ORCH-7003); a task with a token in the store counts as
+    /// having delivered one. No effect once the task is terminal.
     async fn append_events(&self, key: &TaskKey, tail: LogTail) -> Result<(), StoreError>;
     async fn finish(&self, key: &TaskKey, finish: Finish) -> Result<(), StoreError>;
     async fn get(&self, key: &TaskKey) -> Result<Option<TaskRecord>, StoreError>;

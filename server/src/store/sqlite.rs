@@ -240,12 +240,18 @@ fn update(
     Ok(())
 }
 
-/// Upsert events by index: a flush and the terminal write may overlap.
+/// Upsert events by index: the terminal write rewrites any index a racing
+/// flush wrote before it, and a flush arriving after it changes nothing.
 fn write_tail(tx: &Transaction<'_>, key: &TaskKey, tail: &LogTail) -> rusqlite::Result<()> {
-    update(tx, key, "tokens_out = ?4", &[&tail.tokens_out])?;
     let Some(record) = get_record(tx, key)? else {
         return Ok(());
     };
+    update(
+        tx,
+        key,
+        "tokens_out = ?4, first_token = first_token OR ?4 > 0",
+        &[&tail.tokens_out],
+    )?;
     let mut insert = tx.prepare_cached(
         "INSERT OR REPLACE INTO task_events (task_seq, idx, event) VALUES (?1, ?2, ?3)",
     )?;
@@ -321,12 +327,6 @@ impl TaskStore for SqliteStore {
         .await
     }
 
-    async fn mark_first_token(&self, key: &TaskKey) -> Result<(), StoreError> {
-        let key = key.clone();
-        self.call(true, move |tx| update(tx, &key, "first_token = 1", &[]))
-            .await
-    }
-
     async fn mark_requeued(&self, key: &TaskKey) -> Result<(), StoreError> {
         let key = key.clone();
         self.call(true, move |tx| {
@@ -342,7 +342,11 @@ impl TaskStore for SqliteStore {
 
     async fn append_events(&self, key: &TaskKey, tail: LogTail) -> Result<(), StoreError> {
         let key = key.clone();
-        self.call(true, move |tx| write_tail(tx, &key, &tail)).await
+        self.call(true, move |tx| match get_record(tx, &key)? {
+            Some(record) if !record.state.is_terminal() => write_tail(tx, &key, &tail),
+            _ => Ok(()),
+        })
+        .await
     }
 
     async fn finish(&self, key: &TaskKey, finish: Finish) -> Result<(), StoreError> {
