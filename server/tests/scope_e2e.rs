@@ -2,16 +2,16 @@
 
 mod common;
 
-use common::{TestServer, task, text};
+use common::{shared_client, shared_url, task, text};
 use contracts::{ErrorCode, FinishReason, StreamEvent, TaskRequest};
 use orchctl::{Client, ListOptions};
 
 // covers: ORCH-6010, ORCH-6011, ORCH-6012
 #[tokio::test]
 async fn two_scopes_under_concurrent_traffic_see_nothing_of_each_other() {
-    let server = TestServer::default().await;
-    let scopes = ["blue", "green"]
-        .map(|s| Client::new(server.url()).with_scope(format!("{s}-{}", common::unique_scope())));
+    // blue, green, and a third scope that only looks; all purged at the end.
+    let [blue, green, third] = [shared_client(), shared_client(), shared_client()];
+    let scopes = [&blue, &green].map(|guard| Client::clone(guard));
     let runs = scopes.clone().map(|client| {
         tokio::spawn(async move {
             let mut texts = Vec::new();
@@ -48,7 +48,17 @@ async fn two_scopes_under_concurrent_traffic_see_nothing_of_each_other() {
                 .all(|s| s.scope.as_deref() == client.scope())
         );
     }
-    let unscoped = Client::new(server.url());
+    // Nothing leaks into a third scope, nor into the default one.
+    assert!(
+        third
+            .list(&ListOptions::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(third.status("job-0").await.unwrap_err().status(), Some(404));
+    let unscoped = Client::new(shared_url());
     assert!(
         unscoped
             .list(&ListOptions::default())
@@ -66,9 +76,8 @@ async fn two_scopes_under_concurrent_traffic_see_nothing_of_each_other() {
 // covers: ORCH-6013
 #[tokio::test]
 async fn purging_a_scope_cancels_and_removes_everything_in_it_and_nothing_else() {
-    let server = TestServer::default().await;
-    let doomed = server.client();
-    let kept = server.client();
+    let doomed = shared_client();
+    let kept = shared_client();
     let running = doomed.submit(task("long", 2_000)).await.unwrap().task_id;
     let session_task = TaskRequest {
         session_id: Some("s".into()),

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, config_with, eventually, task, text, tokens};
+use common::{TestServer, config_with, eventually, shared_client, shared_url, task, text, tokens};
 use contracts::config::BuiltinEngineConfig;
 use contracts::{ErrorCode, FinishReason, Priority, StreamEvent, TaskRequest, TaskState};
 use futures::StreamExt;
@@ -62,11 +62,14 @@ async fn a_task_streams_started_tokens_and_end_identically_on_both_replicas() {
 // covers: ORCH-1001, ORCH-1107
 #[tokio::test]
 async fn admission_headers_and_sse_framing_are_exact() {
-    let server = TestServer::default().await;
+    let client = shared_client();
+    let scope = client.scope_name();
     let http = reqwest::Client::new();
     let response = http
-        .post(format!("{}/v1/tasks", server.url()))
-        .body(r#"{"prompt":"frame me","max_tokens":2,"task_id":"framing","seed":1}"#)
+        .post(format!("{}/v1/tasks", shared_url()))
+        .body(format!(
+            r#"{{"prompt":"frame me","max_tokens":2,"task_id":"framing","seed":1,"scope":"{scope}"}}"#
+        ))
         .send()
         .await
         .unwrap();
@@ -83,7 +86,10 @@ async fn admission_headers_and_sse_framing_are_exact() {
     assert_eq!(body["queue_position"].to_string(), position);
     assert_eq!(body["predicted_start_ms"].to_string(), eta);
     let raw = http
-        .get(format!("{}/v1/tasks/framing/stream", server.url()))
+        .get(format!(
+            "{}/v1/tasks/framing/stream?scope={scope}",
+            shared_url()
+        ))
         .send()
         .await
         .unwrap()
@@ -112,8 +118,7 @@ async fn admission_headers_and_sse_framing_are_exact() {
 // covers: ORCH-1010, ORCH-1011
 #[tokio::test]
 async fn status_and_paged_list_within_a_scope() {
-    let server = TestServer::default().await;
-    let client = server.client();
+    let client = shared_client();
     let mut ids = Vec::new();
     for n in 0..5 {
         ids.push(
@@ -163,15 +168,18 @@ async fn status_and_paged_list_within_a_scope() {
         .await
         .unwrap();
     assert!(queued.items.is_empty());
-    let other_scope = server.client().list(&ListOptions::default()).await.unwrap();
+    let other_scope = client
+        .stranger()
+        .list(&ListOptions::default())
+        .await
+        .unwrap();
     assert!(other_scope.items.is_empty(), "another scope sees nothing");
 }
 
 // covers: ORCH-1005, ORCH-1006, ORCH-1007, ORCH-2022, ORCH-6012
 #[tokio::test]
 async fn resubmission_is_idempotent_and_a_changed_body_conflicts() {
-    let server = TestServer::default().await;
-    let client = server.client();
+    let client = shared_client();
     let request = TaskRequest {
         task_id: Some("idem-1".into()),
         ..task("same body", 4)
@@ -193,7 +201,7 @@ async fn resubmission_is_idempotent_and_a_changed_body_conflicts() {
     assert_eq!(api_code(&error), ErrorCode::Conflict);
 
     // The same client id in another scope is simply another task.
-    let elsewhere = server.client().submit(request).await.unwrap();
+    let elsewhere = client.stranger().submit(request).await.unwrap();
     assert_eq!(elsewhere.task_id, "idem-1");
 
     let generated = client.submit(task("no id", 1)).await.unwrap();
@@ -203,7 +211,7 @@ async fn resubmission_is_idempotent_and_a_changed_body_conflicts() {
 // covers: ORCH-1002, ORCH-1003, ORCH-1004, ORCH-1008, ORCH-1009, ORCH-2012
 #[tokio::test]
 async fn every_validated_field_is_named_with_its_limit() {
-    let server = TestServer::default().await;
+    let client = shared_client();
     let http = reqwest::Client::new();
     let long_prompt = "word ".repeat(4_095);
     let huge_prompt = "x".repeat((1 << 20) + 1);
@@ -300,9 +308,13 @@ async fn every_validated_field_is_named_with_its_limit() {
             "sp-1",
         ),
     ];
-    for (body, field, detail) in cases {
+    for (mut body, field, detail) in cases {
+        // Every valid-looking body stays in this test's scope.
+        if body.get("scope").is_none() {
+            body["scope"] = client.scope_name().into();
+        }
         let response = http
-            .post(format!("{}/v1/tasks", server.url()))
+            .post(format!("{}/v1/tasks", shared_url()))
             .json(&body)
             .send()
             .await
@@ -318,10 +330,7 @@ async fn every_validated_field_is_named_with_its_limit() {
         );
     }
     // Nothing invalid was stored.
-    let list = orchctl::Client::new(server.url())
-        .list(&ListOptions::default())
-        .await
-        .unwrap();
+    let list = client.list(&ListOptions::default()).await.unwrap();
     assert!(list.items.is_empty());
     // A valid batch request with every optional field is admitted.
     let full = TaskRequest {
@@ -335,16 +344,15 @@ async fn every_validated_field_is_named_with_its_limit() {
         seed: Some(9),
         ..task("all fields", 2)
     };
-    server.client().submit(full).await.unwrap();
+    client.submit(full).await.unwrap();
 }
 
 // covers: ORCH-1012, ORCH-2021, ORCH-6011
 #[tokio::test]
 async fn unknown_and_foreign_ids_are_not_found() {
-    let server = TestServer::default().await;
-    let owner = server.client();
+    let owner = shared_client();
     let id = owner.submit(task("mine", 2)).await.unwrap().task_id;
-    let stranger = server.client();
+    let stranger = owner.stranger();
     for error in [
         stranger.status(&id).await.unwrap_err(),
         stranger.cancel(&id).await.unwrap_err(),

@@ -1,9 +1,20 @@
 //! The end-to-end fixture: the real daemon in-process on an ephemeral port
 //! with a temp SQLite store, and real `orchctl` clients, each bound to a
 //! fresh scope so tests sharing a server never see each other's tasks.
+//!
+//! Two ways to get a server (BRIEF §7):
+//! - [`shared_client`]: tests that only submit and read share one server per
+//!   test binary (per process: under `cargo nextest` that is one per test,
+//!   started in milliseconds), each with a client bound to a fresh scope that
+//!   is purged when the client is dropped;
+//! - [`TestServer::start`]: tests that change pool-wide state (drain, reload,
+//!   faults, a held or full queue, timeouts) get a server of their own.
 
 #![allow(dead_code)]
 
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -109,4 +120,126 @@ pub async fn eventually(within: Duration, what: &str, mut check: impl AsyncFnMut
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("timed out after {within:?} waiting for: {what}");
+}
+
+/// The server shared by every test of this binary. It runs on a runtime of its
+/// own in a background thread, so it outlives each `#[tokio::test]` runtime.
+struct Shared {
+    url: String,
+    runtime: tokio::runtime::Handle,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let (ready, started) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("shared-orchestratord".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("shared runtime");
+                let dir = shared_store_dir();
+                let server = runtime
+                    .block_on(orchestratord::start(
+                        Config::default(),
+                        "127.0.0.1:0",
+                        &dir.join("store.db"),
+                    ))
+                    .expect("shared server starts");
+                ready
+                    .send(Shared {
+                        url: server.url(),
+                        runtime: runtime.handle().clone(),
+                    })
+                    .expect("test thread waits");
+                // Serve until the process exits; the server is never dropped.
+                runtime.block_on(std::future::pending::<()>());
+                drop(server);
+            })
+            .expect("spawn the shared server thread");
+        started.recv().expect("the shared server started")
+    })
+}
+
+/// The shared server's store lives under `$TMPDIR/orchqueue-shared/<pid>`.
+/// The process exits without running destructors, so each start removes the
+/// directories of processes that are gone.
+fn shared_store_dir() -> PathBuf {
+    let root = std::env::temp_dir().join("orchqueue-shared");
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok();
+            let gone = pid.is_some_and(|pid| {
+                cfg!(target_os = "linux") && !PathBuf::from(format!("/proc/{pid}")).exists()
+            });
+            if gone {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = root.join(std::process::id().to_string());
+    std::fs::create_dir_all(&dir).expect("shared store dir");
+    dir
+}
+
+/// The shared server's base URL (for raw HTTP; pass your scope explicitly).
+pub fn shared_url() -> String {
+    shared().url.clone()
+}
+
+/// A client of the shared server bound to a fresh scope; the scope (its
+/// tasks, running ones canceled, and its sessions) is purged on drop.
+pub fn shared_client() -> ScopedClient {
+    let shared = shared();
+    ScopedClient {
+        client: Client::new(shared.url.clone()).with_scope(unique_scope()),
+    }
+}
+
+pub struct ScopedClient {
+    client: Client,
+}
+
+impl ScopedClient {
+    pub fn scope_name(&self) -> &str {
+        self.client.scope().expect("a scoped client")
+    }
+
+    /// Another client of the same server in another fresh scope.
+    pub fn stranger(&self) -> ScopedClient {
+        shared_client()
+    }
+}
+
+impl Deref for ScopedClient {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Drop for ScopedClient {
+    fn drop(&mut self) {
+        let shared = shared();
+        let purge = Client::new(shared.url.clone());
+        let scope = self.scope_name().to_owned();
+        let (done, wait) = std::sync::mpsc::channel();
+        // The purge runs on the shared runtime: the test's own runtime may
+        // be shutting down (or unwinding from a panic) right now.
+        shared.runtime.spawn(async move {
+            let result = purge.purge_scope(Some(&scope)).await;
+            let _ = done.send(result.map(|_| ()));
+        });
+        match wait.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) if !std::thread::panicking() => {
+                panic!("purging scope {}: {error}", self.scope_name())
+            }
+            _ => {}
+        }
+    }
 }
