@@ -241,6 +241,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
 pub fn semantic_issues(config: &Config) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
     let mut pool_ids = HashSet::new();
+    let mut replica_pools = std::collections::HashMap::new();
     for (p, pool) in config.pools.iter().enumerate() {
         let at = format!("pools[{p}]");
         if !pool_ids.insert(&pool.id) {
@@ -261,14 +262,14 @@ pub fn semantic_issues(config: &Config) -> Vec<ConfigIssue> {
                 "must be at least 1",
             ));
         }
-        let mut replica_ids = HashSet::new();
         let mut versions: Vec<(&str, String)> = Vec::new();
         for (r, replica) in pool.replicas.iter().enumerate() {
-            if !replica_ids.insert(&replica.id) {
+            // Replica ids name a replica server-wide (sessions, metrics).
+            if let Some(first_pool) = replica_pools.insert(&replica.id, &pool.id) {
                 issues.push(ConfigIssue::new(
                     format!("{at}.replicas[{r}].id"),
                     format!(
-                        "duplicate replica id {:?} in pool {:?}",
+                        "duplicate replica id {:?} (pool {:?}, and pool {first_pool:?} before it); replica ids must be unique across pools",
                         replica.id, pool.id
                     ),
                 ));
@@ -396,6 +397,16 @@ mod tests {
         let (at, message) = parse(text).unwrap_err();
         assert!(at.starts_with("pools[0].queue"), "{at}");
         assert!(message.contains("capacty"), "{message}");
+    }
+
+    // covers: ORCH-7201
+    #[test]
+    fn replica_ids_are_unique_across_pools() {
+        let text = "pools:\n  - id: a\n    replicas:\n      - id: r0\n        engine: {kind: builtin}\n  - id: b\n    replicas:\n      - id: r0\n        engine: {kind: builtin}\n";
+        let config = parse(text).unwrap();
+        let issues = semantic_issues(&config);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(format!("{issues:?}").contains("unique across pools"));
     }
 
     // covers: ORCH-4003
