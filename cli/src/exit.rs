@@ -12,10 +12,13 @@ Exit codes (stable):
   0  ok (also: a canceled task's stream, and stdout closed early by its reader)
   2  usage: bad flags or arguments
   3  rejected, retry later: 429 / 503 or any other retriable error answer
-       (queue full, rate limit, pool unready or draining); the hint says how long to wait
-  4  not found: unknown task id in this --scope
+       (queue full, rate limit, pool unready or draining, failed pool reload);
+       the hint says how long to wait
+  4  not found: unknown task or session id in this --scope, or unknown pool
   5  task failed: its stream ended with an `error` event, or its status is `failed`
-  6  invalid request: INVALID_PARAMS, CONFLICT, UNAUTHORIZED, FORBIDDEN (other 4xx)
+  6  invalid or not allowed: INVALID_PARAMS, CONFLICT (other 4xx); 401 UNAUTHORIZED
+       (no or unknown --api-key); 403 FORBIDDEN (the key's role may not do this,
+       e.g. a client key on pools, pool, replicasets or capabilities)
   7  server unreachable, unexpected answer, or INTERNAL (500)";
 
 /// Why a command did not succeed.

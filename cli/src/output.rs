@@ -52,10 +52,67 @@ pub fn enum_str(value: &impl Serialize) -> String {
         .unwrap_or_default()
 }
 
+/// Rows as columns aligned on the widest cell, two spaces apart, with no
+/// trailing blanks. The header is the first line.
+pub fn table<const N: usize>(header: [&str; N], rows: Vec<[String; N]>) -> Vec<String> {
+    let header = header.map(String::from);
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    std::iter::once(header)
+        .chain(rows)
+        .map(|row| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            cells.join("  ").trim_end().to_owned()
+        })
+        .collect()
+}
+
+/// `key:` padded to `width`, then the value (the `status` and `session get`
+/// layout).
+pub fn field(key: &str, value: &str, width: usize) -> String {
+    format!("{:<width$}{value}", format!("{key}:"))
+}
+
+/// An engine and its version, without repeating the engine's name when the
+/// version already starts with it (`builtin-1.0.0`, not `builtin builtin-1.0.0`).
+pub fn engine_str(engine: &str, version: &str) -> String {
+    if version.starts_with(engine) {
+        version.to_owned()
+    } else {
+        format!("{engine} {version}")
+    }
+}
+
+/// What the failing command addresses, so a hint can name the right thing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// A task (submit, stream, status, ls, cancel).
+    Task,
+    /// A session of the scope.
+    Session,
+    /// A whole scope.
+    Scope,
+    /// A pool or the control plane as a whole.
+    Pool,
+    /// Nothing on the server (completions).
+    Local,
+}
+
 /// Where the failing call went, for the hints.
 pub struct Context<'a> {
     pub url: &'a str,
     pub scope: Option<&'a str>,
+    pub subject: Subject,
+    /// `--retries` applies to this command (only `submit` retries).
+    pub retries_apply: bool,
 }
 
 /// Print a failure: `error: CODE: message`, the correlation id, and a hint
@@ -135,29 +192,53 @@ fn api_hint(
     envelope: &ErrorEnvelope,
     context: &Context,
 ) -> String {
+    let scope_note = match context.scope {
+        Some(scope) => format!("this call used scope {scope:?}"),
+        None => "this call used no scope, so it sees only unscoped tasks and sessions".into(),
+    };
     match (status, envelope.code) {
-        (404, _) => match context.scope {
-            Some(scope) => format!("check the task id and --scope (this call used scope {scope:?})"),
-            None => "check the task id and --scope (this call used no scope, so it sees only unscoped tasks)".into(),
+        (404, _) => match context.subject {
+            Subject::Session => format!("check the session id and --scope ({scope_note})"),
+            Subject::Pool => "check the pool id; `orchctl pools` lists the pools".into(),
+            _ => format!("check the task id and --scope ({scope_note})"),
         },
         (500, _) | (_, ErrorCode::Internal) => {
             "the server failed unexpectedly; quote the correlation id when reporting it".into()
         }
-        _ if envelope.retriable => match error.backoff() {
-            Some(wait) => format!(
+        (_, ErrorCode::PoolUnready) if context.subject == Subject::Pool => {
+            "the reload failed and the old replicas keep serving; check --model-ref, or allow \
+             more time with --ready-timeout-ms"
+                .into()
+        }
+        (_, ErrorCode::PoolUnavailable) => {
+            "the pool is draining, shutting down, or has every replica down (the message says \
+             which); a drained pool admits again after a successful `orchctl pool reload`"
+                .into()
+        }
+        _ if envelope.retriable => match (error.backoff(), context.retries_apply) {
+            (Some(wait), true) => format!(
                 "retriable: the server asks to wait {} ms before retrying; --retries N does that automatically",
                 wait.as_millis()
             ),
-            None => "retriable: try again later; --retries N retries automatically".into(),
+            (Some(wait), false) => format!(
+                "retriable: the server asks to wait {} ms before retrying",
+                wait.as_millis()
+            ),
+            (None, true) => "retriable: try again later; --retries N retries automatically".into(),
+            (None, false) => "retriable: try again later".into(),
         },
         (_, ErrorCode::InvalidParams) => {
             "fix the field named in the message; `orchctl help <command>` lists the options".into()
         }
-        (_, ErrorCode::Conflict) => "this --task-id is already used in this scope with a different request; \
+        (_, ErrorCode::Conflict) => {
+            "this --task-id is already used in this scope with a different request; \
              choose another id, or resend the identical request"
-            .into(),
+                .into()
+        }
         (_, ErrorCode::Unauthorized) => "pass a valid key with --api-key or ORCH_API_KEY".into(),
-        (_, ErrorCode::Forbidden) => "this API key lacks the role the operation requires".into(),
+        (_, ErrorCode::Forbidden) => "this API key's tenant lacks the role the operation needs: \
+             the control plane (pools, pool, replicasets, capabilities) needs an admin key"
+            .into(),
         _ => format!("the server answered HTTP {status}"),
     }
 }

@@ -647,12 +647,9 @@ async fn an_internal_error_or_an_unreachable_server_exits_7() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let unreachable = common::Orchctl {
-        url: format!("http://127.0.0.1:{port}"),
-        scope: None,
-    }
-    .run(&["status", "any"])
-    .await;
+    let unreachable = common::Orchctl::at(format!("http://127.0.0.1:{port}"))
+        .run(&["status", "any"])
+        .await;
     unreachable.assert_exit(7);
     assert!(
         unreachable
@@ -668,10 +665,7 @@ async fn an_internal_error_or_an_unreachable_server_exits_7() {
 
 #[tokio::test]
 async fn help_documents_the_exit_codes_and_usage_errors_exit_2() {
-    let orchctl = common::Orchctl {
-        url: "http://127.0.0.1:9".into(),
-        scope: None,
-    };
+    let orchctl = common::Orchctl::at("http://127.0.0.1:9");
     let help = orchctl.run(&["--help"]).await;
     help.assert_exit(0);
     assert!(help.stdout.contains("Exit codes (stable):"));

@@ -6,7 +6,7 @@ use orchctl::contracts::{TaskList, TaskState, TaskStatus};
 
 use super::Ctx;
 use crate::exit::Failure;
-use crate::output::enum_str;
+use crate::output::{enum_str, table};
 
 const AFTER_HELP: &str = "\
 Lists the tasks of this --scope in admission order. Without --all one page
@@ -85,7 +85,7 @@ pub async fn run(ctx: &Ctx, args: LsArgs) -> Result<(), Failure> {
     if page.items.is_empty() {
         ctx.out.note("no tasks in this scope");
     } else {
-        for line in table(&page.items) {
+        for line in rows(&page.items) {
             ctx.out.line(&line)?;
         }
     }
@@ -97,9 +97,8 @@ pub async fn run(ctx: &Ctx, args: LsArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn table(items: &[TaskStatus]) -> Vec<String> {
-    let header = ["TASK", "STATE", "POOL", "PRIORITY", "TOKENS", "DETAIL"].map(String::from);
-    let rows: Vec<[String; 6]> = items
+fn rows(items: &[TaskStatus]) -> Vec<String> {
+    let rows = items
         .iter()
         .map(|task| {
             let detail = match task.state {
@@ -133,21 +132,8 @@ fn table(items: &[TaskStatus]) -> Vec<String> {
             ]
         })
         .collect();
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    std::iter::once(header)
-        .chain(rows)
-        .map(|row| {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(widths)
-                .map(|(cell, width)| format!("{cell:<width$}"))
-                .collect();
-            cells.join("  ").trim_end().to_owned()
-        })
-        .collect()
+    table(
+        ["TASK", "STATE", "POOL", "PRIORITY", "TOKENS", "DETAIL"],
+        rows,
+    )
 }

@@ -1,6 +1,6 @@
-//! One module per command: its clap `Args` and its `run`. A new command
-//! (the control plane's `pools`, `pool`, `session`, `scope`, …) is one more
-//! module, one variant of [`Command`] and one arm of [`Command::run`].
+//! One module per command: its clap `Args` and its `run`. A new command is
+//! one more module, one variant of [`Command`] and one arm of
+//! [`Command::run`] (and of [`Command::subject`]).
 
 use std::time::Duration;
 
@@ -8,11 +8,17 @@ use clap::{Args, Subcommand};
 use orchctl::{Client, RetryPolicy};
 
 use crate::exit::Failure;
-use crate::output::{Context, Output};
+use crate::output::{Context, Output, Subject};
 
 pub mod cancel;
+pub mod capabilities;
 pub mod completions;
 pub mod ls;
+pub mod pool;
+pub mod pools;
+pub mod replicasets;
+pub mod scope;
+pub mod session;
 pub mod status;
 pub mod stream;
 pub mod submit;
@@ -87,26 +93,47 @@ impl Ctx {
         }
     }
 
-    pub fn context(&self) -> Context<'_> {
+    pub fn context(&self, command: &Command) -> Context<'_> {
         Context {
             url: &self.url,
             scope: self.scope.as_deref(),
+            subject: command.subject(),
+            retries_apply: matches!(command, Command::Submit(_)),
         }
     }
 }
 
-/// Parser of a task id argument that goes into a URL path: the id charset of
-/// the spec (ORCH-6014), so that no id can turn into a query (`?`), a
-/// fragment (`#`) or a dot segment and silently address another resource.
-pub fn task_id_arg(value: &str) -> Result<String, String> {
+/// An id that goes into a URL path must be in the id charset of the spec
+/// (ORCH-6014), so that none can turn into a query (`?`), a fragment (`#`)
+/// or a dot segment and silently address another resource.
+fn id_arg(value: &str, what: &str) -> Result<String, String> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
     if value.is_empty() || value.len() > 128 || !value.chars().all(allowed) {
-        return Err("a task id is 1 to 128 characters from [A-Za-z0-9._:-]".into());
+        return Err(format!(
+            "{what} is 1 to 128 characters from [A-Za-z0-9._:-]"
+        ));
     }
-    if value == "." || value == ".." {
-        return Err("`.` and `..` cannot be used in a URL path".into());
+    if value.chars().all(|c| c == '.') {
+        return Err(format!(
+            "{what} cannot be dots only (a URL path drops `.` and `..`)"
+        ));
     }
     Ok(value.to_owned())
+}
+
+/// Parser of a task id argument (see [`id_arg`]).
+pub fn task_id_arg(value: &str) -> Result<String, String> {
+    id_arg(value, "a task id")
+}
+
+/// Parser of a session id argument (see [`id_arg`]).
+pub fn session_id_arg(value: &str) -> Result<String, String> {
+    id_arg(value, "a session id")
+}
+
+/// Parser of a scope argument (see [`id_arg`]).
+pub fn scope_arg(value: &str) -> Result<String, String> {
+    id_arg(value, "a scope")
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +143,13 @@ pub enum Command {
     Status(status::StatusArgs),
     Ls(ls::LsArgs),
     Cancel(cancel::CancelArgs),
+    Session(session::SessionArgs),
+    Scope(scope::ScopeArgs),
+    Pools(pools::PoolsArgs),
+    Pool(pool::PoolArgs),
+    #[command(name = "replicasets")]
+    ReplicaSets(replicasets::ReplicaSetsArgs),
+    Capabilities(capabilities::CapabilitiesArgs),
     Completions(completions::CompletionsArgs),
 }
 
@@ -127,23 +161,46 @@ impl Command {
             Self::Status(args) => status::run(ctx, args).await,
             Self::Ls(args) => ls::run(ctx, args).await,
             Self::Cancel(args) => cancel::run(ctx, args).await,
+            Self::Session(args) => session::run(ctx, args).await,
+            Self::Scope(args) => scope::run(ctx, args).await,
+            Self::Pools(args) => pools::run(ctx, args).await,
+            Self::Pool(args) => pool::run(ctx, args).await,
+            Self::ReplicaSets(args) => replicasets::run(ctx, args).await,
+            Self::Capabilities(args) => capabilities::run(ctx, args).await,
             Self::Completions(args) => completions::run(args),
+        }
+    }
+
+    /// What the command addresses, for the hints of its errors.
+    pub fn subject(&self) -> Subject {
+        match self {
+            Self::Submit(_) | Self::Stream(_) | Self::Status(_) | Self::Ls(_) | Self::Cancel(_) => {
+                Subject::Task
+            }
+            Self::Session(_) => Subject::Session,
+            Self::Scope(_) => Subject::Scope,
+            Self::Pools(_) | Self::Pool(_) | Self::ReplicaSets(_) | Self::Capabilities(_) => {
+                Subject::Pool
+            }
+            Self::Completions(_) => Subject::Local,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::task_id_arg;
+    use super::{scope_arg, session_id_arg, task_id_arg};
 
     #[test]
-    fn task_ids_that_would_change_the_url_are_refused() {
-        for ok in ["t-1", "job.2:a_b", "A"] {
-            assert_eq!(task_id_arg(ok).as_deref(), Ok(ok));
+    fn ids_that_would_change_the_url_are_refused() {
+        for parse in [task_id_arg, session_id_arg, scope_arg] {
+            for ok in ["t-1", "job.2:a_b", "A", ".a", "..b"] {
+                assert_eq!(parse(ok).as_deref(), Ok(ok));
+            }
+            for bad in ["", "a?b", "a#b", "a/b", "a b", "..", ".", "...", "é"] {
+                assert!(parse(bad).is_err(), "{bad:?}");
+            }
+            assert!(parse(&"x".repeat(129)).is_err());
         }
-        for bad in ["", "a?b", "a#b", "a/b", "a b", "..", ".", "é"] {
-            assert!(task_id_arg(bad).is_err(), "{bad:?}");
-        }
-        assert!(task_id_arg(&"x".repeat(129)).is_err());
     }
 }

@@ -18,6 +18,7 @@ Examples:
   orchctl submit --prompt 'Write a haiku about queues' --max-tokens 32 --follow
   echo 'Summarise this' | orchctl submit --max-tokens 64 --seed 7
   orchctl submit --prompt hi --task-id job-1 --priority batch --deadline-ms 60000
+  orchctl submit --session chat-1 --prompt 'and then?' --follow
   orchctl --scope ci-42 --json submit --prompt hi --follow | jq -c .
 
 Resending the same request with the same --task-id is safe: it answers with
@@ -69,8 +70,15 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub deadline_ms: Option<u64>,
 
-    /// Session for multi-turn affinity (the replica keeps its KV cache).
-    #[arg(long)]
+    /// Session of a multi-turn conversation (1–128 of [A-Za-z0-9._:-]),
+    /// created by its first task: later turns go to the replica that keeps
+    /// its KV cache. See `orchctl session --help`.
+    #[arg(
+        long = "session",
+        visible_alias = "session-id",
+        value_name = "ID",
+        value_parser = super::session_id_arg
+    )]
     pub session_id: Option<String>,
 
     /// Whether the stream must be byte-identical across replicas.

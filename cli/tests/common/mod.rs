@@ -48,6 +48,7 @@ impl TestServer {
         Orchctl {
             url: self.url(),
             scope: Some(unique_scope()),
+            api_key: None,
         }
     }
 }
@@ -85,11 +86,12 @@ pub fn quiet_config(pool: impl FnOnce(&mut PoolConfig)) -> Config {
     }
 }
 
-/// The `orchctl` binary with `--url` and `--scope` set.
+/// The `orchctl` binary with `--url`, `--scope` and `--api-key` set.
 #[derive(Clone)]
 pub struct Orchctl {
     pub url: String,
     pub scope: Option<String>,
+    pub api_key: Option<String>,
 }
 
 /// One finished run of `orchctl`.
@@ -137,10 +139,27 @@ impl Run {
 }
 
 impl Orchctl {
+    /// `orchctl` against `url` with no scope and no key.
+    pub fn at(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            scope: None,
+            api_key: None,
+        }
+    }
+
     pub fn in_scope(&self, scope: Option<&str>) -> Self {
         Self {
-            url: self.url.clone(),
             scope: scope.map(str::to_owned),
+            ..self.clone()
+        }
+    }
+
+    /// The same, passing `--api-key key`.
+    pub fn with_api_key(&self, key: Option<&str>) -> Self {
+        Self {
+            api_key: key.map(str::to_owned),
+            ..self.clone()
         }
     }
 
@@ -153,6 +172,9 @@ impl Orchctl {
         command.arg("--url").arg(&self.url);
         if let Some(scope) = &self.scope {
             command.arg("--scope").arg(scope);
+        }
+        if let Some(key) = &self.api_key {
+            command.arg("--api-key").arg(key);
         }
         command
             .args(args)
@@ -199,7 +221,7 @@ pub fn filters() -> Vec<(&'static str, &'static str)> {
         (r"\b\d+ ms\b", "[N] ms"),
         (r"\b\d+(\.\d+)? tok/s", "[RATE] tok/s"),
         (
-            r#""(queue_time_ms|predicted_start_ms|decode_ms|elapsed_ms|backoff_ms|retry_after_ms|submitted_at_ms|started_at_ms|finished_at_ms|tokens_per_s)":[0-9.]+"#,
+            r#""(queue_time_ms|predicted_start_ms|decode_ms|elapsed_ms|backoff_ms|retry_after_ms|submitted_at_ms|started_at_ms|finished_at_ms|tokens_per_s|ttl_ms_remaining|ttft_p50_ms|ttft_p99_ms)":[0-9.]+"#,
             r#""$1":"[N]""#,
         ),
     ]
