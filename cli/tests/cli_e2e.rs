@@ -688,8 +688,29 @@ async fn help_documents_the_exit_codes_and_usage_errors_exit_2() {
         no_prompt.transcript()
     );
 
+    // The control-plane commands check their arguments before any call.
+    for args in [
+        &["pool", "drain", "default"][..],
+        &["pool", "reload", "default"],
+        &["pool", "health"],
+        &["session", "get"],
+        &["session", "rm", "a/b"],
+        &["scope", "purge", ".."],
+    ] {
+        orchctl.run(args).await.assert_exit(2);
+    }
+
     let completions = orchctl.run(&["completions", "bash"]).await;
     completions.assert_exit(0);
     assert!(completions.stdout.contains("orchctl"));
     assert!(completions.stdout.contains("--last-event-id"));
+    for word in [
+        "replicasets",
+        "capabilities",
+        "--model-ref",
+        "--deadline-ms",
+        "--session",
+    ] {
+        assert!(completions.stdout.contains(word), "{word}");
+    }
 }
