@@ -46,20 +46,27 @@ fn template_matches(template: &str, path: &str) -> bool {
 /// interaction whose path no document declares.
 fn exercised(documents: &[(&str, Value)]) -> BTreeSet<(String, String, String, u16)> {
     let pact_path = root().join(PACT);
-    let pact: Value = serde_json::from_str(
-        &std::fs::read_to_string(&pact_path)
-            .unwrap_or_else(|e| panic!("{}: {e}; run cargo xtask regen-pacts", pact_path.display())),
-    )
-    .expect("the pact is JSON");
+    let pact: Value =
+        serde_json::from_str(&std::fs::read_to_string(&pact_path).unwrap_or_else(|e| {
+            panic!("{}: {e}; run cargo xtask regen-pacts", pact_path.display())
+        }))
+        .expect("the pact is JSON");
     let mut seen = BTreeSet::new();
     for interaction in pact["interactions"].as_array().expect("interactions") {
-        let method = interaction["request"]["method"].as_str().unwrap().to_uppercase();
+        let method = interaction["request"]["method"]
+            .as_str()
+            .unwrap()
+            .to_uppercase();
         let path = interaction["request"]["path"].as_str().unwrap();
         let status = interaction["response"]["status"].as_u64().unwrap() as u16;
         let found = documents.iter().find_map(|(plane, doc)| {
-            doc["paths"].as_object().unwrap().keys().find_map(|template| {
-                template_matches(template, path).then(|| (plane.to_string(), template.clone()))
-            })
+            doc["paths"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .find_map(|template| {
+                    template_matches(template, path).then(|| (plane.to_string(), template.clone()))
+                })
         });
         let Some((plane, template)) = found else {
             panic!(
@@ -99,7 +106,12 @@ fn every_operation_and_declared_status_has_an_interaction() {
                     let covered = if PER_PLANE.contains(&status) {
                         seen.iter().any(|(p, _, _, s)| p == plane && *s == status)
                     } else {
-                        seen.contains(&(plane.to_string(), method.clone(), template.clone(), status))
+                        seen.contains(&(
+                            plane.to_string(),
+                            method.clone(),
+                            template.clone(),
+                            status,
+                        ))
                     };
                     if !covered {
                         missing.push(format!("{plane}: {method} {template} → {status}"));

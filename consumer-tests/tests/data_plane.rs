@@ -17,7 +17,7 @@ use serde_json::json;
 
 /// The token text of the builtin engine for prompt "tell me a story",
 /// seed 7, 4 tokens (deterministic, ORCH-4030).
-const STORY_TOKENS: [&str; 4] = ["TOKEN0", "TOKEN1", "TOKEN2", "TOKEN3"];
+const STORY_TOKENS: [&str; 4] = [" lantern", " tokens", " pixel", " pixel"];
 const STORY_PROMPT: &str = "tell me a story";
 const STORY_SEED: u32 = 7;
 
@@ -105,6 +105,8 @@ fn idempotent_resubmit() {
             i.response
                 .status(202)
                 .header("content-type", "application/json")
+                .header("x-queue-position", term!("^[0-9]+$", "0"))
+                .header("x-queue-eta-ms", term!("^[0-9]+$", "0"))
                 .json_body(shape(&json(&admission_example("job-1")), &["task_id"], &[]));
             i
         },
@@ -133,19 +135,32 @@ fn conflicting_resubmit() {
             error_response(
                 &mut i,
                 409,
-                &envelope(ErrorCode::Conflict, None, "task_id job-1 exists with a different body"),
-                "(?s)^.*job-1.*$",
+                &envelope(
+                    ErrorCode::Conflict,
+                    None,
+                    "task_id job-1 exists with a different body",
+                ),
+                "^[\\s\\S]*job-1[\\s\\S]*$",
             );
             i
         },
     );
     run(&pact, async |url| {
-        assert_api_error(client(&url).submit(request.clone()).await, 409, ErrorCode::Conflict);
+        assert_api_error(
+            client(&url).submit(request.clone()).await,
+            409,
+            ErrorCode::Conflict,
+        );
     });
 }
 
 /// One `400 INVALID_PARAMS` interaction for a typed request.
-fn invalid_submit(description: &str, request: TaskRequest, field: &str, state: Option<(&str, serde_json::Value)>) {
+fn invalid_submit(
+    description: &str,
+    request: TaskRequest,
+    field: &str,
+    state: Option<(&str, serde_json::Value)>,
+) {
     let body = wire(&request);
     invalid_submit_json(description, body, field, state, Some(request));
 }
@@ -157,11 +172,14 @@ fn invalid_submit_json(
     state: Option<(&str, serde_json::Value)>,
     typed: Option<TaskRequest>,
 ) {
-    let message_regex = format!("(?s)^.*{field}.*$");
+    let message_regex = format!("^[\\s\\S]*{field}[\\s\\S]*$");
     let pact = interaction(description, |mut i| {
         match &state {
             Some((name, params)) => i.given_with_params(*name, params),
-            None => i.given_with_params("pool {pool} has free Ready slots", &json!({"pool": "default"})),
+            None => i.given_with_params(
+                "pool {pool} has free Ready slots",
+                &json!({"pool": "default"}),
+            ),
         };
         i.request
             .post()
@@ -319,7 +337,12 @@ fn refused_submit(
         if let Some(key) = key {
             i.request.header("authorization", format!("Bearer {key}"));
         }
-        error_response(&mut i, status, &envelope(code, policy, "refused"), "(?s)^.+$");
+        error_response(
+            &mut i,
+            status,
+            &envelope(code, policy, "refused"),
+            "^[\\s\\S]+$",
+        );
         i
     });
     run(&pact, async |url| {
@@ -430,12 +453,21 @@ fn submit_store_refuses_write() {
         |mut i| {
             i.given("the store refuses writes");
             submit_expectation(&mut i, &request);
-            error_response(&mut i, 500, &envelope(ErrorCode::Internal, None, "store"), "(?s)^.+$");
+            error_response(
+                &mut i,
+                500,
+                &envelope(ErrorCode::Internal, None, "store"),
+                "^[\\s\\S]+$",
+            );
             i
         },
     );
     run(&pact, async |url| {
-        let error = assert_api_error(client(&url).submit(request.clone()).await, 500, ErrorCode::Internal);
+        let error = assert_api_error(
+            client(&url).submit(request.clone()).await,
+            500,
+            ErrorCode::Internal,
+        );
         assert!(!error.envelope().unwrap().retriable);
     });
 }
@@ -455,12 +487,21 @@ fn submit_on_expired_session() {
                 &json!({"session_id": "chat-1", "scope": SCOPE}),
             );
             submit_expectation(&mut i, &request);
-            error_response(&mut i, 404, &envelope(ErrorCode::NotFound, None, "session"), "(?s)^.*session.*$");
+            error_response(
+                &mut i,
+                404,
+                &envelope(ErrorCode::NotFound, None, "session"),
+                "^[\\s\\S]*session[\\s\\S]*$",
+            );
             i
         },
     );
     run(&pact, async |url| {
-        assert_api_error(client(&url).submit(request.clone()).await, 404, ErrorCode::NotFound);
+        assert_api_error(
+            client(&url).submit(request.clone()).await,
+            404,
+            ErrorCode::NotFound,
+        );
     });
 }
 
@@ -476,12 +517,21 @@ fn data_plane_unauthorized() {
                 &json!({"tenant": "pact", "api_key": CLIENT_KEY, "role": "client"}),
             );
             submit_expectation(&mut i, &request);
-            error_response(&mut i, 401, &envelope(ErrorCode::Unauthorized, None, "key"), "(?s)^.+$");
+            error_response(
+                &mut i,
+                401,
+                &envelope(ErrorCode::Unauthorized, None, "key"),
+                "^[\\s\\S]+$",
+            );
             i
         },
     );
     run(&pact, async |url| {
-        assert_api_error(client(&url).submit(request.clone()).await, 401, ErrorCode::Unauthorized);
+        assert_api_error(
+            client(&url).submit(request.clone()).await,
+            401,
+            ErrorCode::Unauthorized,
+        );
     });
 }
 
@@ -510,21 +560,61 @@ fn any_token(i: u32) -> StreamEvent {
 }
 
 const TIMING: [Vary; 5] = [
-    Vary { sentinel: "999001", example: "0", regex: NUM },
-    Vary { sentinel: "999002", example: "0", regex: NUM },
-    Vary { sentinel: "999003", example: "1", regex: NUM },
-    Vary { sentinel: "999004", example: "25", regex: NUM },
-    Vary { sentinel: "SENTINELREPLICA", example: "r0", regex: "r[0-9]+" },
+    Vary {
+        sentinel: "999001",
+        example: "0",
+        regex: NUM,
+    },
+    Vary {
+        sentinel: "999002",
+        example: "0",
+        regex: NUM,
+    },
+    Vary {
+        sentinel: "999003",
+        example: "1",
+        regex: NUM,
+    },
+    Vary {
+        sentinel: "999004",
+        example: "25",
+        regex: NUM,
+    },
+    Vary {
+        sentinel: "SENTINELREPLICA",
+        example: "r0",
+        regex: "r[0-9]+",
+    },
 ];
 
 fn vary_all() -> Vec<Vary> {
     let mut all: Vec<Vary> = TIMING.into_iter().collect();
     all.extend([
-        Vary { sentinel: "SENTINELTOKEN", example: " word", regex: JSON_TEXT },
-        Vary { sentinel: "SENTINELMESSAGE", example: "failed", regex: JSON_TEXT },
-        Vary { sentinel: "SENTINELCID", example: "c0ffee00-0000-4000-8000-000000000000", regex: JSON_TEXT },
-        Vary { sentinel: ",\"retry_after_ms\":999005", example: "", regex: "(?:,\"retry_after_ms\":[0-9]+)?" },
-        Vary { sentinel: ",\"engine\":\"SENTINELENGINE\"", example: ",\"engine\":\"builtin/r0\"", regex: "(?:,\"engine\":\"(?:[^\"\\\\\\n]|\\\\.)*\")?" },
+        Vary {
+            sentinel: "SENTINELTOKEN",
+            example: " word",
+            regex: JSON_TEXT,
+        },
+        Vary {
+            sentinel: "SENTINELMESSAGE",
+            example: "failed",
+            regex: JSON_TEXT,
+        },
+        Vary {
+            sentinel: "SENTINELCID",
+            example: "c0ffee00-0000-4000-8000-000000000000",
+            regex: JSON_TEXT,
+        },
+        Vary {
+            sentinel: ",\"retry_after_ms\":999005",
+            example: "",
+            regex: "(?:,\"retry_after_ms\":[0-9]+)?",
+        },
+        Vary {
+            sentinel: ",\"engine\":\"SENTINELENGINE\"",
+            example: ",\"engine\":\"builtin/r0\"",
+            regex: "(?:,\"engine\":\"(?:[^\"\\\\\\n]|\\\\.)*\")?",
+        },
     ]);
     all
 }
@@ -575,7 +665,10 @@ fn stream_interaction(
     });
     run(&pact, async |url| {
         let client = client(&url);
-        let stream = client.stream_after("t-stream", last_event_id).await.unwrap();
+        let stream = client
+            .stream_after("t-stream", last_event_id)
+            .await
+            .unwrap();
         let events: Vec<StreamEvent> = stream.map(|e| e.unwrap()).collect().await;
         check(events);
     });
@@ -583,7 +676,12 @@ fn stream_interaction(
 
 fn story_events() -> Vec<StreamEvent> {
     let mut events = vec![started(STORY_SEED)];
-    events.extend(STORY_TOKENS.iter().enumerate().map(|(i, t)| token(i as u32, t)));
+    events.extend(
+        STORY_TOKENS
+            .iter()
+            .enumerate()
+            .map(|(i, t)| token(i as u32, t)),
+    );
     events.push(end(4, FinishReason::Length));
     events
 }
@@ -610,7 +708,9 @@ fn stream_happy_path() {
                 })
                 .collect();
             assert_eq!(text, STORY_TOKENS);
-            assert!(matches!(events.last(), Some(StreamEvent::End(e)) if e.finish_reason == FinishReason::Length));
+            assert!(
+                matches!(events.last(), Some(StreamEvent::End(e)) if e.finish_reason == FinishReason::Length)
+            );
         },
     );
 }
@@ -626,7 +726,10 @@ fn stream_resumed_after_last_event_id() {
         Some(1),
         &events[3..],
         |events| {
-            assert!(matches!(&events[0], StreamEvent::Token(t) if t.i == 2), "{events:?}");
+            assert!(
+                matches!(&events[0], StreamEvent::Token(t) if t.i == 2),
+                "{events:?}"
+            );
             assert!(matches!(events.last(), Some(StreamEvent::End(_))));
         },
     );
@@ -640,9 +743,16 @@ fn stream_worker_reset() {
         "task {task_id} in scope {scope} lost its replica after {tokens} tokens",
         json!({"scope": SCOPE, "tokens": 2}),
         None,
-        &[started(STORY_SEED), any_token(0), any_token(1), stream_error(ErrorCode::WorkerReset, None)],
+        &[
+            started(STORY_SEED),
+            any_token(0),
+            any_token(1),
+            stream_error(ErrorCode::WorkerReset, None),
+        ],
         |events| {
-            assert!(matches!(events.last(), Some(StreamEvent::Error(e)) if e.code == ErrorCode::WorkerReset));
+            assert!(
+                matches!(events.last(), Some(StreamEvent::Error(e)) if e.code == ErrorCode::WorkerReset)
+            );
         },
     );
 }
@@ -655,9 +765,14 @@ fn stream_decode_timeout() {
         "task {task_id} in scope {scope} tripped the idle watchdog",
         json!({"scope": SCOPE}),
         None,
-        &[started(STORY_SEED), stream_error(ErrorCode::DecodeTimeout, None)],
+        &[
+            started(STORY_SEED),
+            stream_error(ErrorCode::DecodeTimeout, None),
+        ],
         |events| {
-            assert!(matches!(events.last(), Some(StreamEvent::Error(e)) if e.code == ErrorCode::DecodeTimeout));
+            assert!(
+                matches!(events.last(), Some(StreamEvent::Error(e)) if e.code == ErrorCode::DecodeTimeout)
+            );
         },
     );
 }
@@ -670,9 +785,14 @@ fn stream_drop_lru_victim() {
         "task {task_id} in scope {scope} was evicted from pool {pool} by policy drop-lru",
         json!({"scope": SCOPE, "pool": "default"}),
         None,
-        &[stream_error(ErrorCode::QueueFullDropLru, Some(RejectPolicy::DropLru))],
+        &[stream_error(
+            ErrorCode::QueueFullDropLru,
+            Some(RejectPolicy::DropLru),
+        )],
         |events| {
-            assert!(matches!(&events[..], [StreamEvent::Error(e)] if e.code == ErrorCode::QueueFullDropLru));
+            assert!(
+                matches!(&events[..], [StreamEvent::Error(e)] if e.code == ErrorCode::QueueFullDropLru)
+            );
         },
     );
 }
@@ -685,9 +805,14 @@ fn stream_shed_victim() {
         "batch task {task_id} in scope {scope} was shed from pool {pool} by an interactive arrival",
         json!({"scope": SCOPE, "pool": "default"}),
         None,
-        &[stream_error(ErrorCode::AdmissionReject, Some(RejectPolicy::ShedLowPriority))],
+        &[stream_error(
+            ErrorCode::AdmissionReject,
+            Some(RejectPolicy::ShedLowPriority),
+        )],
         |events| {
-            assert!(matches!(&events[..], [StreamEvent::Error(e)] if e.policy == Some(RejectPolicy::ShedLowPriority)));
+            assert!(
+                matches!(&events[..], [StreamEvent::Error(e)] if e.policy == Some(RejectPolicy::ShedLowPriority))
+            );
         },
     );
 }
@@ -702,7 +827,9 @@ fn stream_replica_exhausted() {
         None,
         &[stream_error(ErrorCode::ReplicaExhausted, None)],
         |events| {
-            assert!(matches!(&events[..], [StreamEvent::Error(e)] if e.code == ErrorCode::ReplicaExhausted));
+            assert!(
+                matches!(&events[..], [StreamEvent::Error(e)] if e.code == ErrorCode::ReplicaExhausted)
+            );
         },
     );
 }
@@ -717,7 +844,9 @@ fn stream_drain_deadline_passed() {
         None,
         &[stream_error(ErrorCode::PoolUnavailable, None)],
         |events| {
-            assert!(matches!(&events[..], [StreamEvent::Error(e)] if e.code == ErrorCode::PoolUnavailable));
+            assert!(
+                matches!(&events[..], [StreamEvent::Error(e)] if e.code == ErrorCode::PoolUnavailable)
+            );
         },
     );
 }
@@ -730,15 +859,28 @@ fn stream_of_canceled_running_task() {
         "task {task_id} in scope {scope} was canceled after {tokens} tokens",
         json!({"scope": SCOPE, "tokens": 1}),
         None,
-        &[started(STORY_SEED), any_token(0), end(1, FinishReason::Canceled)],
+        &[
+            started(STORY_SEED),
+            any_token(0),
+            end(1, FinishReason::Canceled),
+        ],
         |events| {
-            assert!(matches!(events.last(), Some(StreamEvent::End(e)) if e.finish_reason == FinishReason::Canceled));
+            assert!(
+                matches!(events.last(), Some(StreamEvent::End(e)) if e.finish_reason == FinishReason::Canceled)
+            );
         },
     );
 }
 
 /// A per-task operation on an id that is unknown, or malformed.
-fn per_task_error(description: &str, method: &str, suffix: &str, task_id: &str, status: u16, code: ErrorCode) {
+fn per_task_error(
+    description: &str,
+    method: &str,
+    suffix: &str,
+    task_id: &str,
+    status: u16,
+    code: ErrorCode,
+) {
     let encoded: String = task_id.replace(' ', "%20");
     let path = format!("/v1/tasks/{encoded}{suffix}");
     let pact = interaction(description, |mut i| {
@@ -748,13 +890,19 @@ fn per_task_error(description: &str, method: &str, suffix: &str, task_id: &str, 
                 &json!({"task_id": task_id, "other_scope": "elsewhere"}),
             );
         } else {
-            i.given_with_params("pool {pool} has free Ready slots", &json!({"pool": "default"}));
+            i.given_with_params(
+                "pool {pool} has free Ready slots",
+                &json!({"pool": "default"}),
+            );
         }
-        i.request.method(method).path(path.clone()).query_param("scope", SCOPE);
+        i.request
+            .method(method)
+            .path(path.clone())
+            .query_param("scope", SCOPE);
         if suffix == "/stream" {
             i.request.header("accept", "text/event-stream");
         }
-        error_response(&mut i, status, &envelope(code, None, "task"), "(?s)^.+$");
+        error_response(&mut i, status, &envelope(code, None, "task"), "^[\\s\\S]+$");
         i
     });
     let suffix = suffix.to_owned();
@@ -775,7 +923,11 @@ fn per_task_error(description: &str, method: &str, suffix: &str, task_id: &str, 
 fn stream_unknown_task() {
     per_task_error(
         "stream of a task of another scope is 404 NOT_FOUND [ORCH-1012, ORCH-6011]",
-        "GET", "/stream", "other-1", 404, ErrorCode::NotFound,
+        "GET",
+        "/stream",
+        "other-1",
+        404,
+        ErrorCode::NotFound,
     );
 }
 
@@ -784,7 +936,11 @@ fn stream_unknown_task() {
 fn stream_malformed_task_id() {
     per_task_error(
         "stream of a malformed task id is 400 INVALID_PARAMS [ORCH-6014]",
-        "GET", "/stream", "bad id", 400, ErrorCode::InvalidParams,
+        "GET",
+        "/stream",
+        "bad id",
+        400,
+        ErrorCode::InvalidParams,
     );
 }
 
@@ -830,7 +986,11 @@ fn cancel_running() {
 fn cancel_unknown() {
     per_task_error(
         "cancel of a task of another scope is 404 NOT_FOUND [ORCH-1012, ORCH-6011]",
-        "POST", "/cancel", "other-1", 404, ErrorCode::NotFound,
+        "POST",
+        "/cancel",
+        "other-1",
+        404,
+        ErrorCode::NotFound,
     );
 }
 
@@ -839,7 +999,11 @@ fn cancel_unknown() {
 fn cancel_malformed() {
     per_task_error(
         "cancel of a malformed task id is 400 INVALID_PARAMS [ORCH-6014]",
-        "POST", "/cancel", "bad id", 400, ErrorCode::InvalidParams,
+        "POST",
+        "/cancel",
+        "bad id",
+        400,
+        ErrorCode::InvalidParams,
     );
 }
 
@@ -863,7 +1027,14 @@ fn status_of_completed_task() {
             .header("content-type", "application/json")
             .json_body(shape(
                 &json(&example),
-                &["state", "scope", "pool_id", "priority", "tokens_out", "finish_reason"],
+                &[
+                    "state",
+                    "scope",
+                    "pool_id",
+                    "priority",
+                    "tokens_out",
+                    "finish_reason",
+                ],
                 &[],
             ));
         i
@@ -880,7 +1051,11 @@ fn status_of_completed_task() {
 fn status_unknown() {
     per_task_error(
         "status of a task of another scope is 404 NOT_FOUND [ORCH-1012, ORCH-6011]",
-        "GET", "", "other-1", 404, ErrorCode::NotFound,
+        "GET",
+        "",
+        "other-1",
+        404,
+        ErrorCode::NotFound,
     );
 }
 
@@ -889,7 +1064,11 @@ fn status_unknown() {
 fn status_malformed() {
     per_task_error(
         "status of a malformed task id is 400 INVALID_PARAMS [ORCH-6014]",
-        "GET", "", "bad id", 400, ErrorCode::InvalidParams,
+        "GET",
+        "",
+        "bad id",
+        400,
+        ErrorCode::InvalidParams,
     );
 }
 
@@ -900,23 +1079,30 @@ fn list_tasks() {
         items: vec![status_example("t-list", TaskState::Completed)],
         next_cursor: None,
     };
-    let pact = interaction("list of the tasks of a scope, filtered by state [ORCH-1011, ORCH-6010]", |mut i| {
-        i.given_with_params(
-            "{count} tasks completed in scope {scope}",
-            &json!({"count": 2, "scope": SCOPE}),
-        );
-        i.request
-            .get()
-            .path("/v1/tasks")
-            .query_param("scope", SCOPE)
-            .query_param("state", "completed")
-            .query_param("limit", "10");
-        i.response
-            .status(200)
-            .header("content-type", "application/json")
-            .json_body(shape(&json(&list), &["items[].state", "items[].scope"], &[]));
-        i
-    });
+    let pact = interaction(
+        "list of the tasks of a scope, filtered by state [ORCH-1011, ORCH-6010]",
+        |mut i| {
+            i.given_with_params(
+                "{count} tasks completed in scope {scope}",
+                &json!({"count": 2, "scope": SCOPE}),
+            );
+            i.request
+                .get()
+                .path("/v1/tasks")
+                .query_param("scope", SCOPE)
+                .query_param("state", "completed")
+                .query_param("limit", "10");
+            i.response
+                .status(200)
+                .header("content-type", "application/json")
+                .json_body(shape(
+                    &json(&list),
+                    &["items[].state", "items[].scope"],
+                    &[],
+                ));
+            i
+        },
+    );
     run(&pact, async |url| {
         let options = ListOptions {
             state: Some(TaskState::Completed),
@@ -931,22 +1117,37 @@ fn list_tasks() {
 // covers: ORCH-1024
 #[test]
 fn list_with_bad_limit() {
-    let pact = interaction("list with a limit over 500 is 400 INVALID_PARAMS naming limit [ORCH-1024]", |mut i| {
-        i.given_with_params("pool {pool} has free Ready slots", &json!({"pool": "default"}));
-        i.request
-            .get()
-            .path("/v1/tasks")
-            .query_param("scope", SCOPE)
-            .query_param("limit", "501");
-        error_response(&mut i, 400, &envelope(ErrorCode::InvalidParams, None, "limit"), "(?s)^.*limit.*$");
-        i
-    });
+    let pact = interaction(
+        "list with a limit over 500 is 400 INVALID_PARAMS naming limit [ORCH-1024]",
+        |mut i| {
+            i.given_with_params(
+                "pool {pool} has free Ready slots",
+                &json!({"pool": "default"}),
+            );
+            i.request
+                .get()
+                .path("/v1/tasks")
+                .query_param("scope", SCOPE)
+                .query_param("limit", "501");
+            error_response(
+                &mut i,
+                400,
+                &envelope(ErrorCode::InvalidParams, None, "limit"),
+                "^[\\s\\S]*limit[\\s\\S]*$",
+            );
+            i
+        },
+    );
     run(&pact, async |url| {
         let options = ListOptions {
             limit: Some(501),
             ..ListOptions::default()
         };
-        assert_api_error(client(&url).list(&options).await, 400, ErrorCode::InvalidParams);
+        assert_api_error(
+            client(&url).list(&options).await,
+            400,
+            ErrorCode::InvalidParams,
+        );
     });
 }
 
@@ -972,11 +1173,18 @@ fn session_get() {
     };
     let pact = interaction("session get [ORCH-5013, ORCH-5010]", |mut i| {
         session_state(&mut i);
-        i.request.get().path("/v1/sessions/chat-1").query_param("scope", SCOPE);
+        i.request
+            .get()
+            .path("/v1/sessions/chat-1")
+            .query_param("scope", SCOPE);
         i.response
             .status(200)
             .header("content-type", "application/json")
-            .json_body(shape(&json(&info), &["session_id", "turns"], &[("replica_id", "^r[0-9]+$")]));
+            .json_body(shape(
+                &json(&info),
+                &["session_id", "turns"],
+                &[("replica_id", "^r[0-9]+$")],
+            ));
         i
     });
     run(&pact, async |url| {
@@ -990,22 +1198,35 @@ fn session_get() {
 fn session_delete() {
     let pact = interaction("session delete is 204 [ORCH-5014]", |mut i| {
         session_state(&mut i);
-        i.request.delete().path("/v1/sessions/chat-1").query_param("scope", SCOPE);
+        i.request
+            .delete()
+            .path("/v1/sessions/chat-1")
+            .query_param("scope", SCOPE);
         i.response.status(204);
         i
     });
-    run(&pact, async |url| client(&url).end_session("chat-1").await.unwrap());
+    run(&pact, async |url| {
+        client(&url).end_session("chat-1").await.unwrap()
+    });
 }
 
 fn session_error(description: &str, method: &str, session_id: &str, status: u16, code: ErrorCode) {
     let encoded = session_id.replace(' ', "%20");
     let pact = interaction(description, |mut i| {
-        i.given_with_params("pool {pool} has free Ready slots", &json!({"pool": "default"}));
+        i.given_with_params(
+            "pool {pool} has free Ready slots",
+            &json!({"pool": "default"}),
+        );
         i.request
             .method(method)
             .path(format!("/v1/sessions/{encoded}"))
             .query_param("scope", SCOPE);
-        error_response(&mut i, status, &envelope(code, None, "session"), "(?s)^.*session.*$");
+        error_response(
+            &mut i,
+            status,
+            &envelope(code, None, "session"),
+            "^[\\s\\S]*session[\\s\\S]*$",
+        );
         i
     });
     let method = method.to_owned();
@@ -1023,25 +1244,49 @@ fn session_error(description: &str, method: &str, session_id: &str, status: u16,
 // covers: ORCH-5014, ORCH-2021
 #[test]
 fn session_get_unknown() {
-    session_error("session get of an unknown session is 404 NOT_FOUND [ORCH-5014, ORCH-2021]", "GET", "nobody", 404, ErrorCode::NotFound);
+    session_error(
+        "session get of an unknown session is 404 NOT_FOUND [ORCH-5014, ORCH-2021]",
+        "GET",
+        "nobody",
+        404,
+        ErrorCode::NotFound,
+    );
 }
 
 // covers: ORCH-5014, ORCH-2021
 #[test]
 fn session_delete_unknown() {
-    session_error("session delete of an unknown session is 404 NOT_FOUND [ORCH-5014, ORCH-2021]", "DELETE", "nobody", 404, ErrorCode::NotFound);
+    session_error(
+        "session delete of an unknown session is 404 NOT_FOUND [ORCH-5014, ORCH-2021]",
+        "DELETE",
+        "nobody",
+        404,
+        ErrorCode::NotFound,
+    );
 }
 
 // covers: ORCH-6014
 #[test]
 fn session_get_malformed() {
-    session_error("session get of a malformed session id is 400 INVALID_PARAMS [ORCH-6014]", "GET", "bad id", 400, ErrorCode::InvalidParams);
+    session_error(
+        "session get of a malformed session id is 400 INVALID_PARAMS [ORCH-6014]",
+        "GET",
+        "bad id",
+        400,
+        ErrorCode::InvalidParams,
+    );
 }
 
 // covers: ORCH-6014
 #[test]
 fn session_delete_malformed() {
-    session_error("session delete of a malformed session id is 400 INVALID_PARAMS [ORCH-6014]", "DELETE", "bad id", 400, ErrorCode::InvalidParams);
+    session_error(
+        "session delete of a malformed session id is 400 INVALID_PARAMS [ORCH-6014]",
+        "DELETE",
+        "bad id",
+        400,
+        ErrorCode::InvalidParams,
+    );
 }
 
 // ---------------------------------------------------------------- scope
@@ -1055,18 +1300,25 @@ fn scope_purge() {
         tasks_purged: 2,
         sessions_purged: 0,
     };
-    let pact = interaction("scope purge cancels and purges everything in the scope [ORCH-6013]", |mut i| {
-        i.given_with_params(
-            "scope {scope} holds {queued} queued and {completed} completed task",
-            &json!({"scope": SCOPE, "queued": 1, "completed": 1}),
-        );
-        i.request.delete().path(format!("/v1/scopes/{SCOPE}"));
-        i.response
-            .status(200)
-            .header("content-type", "application/json")
-            .json_body(shape(&json(&purge), &["scope", "tasks_canceled", "tasks_purged"], &[]));
-        i
-    });
+    let pact = interaction(
+        "scope purge cancels and purges everything in the scope [ORCH-6013]",
+        |mut i| {
+            i.given_with_params(
+                "scope {scope} holds {queued} queued and {completed} completed task",
+                &json!({"scope": SCOPE, "queued": 1, "completed": 1}),
+            );
+            i.request.delete().path(format!("/v1/scopes/{SCOPE}"));
+            i.response
+                .status(200)
+                .header("content-type", "application/json")
+                .json_body(shape(
+                    &json(&purge),
+                    &["scope", "tasks_canceled", "tasks_purged"],
+                    &[],
+                ));
+            i
+        },
+    );
     run(&pact, async |url| {
         let purged = client(&url).purge_scope(None).await.unwrap();
         assert_eq!(purged.tasks_purged, 2);
@@ -1076,13 +1328,28 @@ fn scope_purge() {
 // covers: ORCH-6014
 #[test]
 fn scope_purge_malformed() {
-    let pact = interaction("scope purge of a malformed scope is 400 INVALID_PARAMS [ORCH-6014]", |mut i| {
-        i.given_with_params("pool {pool} has free Ready slots", &json!({"pool": "default"}));
-        i.request.delete().path("/v1/scopes/bad%20scope");
-        error_response(&mut i, 400, &envelope(ErrorCode::InvalidParams, None, "scope"), "(?s)^.*scope.*$");
-        i
-    });
+    let pact = interaction(
+        "scope purge of a malformed scope is 400 INVALID_PARAMS [ORCH-6014]",
+        |mut i| {
+            i.given_with_params(
+                "pool {pool} has free Ready slots",
+                &json!({"pool": "default"}),
+            );
+            i.request.delete().path("/v1/scopes/bad%20scope");
+            error_response(
+                &mut i,
+                400,
+                &envelope(ErrorCode::InvalidParams, None, "scope"),
+                "^[\\s\\S]*scope[\\s\\S]*$",
+            );
+            i
+        },
+    );
     run(&pact, async |url| {
-        assert_api_error(Client::new(url).purge_scope(Some("bad scope")).await, 400, ErrorCode::InvalidParams);
+        assert_api_error(
+            Client::new(url).purge_scope(Some("bad scope")).await,
+            400,
+            ErrorCode::InvalidParams,
+        );
     });
 }

@@ -107,7 +107,10 @@ fn walk(value: &Value, path: &str, exact: &[&str], regex: &[(&str, &str)]) -> Js
     }
     if let Some((_, re)) = regex.iter().find(|(p, _)| *p == path) {
         let example = value.as_str().expect("regex paths hold strings");
-        assert!(build_regex(re).is_match(example), "{re} must match {example}");
+        assert!(
+            build_regex(re).is_match(example),
+            "{re} must match {example}"
+        );
         return Term::<JsonPattern>::new(build_regex(re), example).into();
     }
     let child = |key: &str| {
@@ -260,6 +263,9 @@ fn regex_escape(text: &str) -> String {
 pub fn stream_response(i: &mut InteractionBuilder, body: Term<StringPattern>) {
     i.response
         .status(200)
-        .header("content-type", term!("^text/event-stream.*$", "text/event-stream"))
+        .header(
+            "content-type",
+            term!("^text/event-stream.*$", "text/event-stream"),
+        )
         .body_matching2(body, "text/event-stream");
 }

@@ -1,0 +1,4 @@
+//! Helpers of `provider_verify.rs`.
+
+pub mod openapi;
+pub mod states;

@@ -1,0 +1,228 @@
+//! Provider verification: `pact_verifier` replays `contracts/pacts/*.json`
+//! against the real `orchestratord`, started in-process on an ephemeral port
+//! with a temp store — a fresh server per interaction, so states that change
+//! pool-wide state never leak. Provider states are set up in-process by
+//! [`States`] (real client calls and the `TestHandle`, never fake handlers);
+//! every interaction is also checked against the OpenAPI documents.
+
+mod provider;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use async_trait::async_trait;
+use contracts::config::Config;
+use pact_models::provider_states::ProviderState;
+use pact_verifier::callback_executors::{NullRequestFilterExecutor, ProviderStateExecutor};
+use pact_verifier::verification_result::VerificationMismatchResult;
+use pact_verifier::{
+    FilterInfo, PactSource, ProviderInfo, VerificationOptions, verify_provider_async,
+};
+use provider::openapi::Documents;
+use provider::states::{self, Running};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn pact_files() -> Vec<PathBuf> {
+    let dir = root().join("contracts/pacts");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}; run cargo xtask regen-pacts", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no pact in {}", dir.display());
+    files
+}
+
+/// Sets up the states of one interaction on its own server.
+struct States {
+    server: Running,
+}
+
+impl std::fmt::Debug for States {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "States({})", self.server.url)
+    }
+}
+
+#[async_trait]
+impl ProviderStateExecutor for States {
+    async fn call(
+        self: Arc<Self>,
+        _interaction_id: Option<String>,
+        provider_state: &ProviderState,
+        setup: bool,
+        _client: Option<&pact_reqwest::Client>,
+    ) -> anyhow::Result<HashMap<String, Value>> {
+        if !setup {
+            return Ok(HashMap::new());
+        }
+        let params: states::Params = provider_state
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        states::set_up(&self.server, &provider_state.name, &params)
+            .await
+            .map_err(|e| anyhow!("provider state {:?}: {e:#}", provider_state.name))
+    }
+
+    fn teardown(&self) -> bool {
+        false
+    }
+}
+
+fn interaction_states(interaction: &Value) -> Vec<(String, states::Params)> {
+    interaction["providerStates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let params = s["params"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default();
+            (s["name"].as_str().unwrap_or_default().to_owned(), params)
+        })
+        .collect()
+}
+
+fn describe(mismatch: &VerificationMismatchResult) -> Vec<String> {
+    match mismatch {
+        VerificationMismatchResult::Mismatches { mismatches, .. } => mismatches
+            .iter()
+            .map(|m| format!("    - {}", m.description()))
+            .collect(),
+        VerificationMismatchResult::Error { error, .. } => vec![format!("    - error: {error}")],
+    }
+}
+
+// covers: ORCH-9006
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pacts_conform_to_the_openapi_documents() {
+    let documents = Documents::load(&root()).expect("the OpenAPI documents load");
+    let mut failures = Vec::new();
+    for file in pact_files() {
+        let pact: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        for interaction in pact["interactions"].as_array().expect("interactions") {
+            let problems = documents.check(interaction);
+            if !problems.is_empty() {
+                failures.push(format!(
+                    "{} — {:?}:\n    - {}",
+                    file.display(),
+                    interaction["description"],
+                    problems.join("\n    - ")
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "pacts that break the contract:\n{}",
+        failures.join("\n")
+    );
+}
+
+// covers: ORCH-9006, ORCH-9005
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pacts_verify_against_the_real_server() {
+    // SAFETY: set before the verifier starts any thread that reads it.
+    unsafe { std::env::set_var("PACT_DO_NOT_TRACK", "true") };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let options = VerificationOptions::<NullRequestFilterExecutor> {
+        request_timeout: 20_000,
+        coloured_output: false,
+        ..VerificationOptions::default()
+    };
+    let mut failures = Vec::new();
+    let mut verified = 0;
+    for file in pact_files() {
+        let pact: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        for interaction in pact["interactions"].as_array().expect("interactions") {
+            let description = interaction["description"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let mut config = Config::default();
+            let mut bad_state = None;
+            for (name, params) in interaction_states(interaction) {
+                if let Err(e) = states::configure(&mut config, &name, &params) {
+                    bad_state = Some(format!("{e:#}"));
+                }
+            }
+            if let Some(error) = bad_state {
+                failures.push(format!("{description}:\n    - {error}"));
+                continue;
+            }
+            let dir = tempfile::tempdir().expect("temp dir");
+            let server = orchestratord::start(config, "127.0.0.1:0", &dir.path().join("store.db"))
+                .await
+                .expect("the server starts");
+            let url = server.url();
+            let port = url
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+                .expect("a port in the server URL");
+            let executor = Arc::new(States {
+                server: Running {
+                    url: url.clone(),
+                    handle: server.test_handle(),
+                },
+            });
+            #[allow(deprecated)]
+            let provider = ProviderInfo {
+                name: "orchestratord".into(),
+                host: "127.0.0.1".into(),
+                port: Some(port),
+                ..ProviderInfo::default()
+            };
+            let filter = FilterInfo::Description(format!("^{}$", regex::escape(&description)));
+            let result = verify_provider_async(
+                provider,
+                vec![PactSource::File(file.display().to_string())],
+                filter,
+                vec![],
+                &options,
+                None,
+                &executor,
+                None,
+            )
+            .await;
+            match result {
+                Ok(result) if result.result && result.interaction_results.len() == 1 => {
+                    verified += 1
+                }
+                Ok(result) => {
+                    let mut lines = vec![format!("{description}:")];
+                    for (_, mismatch) in &result.errors {
+                        lines.extend(describe(mismatch));
+                    }
+                    if result.interaction_results.len() != 1 {
+                        lines.push(format!(
+                            "    - {} interactions ran instead of one",
+                            result.interaction_results.len()
+                        ));
+                    }
+                    failures.push(lines.join("\n"));
+                }
+                Err(e) => failures.push(format!("{description}:\n    - verifier error: {e:#}")),
+            }
+            server.shutdown().await;
+        }
+    }
+    eprintln!("provider verification: {verified} interactions verified");
+    assert!(
+        failures.is_empty(),
+        "{} interactions failed provider verification:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
