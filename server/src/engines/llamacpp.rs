@@ -38,6 +38,9 @@ use super::{
     Engine, EngineError, EngineEvent, EngineProperties, GenerateRequest, Health, TokenStream,
 };
 
+/// The longest admission waits for the engine's tokenizer.
+const TOKENIZE_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub struct LlamaCppEngine {
     config: LlamaCppEngineConfig,
     base: String,
@@ -269,10 +272,15 @@ impl Engine for LlamaCppEngine {
     }
 
     async fn count_tokens(&self, prompt: &str) -> Result<u32, EngineError> {
+        // Admission must not wait on a replica that is down or hung: an
+        // unverified replica is not asked, and a slow answer falls back.
+        if !self.verified.load(Ordering::SeqCst) {
+            return Ok(http::estimate_tokens(prompt));
+        }
         let response = self
             .client
             .post(format!("{}/tokenize", self.base))
-            .timeout(self.timeout)
+            .timeout(self.timeout.min(TOKENIZE_TIMEOUT))
             .json(&json!({"content": prompt, "add_special": true}))
             .send()
             .await;
