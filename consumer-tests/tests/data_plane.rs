@@ -321,6 +321,7 @@ fn submit_sampler_profile_mismatch() {
 }
 
 /// One `429`/`503` admission interaction.
+#[allow(clippy::too_many_arguments)]
 fn refused_submit(
     description: &str,
     state: &str,
