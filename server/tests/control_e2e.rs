@@ -77,6 +77,15 @@ async fn drain_closes_admission_lets_work_finish_and_ends_the_rest_at_the_deadli
         .await
         .unwrap()
         .task_id;
+    let absurd = client.drain_pool("default", u64::MAX).await.unwrap_err();
+    assert_eq!(absurd.envelope().unwrap().code, ErrorCode::InvalidParams);
+    assert!(
+        absurd
+            .envelope()
+            .unwrap()
+            .message
+            .starts_with("deadline_ms:")
+    );
     let drained = client.drain_pool("default", 60_000).await.unwrap();
     assert!(drained.draining);
     let refused = client.submit(task("too late", 1)).await.unwrap_err();

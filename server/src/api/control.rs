@@ -73,7 +73,7 @@ pub async fn pool_health(
     responses(
         (status = 202, description = "Draining: admission answers `POOL_UNAVAILABLE`; past `deadline_ms` the rest ends with `POOL_UNAVAILABLE`.", body = PoolActionResponse,
             extensions(("x-req-id" = json!(["ORCH-6022"])))),
-        (status = 400, description = "`INVALID_PARAMS`: malformed body.", body = ErrorEnvelope,
+        (status = 400, description = "`INVALID_PARAMS`: malformed body, or `deadline_ms` over 24 h.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-2012"])))),
         (status = 401, description = "`UNAUTHORIZED`: missing or invalid API key.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-6002", "ORCH-2019"])))),

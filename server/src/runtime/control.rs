@@ -19,6 +19,8 @@ use crate::error::OrchError;
 use crate::queue;
 
 const DEFAULT_READY_TIMEOUT_MS: u64 = 30_000;
+const MAX_DRAIN_DEADLINE_MS: u64 = 24 * 3600 * 1000;
+const MAX_READY_TIMEOUT_MS: u64 = 600_000;
 
 fn replica_status(replica: &Replica) -> ReplicaStatus {
     let properties = replica.engine.properties();
@@ -114,8 +116,14 @@ impl Orchestrator {
         deadline_ms: u64,
     ) -> Result<PoolActionResponse, OrchError> {
         let pool = self.known_pool(pool_id)?;
+        if deadline_ms > MAX_DRAIN_DEADLINE_MS {
+            return Err(OrchError::invalid(
+                "deadline_ms",
+                format!("must be at most {MAX_DRAIN_DEADLINE_MS} (24 h), got {deadline_ms}"),
+            ));
+        }
         pool.set_drain(Some(Drain {
-            deadline_ms: self.clock.now_ms() + deadline_ms,
+            deadline_ms: self.clock.now_ms().saturating_add(deadline_ms),
         }));
         pool.wake.notify_one();
         tracing::info!(pool = %pool_id, deadline_ms, "pool draining");
@@ -145,7 +153,14 @@ impl Orchestrator {
                 Arc::new(Replica::new(config.id.clone(), engine))
             })
             .collect();
-        let timeout = Duration::from_millis(ready_timeout_ms.unwrap_or(DEFAULT_READY_TIMEOUT_MS));
+        let ready_timeout_ms = ready_timeout_ms.unwrap_or(DEFAULT_READY_TIMEOUT_MS);
+        if ready_timeout_ms > MAX_READY_TIMEOUT_MS {
+            return Err(OrchError::invalid(
+                "ready_timeout_ms",
+                format!("must be at most {MAX_READY_TIMEOUT_MS} (10 min), got {ready_timeout_ms}"),
+            ));
+        }
+        let timeout = Duration::from_millis(ready_timeout_ms);
         let interval = Duration::from_millis(pool.config.health_interval_ms.max(10));
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
