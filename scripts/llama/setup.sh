@@ -17,7 +17,7 @@ TEXT_GENERATION_VERSION="0.7.0"
 JOBS="${ORCH_LLAMA_JOBS:-2}"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cache="${ORCH_LLAMA_CACHE:-$HOME/.cache/orchqueue/llama}"
+cache="${ORCH_LLAMA_CACHE:-${HOME:-/root}/.cache/orchqueue/llama}"
 bin="$cache/bin/llama-server"
 stamp="$cache/bin/llama-server.version"
 src_root="$cache/src"
