@@ -181,6 +181,39 @@ fn reload_unknown() {
     );
 }
 
+// covers: ORCH-6022, ORCH-2012
+#[test]
+fn drain_with_a_deadline_over_a_day() {
+    let pact = interaction(
+        "control: drain with deadline_ms over 24 h is 400 INVALID_PARAMS [ORCH-6022, ORCH-2012]",
+        |mut i| {
+            default_pool(&mut i);
+            i.request
+                .post()
+                .path("/v1/pools/default/drain")
+                .header("content-type", "application/json")
+                .json_body(json(&contracts::DrainRequest {
+                    deadline_ms: u64::MAX,
+                }));
+            error_response(
+                &mut i,
+                400,
+                &envelope(
+                    ErrorCode::InvalidParams,
+                    None,
+                    "deadline_ms: must be at most 86400000 (24 h)",
+                ),
+                "^deadline_ms: [\\s\\S]*$",
+            );
+            i
+        },
+    );
+    run(&pact, async |url| {
+        let result = admin(&url).drain_pool("default", u64::MAX).await;
+        assert_api_error(result, 400, ErrorCode::InvalidParams);
+    });
+}
+
 // covers: ORCH-6022
 #[test]
 fn drain_pool() {

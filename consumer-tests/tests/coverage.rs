@@ -14,14 +14,6 @@ const DOCUMENTS: [(&str, &str); 2] = [
 ];
 /// Statuses that one interaction per plane covers for every operation.
 const PER_PLANE: [u16; 3] = [401, 403, 500];
-/// Operation × status pairs the typed client cannot produce by construction,
-/// with the reason. Each is still declared, because the server answers it.
-const UNREACHABLE_FROM_CLIENT: [(&str, &str, u16, &str); 1] = [(
-    "POST",
-    "/v1/pools/{pool_id}/drain",
-    400,
-    "the client's DrainRequest {deadline_ms: u64} always serializes to a valid body",
-)];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -82,6 +74,15 @@ fn exercised(documents: &[(&str, Value)]) -> BTreeSet<(String, String, String, u
 // covers: ORCH-9005
 #[test]
 fn every_operation_and_declared_status_has_an_interaction() {
+    // While `cargo xtask regen-pacts` / `ci` generate a new pact the committed
+    // one may lag behind by design; this test judges the committed pact, in
+    // the suite run that follows the drift check.
+    if std::env::var_os("PACT_OUTPUT_DIR").is_some() {
+        eprintln!(
+            "coverage: skipped while pacts are generated; it checks the committed pact in the test suite"
+        );
+        return;
+    }
     let documents: Vec<(&str, Value)> = DOCUMENTS
         .iter()
         .map(|(plane, path)| (*plane, read_yaml(&root().join(path))))
@@ -97,12 +98,6 @@ fn every_operation_and_declared_status_has_an_interaction() {
                 let method = method.to_uppercase();
                 for status in responses.keys() {
                     let status: u16 = status.parse().expect("numeric status");
-                    if UNREACHABLE_FROM_CLIENT
-                        .iter()
-                        .any(|(m, t, s, _)| *m == method && t == template && *s == status)
-                    {
-                        continue;
-                    }
                     let covered = if PER_PLANE.contains(&status) {
                         seen.iter().any(|(p, _, _, s)| p == plane && *s == status)
                     } else {
