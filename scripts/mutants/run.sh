@@ -82,7 +82,11 @@ run_suite() {
     (cd "$ws" && timeout "$timeout_s" cargo test -p orchestratord --no-fail-fast \
         ${MUTANTS_TEST_ARGS:-} >"$log" 2>&1) || status=$?
     awk '
-        /^ *Running / { bin = $2; sub(/^.*\//, "", bin); sub(/\.rs$/, "", bin); sub(/-[0-9a-f]+$/, "", bin) }
+        /^ *Running / {
+            unit = ($2 == "unittests"); bin = unit ? $3 : $2
+            sub(/^.*\//, "", bin); sub(/\.rs$/, "", bin); if (unit) bin = "unittests:" bin
+        }
+        /^ *Doc-tests / { bin = "doctests" }
         /^test .* \.\.\. FAILED$/ { print bin "::" $2 }
     ' "$log" >"$failed"
     return $status
