@@ -259,7 +259,7 @@ async fn check(server: &TestServer, ops: Vec<Op>) -> Result<(), String> {
     Ok(())
 }
 
-// covers: ORCH-1005, ORCH-1007, ORCH-1012, ORCH-1020, ORCH-1021, ORCH-6011, ORCH-6012, ORCH-6022
+// covers: ORCH-1005, ORCH-1006, ORCH-1012, ORCH-1020, ORCH-1021, ORCH-6011, ORCH-6012, ORCH-6022
 #[test]
 fn the_server_answers_like_the_reference_model() {
     let runtime = tokio::runtime::Builder::new_multi_thread()

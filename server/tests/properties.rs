@@ -366,7 +366,7 @@ fn spin(n: u32) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
-    // covers: ORCH-1021, ORCH-1023
+    // covers: ORCH-1021
     #[test]
     fn no_token_after_a_cancel_is_acknowledged(
         pushers in proptest::collection::vec((1u32..200, 0u32..2_000), 1..4),
