@@ -112,3 +112,32 @@ impl std::fmt::Display for ErrorEnvelope {
         write!(f, "{}: {}", self.code, self.message)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode::*;
+
+    // covers: ORCH-2006
+    #[test]
+    fn retriable_exactly_for_the_codes_the_spec_lists() {
+        let retriable = [
+            AdmissionReject,
+            QueueFullDropLru,
+            PoolUnready,
+            PoolUnavailable,
+            ReplicaExhausted,
+            DecodeTimeout,
+            WorkerReset,
+        ];
+        let not = [
+            InvalidParams,
+            Internal,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            Conflict,
+        ];
+        assert!(retriable.iter().all(|c| c.retriable()));
+        assert!(not.iter().all(|c| !c.retriable()));
+    }
+}

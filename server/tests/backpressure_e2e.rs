@@ -149,7 +149,7 @@ async fn shed_low_priority_evicts_the_newest_batch_task_for_an_interactive_one()
     client.submit(task("i4", 2)).await.unwrap_err();
 }
 
-// covers: ORCH-2003, ORCH-2013
+// covers: ORCH-2003, ORCH-2013, ORCH-4012, ORCH-4015
 #[tokio::test]
 async fn starting_replicas_make_the_pool_unready() {
     let engine = BuiltinEngineConfig {
@@ -171,9 +171,17 @@ async fn starting_replicas_make_the_pool_unready() {
     );
     assert!(numeric_header(&headers, "retry-after") >= 1);
     assert!(numeric_header(&headers, "x-backoff-ms") >= 50);
+    let health = server.client().pool_health("default").await.unwrap();
+    assert!(
+        health
+            .replicas
+            .iter()
+            .all(|r| r.state == contracts::control::ReplicaState::Starting)
+    );
+    assert!(!health.ready);
 }
 
-// covers: ORCH-2014, ORCH-4013
+// covers: ORCH-2014, ORCH-4013, ORCH-4012, ORCH-4015
 #[tokio::test]
 async fn a_pool_whose_replicas_are_all_down_is_unavailable_until_one_recovers() {
     let engine = BuiltinEngineConfig {
@@ -199,6 +207,13 @@ async fn a_pool_whose_replicas_are_all_down_is_unavailable_until_one_recovers() 
     );
     assert!(numeric_header(&headers, "x-backoff-ms") >= 50);
 
+    let health = server.client().pool_health("default").await.unwrap();
+    assert!(
+        health
+            .replicas
+            .iter()
+            .all(|r| r.state == contracts::control::ReplicaState::Down)
+    );
     server
         .handle()
         .set_faults("default", "r1", BuiltinFaults::default());

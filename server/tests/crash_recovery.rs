@@ -207,7 +207,7 @@ fn scope_of(body: &Value) -> String {
     body["scope"].as_str().expect("scope").to_owned()
 }
 
-// covers: ORCH-7001, ORCH-7002, ORCH-7003
+// covers: ORCH-7001, ORCH-7002, ORCH-7003, ORCH-7009
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_burst_loses_no_admitted_task() {
     let started = Instant::now();

@@ -15,7 +15,7 @@ fn faults(f: impl FnOnce(&mut BuiltinFaults)) -> BuiltinFaults {
     faults
 }
 
-// covers: ORCH-2016, ORCH-5002
+// covers: ORCH-2016, ORCH-5002, ORCH-4012
 #[tokio::test]
 async fn a_hung_engine_trips_the_idle_watchdog_and_frees_the_slot() {
     let server = TestServer::start(config_with(1, BuiltinEngineConfig::default(), |_| {})).await;
@@ -78,7 +78,7 @@ async fn the_wall_watchdog_ends_a_long_generation() {
     .await;
 }
 
-// covers: ORCH-2017, ORCH-5003, ORCH-4013
+// covers: ORCH-2017, ORCH-5003, ORCH-4013, ORCH-4012, ORCH-4015, ORCH-4010
 #[tokio::test]
 async fn a_replica_lost_mid_stream_gives_worker_reset_and_comes_back() {
     let engine = BuiltinEngineConfig {

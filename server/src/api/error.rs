@@ -44,3 +44,27 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
         .unwrap_or("unknown panic");
     OrchError::internal(format!("the server failed unexpectedly: {detail}")).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // covers: ORCH-2004
+    #[tokio::test]
+    async fn a_caught_panic_becomes_500_internal_with_the_envelope() {
+        let response = panic_response(Box::new("index out of bounds"));
+        assert_eq!(response.status(), 500);
+        assert!(
+            response
+                .headers()
+                .contains_key(contracts::headers::CORRELATION_ID)
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let envelope: contracts::ErrorEnvelope = serde_json::from_slice(&body).unwrap();
+        assert_eq!(envelope.code, contracts::ErrorCode::Internal);
+        assert!(envelope.message.contains("index out of bounds"));
+        assert!(!envelope.retriable);
+    }
+}

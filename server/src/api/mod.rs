@@ -152,16 +152,17 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/readyz",
             get(move || async move {
-                let ready = readiness
-                    .pools
-                    .values()
-                    .all(|p| p.capacity().ready_replicas > 0);
+                let ready = readiness.is_accepting()
+                    && readiness
+                        .pools
+                        .values()
+                        .all(|p| p.capacity().ready_replicas > 0);
                 if ready {
                     (StatusCode::OK, "ready")
                 } else {
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "not ready: a pool has no Ready replica",
+                        "not ready: shutting down, or a pool has no Ready replica",
                     )
                 }
             }),

@@ -119,6 +119,11 @@ impl Orchestrator {
         self.pools.get(pool_id)
     }
 
+    /// Whether admission is open (not shutting down).
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)
     }

@@ -1,0 +1,244 @@
+//! Operational surface and cross-cutting rules: health and readiness, the
+//! served OpenAPI documents, the store's journal mode, metrics events, error
+//! envelopes that leak nothing, test hooks that are not routes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, config_with, eventually, task, tokens};
+use contracts::config::{BuiltinEngineConfig, BuiltinFaults};
+use contracts::{Determinism, ErrorCode, StreamEvent, TaskRequest};
+
+// covers: ORCH-7103
+#[tokio::test]
+async fn healthz_and_readyz_follow_the_replicas() {
+    let server = TestServer::start(config_with(1, BuiltinEngineConfig::default(), |p| {
+        p.health_interval_ms = 20
+    }))
+    .await;
+    let http = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let (http, url) = (http.clone(), server.url());
+        async move {
+            http.get(format!("{url}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(get("/healthz").await, 200);
+    assert_eq!(get("/readyz").await, 200);
+    server.handle().set_faults(
+        "default",
+        "r0",
+        BuiltinFaults {
+            fail_health: true,
+            ..Default::default()
+        },
+    );
+    eventually(
+        Duration::from_secs(3),
+        "readyz 503 with no Ready replica",
+        async || get("/readyz").await == 503,
+    )
+    .await;
+    assert_eq!(get("/healthz").await, 200, "the process still serves");
+    server
+        .handle()
+        .set_faults("default", "r0", BuiltinFaults::default());
+    eventually(Duration::from_secs(5), "readyz 200 again", async || {
+        get("/readyz").await == 200
+    })
+    .await;
+}
+
+// covers: ORCH-7104
+#[tokio::test]
+async fn the_served_openapi_documents_equal_the_committed_contracts() {
+    let server = TestServer::default().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for plane in ["data", "control"] {
+        let served: serde_json::Value =
+            reqwest::get(format!("{}/openapi/{plane}.json", server.url()))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        let text =
+            std::fs::read_to_string(root.join(format!("contracts/openapi/{plane}.yaml"))).unwrap();
+        let committed: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(
+            served, committed,
+            "{plane}: run `cargo xtask regen-openapi`"
+        );
+    }
+}
+
+// covers: ORCH-7005
+#[tokio::test]
+async fn the_embedded_store_is_sqlite_in_wal_mode() {
+    let server = TestServer::default().await;
+    let client = server.client();
+    let id = client.submit(task("persist me", 2)).await.unwrap().task_id;
+    client.collect(&id).await.unwrap();
+    let store = rusqlite::Connection::open(server.dir.path().join("store.db")).unwrap();
+    let mode: String = store
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let rows: i64 = store
+        .query_row(
+            "SELECT COUNT(*) FROM tasks WHERE task_id = ?1",
+            [&id],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
+// covers: ORCH-1106
+#[tokio::test]
+async fn metrics_events_follow_the_pool_interval_and_zero_turns_them_off() {
+    let slow = BuiltinEngineConfig {
+        tokens_per_s: 100.0,
+        ..Default::default()
+    };
+    for (interval, expect_metrics) in [(20, true), (0, false)] {
+        let server = TestServer::start(config_with(1, slow.clone(), |p| {
+            p.metrics_interval_ms = interval
+        }))
+        .await;
+        let client = server.client();
+        let id = client.submit(task("measure me", 20)).await.unwrap().task_id;
+        let events = client.collect(&id).await.unwrap();
+        let metrics: Vec<_> = events
+            .iter()
+            .filter(|e| matches!(e, StreamEvent::Metrics(_)))
+            .collect();
+        assert_eq!(
+            !metrics.is_empty(),
+            expect_metrics,
+            "interval {interval}: {events:?}"
+        );
+        if let Some(StreamEvent::Metrics(m)) = metrics.last() {
+            assert!(m.tokens_out <= 20 && m.elapsed_ms > 0);
+        }
+    }
+}
+
+// covers: ORCH-2007, ORCH-6011
+#[tokio::test]
+async fn a_foreign_id_is_answered_exactly_like_a_missing_one() {
+    let server = TestServer::default().await;
+    let (owner, stranger) = (server.client(), server.client());
+    let before = stranger.status("shared-name").await.unwrap_err();
+    owner
+        .submit(TaskRequest {
+            task_id: Some("shared-name".into()),
+            ..task("mine", 2)
+        })
+        .await
+        .unwrap();
+    let after = stranger.status("shared-name").await.unwrap_err();
+    let (before, after) = (before.envelope().unwrap(), after.envelope().unwrap());
+    assert_eq!(
+        (before.code, &before.message, before.retriable),
+        (after.code, &after.message, after.retriable)
+    );
+    assert_eq!(after.code, ErrorCode::NotFound);
+    assert!(
+        !after.message.contains(owner.scope().unwrap()),
+        "{}",
+        after.message
+    );
+}
+
+// covers: ORCH-4032
+#[tokio::test]
+async fn strict_and_best_effort_are_accepted_and_the_builtin_engine_is_exact_under_both() {
+    let server = TestServer::default().await;
+    let client = server.client();
+    let mut streams = Vec::new();
+    for determinism in [
+        None,
+        Some(Determinism::Strict),
+        Some(Determinism::BestEffort),
+    ] {
+        let request = TaskRequest {
+            determinism,
+            seed: Some(11),
+            ..task("same words", 8)
+        };
+        let id = client.submit(request).await.unwrap().task_id;
+        streams.push(tokens(&client.collect(&id).await.unwrap()));
+    }
+    assert_eq!(streams[0], streams[1], "strict is the default");
+    assert_eq!(
+        streams[1], streams[2],
+        "the builtin engine applies no output-changing optimisation"
+    );
+}
+
+// covers: ORCH-9012
+#[tokio::test]
+async fn test_hooks_are_not_reachable_over_http() {
+    let server = TestServer::default().await;
+    let http = reqwest::Client::new();
+    let mut paths = Vec::new();
+    for plane in ["data", "control"] {
+        let doc: serde_json::Value = http
+            .get(format!("{}/openapi/{plane}.json", server.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        paths.extend(doc["paths"].as_object().unwrap().keys().cloned());
+    }
+    let public = [
+        "/v1/tasks",
+        "/v1/sessions/",
+        "/v1/scopes/",
+        "/v1/pools",
+        "/v1/replicasets",
+        "/v1/capabilities",
+    ];
+    for path in &paths {
+        assert!(
+            public.iter().any(|p| path.starts_with(p)),
+            "unexpected route {path}"
+        );
+    }
+    for probe in [
+        "/test",
+        "/v1/test/faults",
+        "/hooks",
+        "/v1/faults",
+        "/v1/clock",
+        "/debug/store",
+    ] {
+        for method in [reqwest::Method::GET, reqwest::Method::POST] {
+            let status = http
+                .request(method, format!("{}{probe}", server.url()))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, 404, "{probe}");
+        }
+    }
+    // The hooks exist, in process: hold dispatch and see the task wait.
+    server.handle().hold_dispatch("default", true);
+    let client = server.client();
+    let id = client.submit(task("held", 1)).await.unwrap().task_id;
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(
+        client.status(&id).await.unwrap().state,
+        contracts::TaskState::Queued
+    );
+}
