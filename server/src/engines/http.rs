@@ -2,11 +2,13 @@
 //! Server-Sent-Events reader, error classification and the conservative
 //! token estimate (ORCH-4023, ORCH-4024, ORCH-4025).
 
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 
-use super::EngineError;
+use super::{EngineError, EngineProperties};
 
 /// An HTTP client for one replica.
 ///
@@ -18,6 +20,54 @@ use super::EngineError;
 /// measured by `engine-bench`), so no request fails because of a stale
 /// connection and none is silently retried. Dropping a streaming response
 /// closes its connection, which is how a generation is canceled.
+/// What a remote engine reported at its first successful probe, and
+/// whether it was re-checked since its last failed probe (a restarted engine
+/// may run another build or model, and a replica set must not mix them,
+/// ORCH-4003). Until discovery, `properties()` is the configured fallback.
+pub struct Discovery {
+    fallback: EngineProperties,
+    discovered: OnceLock<EngineProperties>,
+    verified: AtomicBool,
+}
+
+impl Discovery {
+    pub fn new(fallback: EngineProperties) -> Self {
+        Self {
+            fallback,
+            discovered: OnceLock::new(),
+            verified: AtomicBool::new(false),
+        }
+    }
+
+    pub fn properties(&self) -> &EngineProperties {
+        self.discovered.get().unwrap_or(&self.fallback)
+    }
+
+    /// Whether the engine was checked since it last failed a probe.
+    pub fn is_verified(&self) -> bool {
+        self.verified.load(Ordering::SeqCst)
+    }
+
+    /// A probe failed: check the engine again when it comes back.
+    pub fn invalidate(&self) {
+        self.verified.store(false, Ordering::SeqCst);
+    }
+
+    /// Record what a probe found: the first finding is kept, a later one
+    /// must equal it, else the reason the replica stays out.
+    pub fn confirm(&self, engine: &str, found: EngineProperties) -> Result<(), String> {
+        let known = self.discovered.get_or_init(|| found.clone());
+        if known != &found {
+            return Err(format!(
+                "{engine} changed since it was first seen (was {known:?}, now {found:?}); \
+                 a replica set must not mix engine versions or models: restart or reload the pool"
+            ));
+        }
+        self.verified.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
 pub fn client(connect_timeout_ms: u64) -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(0)

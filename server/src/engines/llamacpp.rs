@@ -22,8 +22,6 @@
 //!
 //! Connections are not pooled (see [`http::client`]).
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -46,13 +44,9 @@ pub struct LlamaCppEngine {
     base: String,
     client: reqwest::Client,
     timeout: Duration,
-    /// Before the first successful discovery: the configured overrides and
-    /// an unknown version.
-    fallback: EngineProperties,
-    discovered: OnceLock<EngineProperties>,
-    /// Whether the engine's properties were checked since it last failed a
-    /// health probe (a restarted llama-server may run another model).
-    verified: AtomicBool,
+    /// What the engine reported; the configured overrides and an unknown
+    /// version until its first successful probe.
+    discovery: http::Discovery,
 }
 
 impl LlamaCppEngine {
@@ -76,9 +70,7 @@ impl LlamaCppEngine {
             timeout: Duration::from_millis(config.request_timeout_ms),
             base,
             config,
-            fallback,
-            discovered: OnceLock::new(),
-            verified: AtomicBool::new(false),
+            discovery: http::Discovery::new(fallback),
         }
     }
 
@@ -169,15 +161,7 @@ impl LlamaCppEngine {
                 found.engine_version
             ));
         }
-        let known = self.discovered.get_or_init(|| found.clone());
-        if known != &found {
-            return Err(format!(
-                "llama-server changed since it was first seen (was {known:?}, now {found:?}); \
-                 a replica set must not mix engine versions or models: restart or reload the pool"
-            ));
-        }
-        self.verified.store(true, Ordering::SeqCst);
-        Ok(())
+        self.discovery.confirm("llama-server", found)
     }
 }
 
@@ -236,7 +220,7 @@ fn chunk_events(data: &str) -> Result<(Option<String>, Option<FinishReason>), En
 #[async_trait]
 impl Engine for LlamaCppEngine {
     fn properties(&self) -> &EngineProperties {
-        self.discovered.get().unwrap_or(&self.fallback)
+        self.discovery.properties()
     }
 
     async fn health(&self) -> Health {
@@ -249,21 +233,21 @@ impl Engine for LlamaCppEngine {
         let response = match response {
             Ok(response) => response,
             Err(error) => {
-                self.verified.store(false, Ordering::SeqCst);
+                self.discovery.invalidate();
                 return Health::Down(http::lost("llamacpp GET /health", &error).to_string());
             }
         };
         let status = response.status();
         if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
             let body = response.text().await.unwrap_or_default();
-            self.verified.store(false, Ordering::SeqCst);
+            self.discovery.invalidate();
             return Health::Starting(format!("llama-server: {}", http::error_message(&body)));
         }
         if !status.is_success() {
-            self.verified.store(false, Ordering::SeqCst);
+            self.discovery.invalidate();
             return Health::Down(format!("llama-server /health: HTTP {}", status.as_u16()));
         }
-        if !self.verified.load(Ordering::SeqCst)
+        if !self.discovery.is_verified()
             && let Err(problem) = self.verify().await
         {
             return Health::Down(problem);
@@ -274,7 +258,7 @@ impl Engine for LlamaCppEngine {
     async fn count_tokens(&self, prompt: &str) -> Result<u32, EngineError> {
         // Admission must not wait on a replica that is down or hung: an
         // unverified replica is not asked, and a slow answer falls back.
-        if !self.verified.load(Ordering::SeqCst) {
+        if !self.discovery.is_verified() {
             return Ok(http::estimate_tokens(prompt));
         }
         let response = self

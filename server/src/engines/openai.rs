@@ -14,8 +14,6 @@
 //! - errors map as in [`http::status_error`]; an `error` object inside the
 //!   stream is a context error (`InvalidRequest`) or a lost replica.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,9 +33,7 @@ pub struct OpenAiEngine {
     base: String,
     client: reqwest::Client,
     timeout: Duration,
-    fallback: EngineProperties,
-    discovered: OnceLock<EngineProperties>,
-    verified: AtomicBool,
+    discovery: http::Discovery,
 }
 
 impl OpenAiEngine {
@@ -59,9 +55,7 @@ impl OpenAiEngine {
             timeout: Duration::from_millis(config.request_timeout_ms),
             base,
             config,
-            fallback,
-            discovered: OnceLock::new(),
-            verified: AtomicBool::new(false),
+            discovery: http::Discovery::new(fallback),
         }
     }
 
@@ -231,27 +225,22 @@ fn parse_chunk(api: OpenAiApi, data: &str) -> Result<Chunk, EngineError> {
 #[async_trait]
 impl Engine for OpenAiEngine {
     fn properties(&self) -> &EngineProperties {
-        self.discovered.get().unwrap_or(&self.fallback)
+        self.discovery.properties()
     }
 
     async fn health(&self) -> Health {
         let entry = match self.model_entry().await {
             Ok(entry) => entry,
             Err(health) => {
-                self.verified.store(false, Ordering::SeqCst);
+                self.discovery.invalidate();
                 return health;
             }
         };
-        if !self.verified.load(Ordering::SeqCst) {
+        if !self.discovery.is_verified() {
             let found = self.discover(&entry).await;
-            let known = self.discovered.get_or_init(|| found.clone());
-            if known != &found {
-                return Health::Down(format!(
-                    "the engine changed since it was first seen (was {known:?}, now {found:?}); \
-                     a replica set must not mix engine versions or models"
-                ));
+            if let Err(problem) = self.discovery.confirm("the engine", found) {
+                return Health::Down(problem);
             }
-            self.verified.store(true, Ordering::SeqCst);
         }
         Health::Ready
     }

@@ -15,8 +15,6 @@
 //! Verified against TGI's wire format only (a recorded transcript whose
 //! every event TGI's own Python client parses), not against a running TGI.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,9 +33,7 @@ pub struct TgiEngine {
     base: String,
     client: reqwest::Client,
     timeout: Duration,
-    fallback: EngineProperties,
-    discovered: OnceLock<EngineProperties>,
-    verified: AtomicBool,
+    discovery: http::Discovery,
 }
 
 impl TgiEngine {
@@ -59,9 +55,7 @@ impl TgiEngine {
             timeout: Duration::from_millis(config.request_timeout_ms),
             base,
             config,
-            fallback,
-            discovered: OnceLock::new(),
-            verified: AtomicBool::new(false),
+            discovery: http::Discovery::new(fallback),
         }
     }
 
@@ -172,7 +166,7 @@ pub fn parse_event(data: &str) -> Result<(Option<String>, Option<FinishReason>),
 #[async_trait]
 impl Engine for TgiEngine {
     fn properties(&self) -> &EngineProperties {
-        self.discovered.get().unwrap_or(&self.fallback)
+        self.discovery.properties()
     }
 
     async fn health(&self) -> Health {
@@ -185,36 +179,32 @@ impl Engine for TgiEngine {
         let status = match response {
             Ok(response) => response.status(),
             Err(error) => {
-                self.verified.store(false, Ordering::SeqCst);
+                self.discovery.invalidate();
                 return Health::Down(http::lost("tgi GET /health", &error).to_string());
             }
         };
         if !status.is_success() {
-            self.verified.store(false, Ordering::SeqCst);
+            self.discovery.invalidate();
             return if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
                 Health::Starting("tgi: model not ready".into())
             } else {
                 Health::Down(format!("tgi GET /health: HTTP {}", status.as_u16()))
             };
         }
-        if !self.verified.load(Ordering::SeqCst) {
-            let found = match self.discover().await {
-                Ok(found) => found,
-                Err(problem) => return Health::Down(problem),
+        if !self.discovery.is_verified() {
+            let confirmed = match self.discover().await {
+                Ok(found) => self.discovery.confirm("TGI", found),
+                Err(problem) => Err(problem),
             };
-            let known = self.discovered.get_or_init(|| found.clone());
-            if known != &found {
-                return Health::Down(format!(
-                    "TGI changed since it was first seen (was {known:?}, now {found:?})"
-                ));
+            if let Err(problem) = confirmed {
+                return Health::Down(problem);
             }
-            self.verified.store(true, Ordering::SeqCst);
         }
         Health::Ready
     }
 
     async fn count_tokens(&self, prompt: &str) -> Result<u32, EngineError> {
-        if !self.verified.load(Ordering::SeqCst) {
+        if !self.discovery.is_verified() {
             return Ok(http::estimate_tokens(prompt));
         }
         let response = self
