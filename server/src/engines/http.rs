@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 
-use super::{EngineError, EngineProperties};
+use contracts::FinishReason;
+
+use super::{EngineError, EngineEvent, EngineProperties, TokenStream};
 
 /// An HTTP client for one replica.
 ///
@@ -66,6 +68,65 @@ impl Discovery {
         self.verified.store(true, Ordering::SeqCst);
         Ok(())
     }
+}
+
+/// One parsed event of an engine's generation stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub token: Option<String>,
+    pub finish: Option<FinishReason>,
+    /// The engine's last event (its final chunk, or `[DONE]`).
+    pub end: bool,
+}
+
+/// Send `request` when first polled and turn the engine's SSE answer into
+/// tokens and one `Finished`, with `parse` reading each event's data. A
+/// stream that ends without a finish reason means the engine went away.
+pub fn generation(
+    request: reqwest::RequestBuilder,
+    context: String,
+    mut parse: impl FnMut(&str) -> Result<Parsed, EngineError> + Send + 'static,
+) -> TokenStream {
+    Box::pin(async_stream::stream! {
+        // Sent on first poll, so the runtime's watchdogs also cover the wait
+        // for the response headers.
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => {
+                yield Err(lost(&context, &error));
+                return;
+            }
+        };
+        if !response.status().is_success() {
+            yield Err(response_error(&context, response).await);
+            return;
+        }
+        let mut events = std::pin::pin!(sse_events(response, format!("{context} stream")));
+        let mut finished = None;
+        while let Some(event) = events.next().await {
+            match event.and_then(|event| parse(&event.data)) {
+                Ok(parsed) => {
+                    if let Some(token) = parsed.token {
+                        yield Ok(EngineEvent::Token(token));
+                    }
+                    finished = parsed.finish.or(finished);
+                    if parsed.end {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    yield Err(error);
+                    return;
+                }
+            }
+        }
+        match finished {
+            Some(reason) => yield Ok(EngineEvent::Finished(reason)),
+            None => yield Err(EngineError::Lost(format!(
+                "{context}: the stream ended without a finish reason (the engine went away)"
+            ))),
+        }
+    })
 }
 
 pub fn client(connect_timeout_ms: u64) -> reqwest::Client {

@@ -27,14 +27,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use contracts::FinishReason;
 use contracts::config::LlamaCppEngineConfig;
-use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::http;
-use super::{
-    Engine, EngineError, EngineEvent, EngineProperties, GenerateRequest, Health, TokenStream,
-};
+use super::{Engine, EngineError, EngineProperties, GenerateRequest, Health, TokenStream};
 
 /// The longest admission waits for the engine's tokenizer.
 const TOKENIZE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -289,50 +286,18 @@ impl Engine for LlamaCppEngine {
         let client = self.client.clone();
         let url = format!("{}/completion", self.base);
         let body = completion_body(&request);
-        // The request is sent when the stream is first polled, so the
-        // runtime's watchdogs cover the wait for the response headers too.
-        let stream = async_stream::stream! {
-            let response = match client.post(&url).json(&body).send().await {
-                Ok(response) => response,
-                Err(error) => {
-                    yield Err(http::lost("llamacpp POST /completion", &error));
-                    return;
-                }
-            };
-            if !response.status().is_success() {
-                yield Err(http::response_error("llamacpp POST /completion", response).await);
-                return;
-            }
-            let mut events = std::pin::pin!(http::sse_events(response, "llamacpp stream".into()));
-            while let Some(event) = events.next().await {
-                let event = match event {
-                    Ok(event) => event,
-                    Err(error) => {
-                        yield Err(error);
-                        return;
-                    }
-                };
-                match chunk_events(&event.data) {
-                    Ok((content, finished)) => {
-                        if let Some(content) = content {
-                            yield Ok(EngineEvent::Token(content));
-                        }
-                        if let Some(reason) = finished {
-                            yield Ok(EngineEvent::Finished(reason));
-                            return;
-                        }
-                    }
-                    Err(error) => {
-                        yield Err(error);
-                        return;
-                    }
-                }
-            }
-            yield Err(EngineError::Lost(
-                "llamacpp: the stream ended before the final chunk (llama-server went away)".into(),
-            ));
-        };
-        Ok(Box::pin(stream))
+        let request = client.post(&url).json(&body);
+        Ok(http::generation(
+            request,
+            "llamacpp POST /completion".into(),
+            |data| {
+                chunk_events(data).map(|(token, finish)| http::Parsed {
+                    token,
+                    end: finish.is_some(),
+                    finish,
+                })
+            },
+        ))
     }
 }
 

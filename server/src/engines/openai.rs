@@ -19,14 +19,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use contracts::FinishReason;
 use contracts::config::{OpenAiApi, OpenAiEngineConfig};
-use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::http;
-use super::{
-    Engine, EngineError, EngineEvent, EngineProperties, GenerateRequest, Health, TokenStream,
-};
+use super::{Engine, EngineError, EngineProperties, GenerateRequest, Health, TokenStream};
 
 pub struct OpenAiEngine {
     config: OpenAiEngineConfig,
@@ -261,46 +258,20 @@ impl Engine for OpenAiEngine {
             post = post.bearer_auth(key);
         }
         let context = format!("openai POST {path}");
-        let stream = async_stream::stream! {
-            let response = match post.send().await {
-                Ok(response) => response,
-                Err(error) => {
-                    yield Err(http::lost(&context, &error));
-                    return;
-                }
-            };
-            if !response.status().is_success() {
-                yield Err(http::response_error(&context, response).await);
-                return;
-            }
-            let mut events = std::pin::pin!(http::sse_events(response, format!("{context} stream")));
-            let mut finished = None;
-            while let Some(event) = events.next().await {
-                let chunk = event.and_then(|event| parse_chunk(api, &event.data));
-                match chunk {
-                    Ok(Chunk::Done) => break,
-                    Ok(Chunk::Delta { text, finish }) => {
-                        if let Some(text) = text {
-                            yield Ok(EngineEvent::Token(text));
-                        }
-                        if finish.is_some() {
-                            finished = finish;
-                        }
-                    }
-                    Err(error) => {
-                        yield Err(error);
-                        return;
-                    }
-                }
-            }
-            match finished {
-                Some(reason) => yield Ok(EngineEvent::Finished(reason)),
-                None => yield Err(EngineError::Lost(format!(
-                    "{context}: the stream ended without a finish_reason (the server went away)"
-                ))),
-            }
-        };
-        Ok(Box::pin(stream))
+        Ok(http::generation(post, context, move |data| {
+            parse_chunk(api, data).map(|chunk| match chunk {
+                Chunk::Done => http::Parsed {
+                    token: None,
+                    finish: None,
+                    end: true,
+                },
+                Chunk::Delta { text, finish } => http::Parsed {
+                    token: text,
+                    finish,
+                    end: false,
+                },
+            })
+        }))
     }
 }
 

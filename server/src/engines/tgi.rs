@@ -20,13 +20,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use contracts::FinishReason;
 use contracts::config::TgiEngineConfig;
-use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::http;
-use super::{
-    Engine, EngineError, EngineEvent, EngineProperties, GenerateRequest, Health, TokenStream,
-};
+use super::{Engine, EngineError, EngineProperties, GenerateRequest, Health, TokenStream};
 
 pub struct TgiEngine {
     config: TgiEngineConfig,
@@ -232,40 +229,16 @@ impl Engine for TgiEngine {
             .client
             .post(format!("{}/generate_stream", self.base))
             .json(&request_body(&request));
-        let stream = async_stream::stream! {
-            let response = match post.send().await {
-                Ok(response) => response,
-                Err(error) => {
-                    yield Err(http::lost("tgi POST /generate_stream", &error));
-                    return;
-                }
-            };
-            if !response.status().is_success() {
-                yield Err(http::response_error("tgi POST /generate_stream", response).await);
-                return;
-            }
-            let mut events = std::pin::pin!(http::sse_events(response, "tgi stream".into()));
-            while let Some(event) = events.next().await {
-                match event.and_then(|event| parse_event(&event.data)) {
-                    Ok((text, finish)) => {
-                        if let Some(text) = text {
-                            yield Ok(EngineEvent::Token(text));
-                        }
-                        if let Some(reason) = finish {
-                            yield Ok(EngineEvent::Finished(reason));
-                            return;
-                        }
-                    }
-                    Err(error) => {
-                        yield Err(error);
-                        return;
-                    }
-                }
-            }
-            yield Err(EngineError::Lost(
-                "tgi: the stream ended without details (the server went away)".into(),
-            ));
-        };
-        Ok(Box::pin(stream))
+        Ok(http::generation(
+            post,
+            "tgi POST /generate_stream".into(),
+            |data| {
+                parse_event(data).map(|(token, finish)| http::Parsed {
+                    token,
+                    end: finish.is_some(),
+                    finish,
+                })
+            },
+        ))
     }
 }
