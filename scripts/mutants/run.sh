@@ -16,7 +16,8 @@
 # usage: scripts/mutants/run.sh [--worktree] [--skip-baseline] [--dry-run] [--only NAME]...
 #        --dry-run only checks that every mutant applies (no build, no tests)
 # env:   MUTANTS_TARGET_DIR (default <repo>/target/mutants)
-#        MUTANTS_WORKDIR    (default ${TMPDIR:-/tmp}/orchqueue-mutants)
+#        MUTANTS_WORKDIR    (default ${TMPDIR:-/tmp}/orchqueue-mutants/<checkout>: one
+#                           copy per checkout, so two clones never share one)
 #        MUTANTS_TEST_ARGS  (extra args for cargo test, e.g. "--test tasks_e2e")
 #        MUTANTS_TIMEOUT    (seconds per suite run, default 1800)
 set -euo pipefail
@@ -24,7 +25,7 @@ set -euo pipefail
 repo=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 list="$repo/scripts/mutants/mutants.txt"
 target_dir=${MUTANTS_TARGET_DIR:-$repo/target/mutants}
-work=${MUTANTS_WORKDIR:-${TMPDIR:-/tmp}/orchqueue-mutants}
+work=${MUTANTS_WORKDIR:-${TMPDIR:-/tmp}/orchqueue-mutants/$(printf '%s' "$repo" | sha256sum | cut -c1-12)}
 timeout_s=${MUTANTS_TIMEOUT:-1800}
 from_worktree=0
 baseline=1
