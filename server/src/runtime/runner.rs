@@ -148,12 +148,10 @@ async fn run_task(
                     sessions.lose_kv(session);
                 }
             }
-            let ended = orchestrator.finish(&task, outcome).await;
             let decode_ms = now.saturating_sub(task.started_ms().unwrap_or(started_ms));
-            if ended {
-                log_end(&task, pool.id(), &replica, decode_ms, run.ttft_ms);
-            }
-            if ended && completed {
+            if completed {
+                // Recorded before `end` is published: whoever has read the
+                // end of a stream also sees it in metrics and SLO snapshots.
                 orchestrator
                     .metrics
                     .completed(pool.id(), replica.engine.properties(), decode_ms);
@@ -164,6 +162,9 @@ async fn run_task(
                     tokens: task.tokens_out(),
                     decode_ms: service_ms,
                 });
+            }
+            if orchestrator.finish(&task, outcome).await {
+                log_end(&task, pool.id(), &replica, decode_ms, run.ttft_ms);
             }
         }
         Step::Retry => {
