@@ -6,8 +6,10 @@
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod limits;
 pub mod sse;
 pub mod task;
+pub mod versions;
 
 pub use control::{
     Capabilities, DrainRequest, PoolActionResponse, PoolHealth, PoolList, ReloadRequest,

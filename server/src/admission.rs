@@ -3,41 +3,35 @@
 
 use contracts::TaskRequest;
 use contracts::config::PoolConfig;
+use contracts::limits::{self, DEADLINE_MAX_MS, ID_MAX_LEN, TEMPERATURE_MAX, TOP_K_MAX};
 use sha2::{Digest, Sha256};
 
 use crate::error::OrchError;
 
-const ID_MAX: usize = 128;
-const SCOPE_MAX: usize = 128;
-const DEADLINE_MAX_MS: u64 = 24 * 3600 * 1000;
-const TOP_K_MAX: u32 = 1_000;
-
-fn check_id(field: &str, value: &str, max: usize) -> Result<(), OrchError> {
-    let ok_chars = value
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
-    // `.` and `..` would be collapsed out of the URL path by every client.
-    let dots_only = value.chars().all(|c| c == '.');
-    if value.is_empty() || value.len() > max || !ok_chars || dots_only {
-        return Err(OrchError::invalid(
-            field,
-            format!("must be 1-{max} characters of [A-Za-z0-9._:-], not only dots, got {value:?}"),
-        ));
+/// Ids, scopes and pool ids share one syntax (`contracts::limits::ID_PATTERN`).
+pub fn check_id(field: &str, value: &str) -> Result<(), OrchError> {
+    if limits::is_id(value) {
+        return Ok(());
     }
-    Ok(())
+    Err(OrchError::invalid(
+        field,
+        format!(
+            "must be 1-{ID_MAX_LEN} characters of [A-Za-z0-9._:-], not only dots, got {value:?}"
+        ),
+    ))
 }
 
-/// Scope names share the id syntax; `None` is the default scope.
+/// `None` is the default scope.
 pub fn check_scope(scope: Option<&str>) -> Result<(), OrchError> {
-    scope.map_or(Ok(()), |s| check_id("scope", s, SCOPE_MAX))
+    scope.map_or(Ok(()), |s| check_id("scope", s))
 }
 
 pub fn check_task_id(task_id: &str) -> Result<(), OrchError> {
-    check_id("task_id", task_id, ID_MAX)
+    check_id("task_id", task_id)
 }
 
 pub fn check_session_id(session_id: &str) -> Result<(), OrchError> {
-    check_id("session_id", session_id, ID_MAX)
+    check_id("session_id", session_id)
 }
 
 /// Checks that need no engine: syntax, ranges and the pool's own limits.
@@ -49,7 +43,7 @@ pub fn validate_request(request: &TaskRequest, pool: &PoolConfig) -> Result<(), 
     if let Some(session_id) = &request.session_id {
         check_session_id(session_id)?;
     }
-    if request.prompt.trim().is_empty() {
+    if !limits::is_non_blank(&request.prompt) {
         return Err(OrchError::invalid("prompt", "must not be empty"));
     }
     if request.prompt.len() > pool.max_prompt_bytes as usize {
@@ -73,11 +67,11 @@ pub fn validate_request(request: &TaskRequest, pool: &PoolConfig) -> Result<(), 
         ));
     }
     if let Some(t) = request.temperature
-        && !(t.is_finite() && (0.0..=2.0).contains(&t))
+        && !(t.is_finite() && (0.0..=TEMPERATURE_MAX).contains(&f64::from(t)))
     {
         return Err(OrchError::invalid(
             "temperature",
-            format!("must be within 0.0-2.0, got {t}"),
+            format!("must be within 0.0-{TEMPERATURE_MAX:.1}, got {t}"),
         ));
     }
     if let Some(p) = request.top_p
@@ -89,7 +83,7 @@ pub fn validate_request(request: &TaskRequest, pool: &PoolConfig) -> Result<(), 
         ));
     }
     if let Some(k) = request.top_k
-        && k > TOP_K_MAX
+        && u64::from(k) > TOP_K_MAX
     {
         return Err(OrchError::invalid(
             "top_k",

@@ -244,6 +244,17 @@ pub fn semantic_issues(config: &Config) -> Vec<ConfigIssue> {
     let mut replica_pools = std::collections::HashMap::new();
     for (p, pool) in config.pools.iter().enumerate() {
         let at = format!("pools[{p}]");
+        // Pool ids appear in URL paths and in the documented `pool_id` syntax.
+        if !contracts::limits::is_id(&pool.id) {
+            issues.push(ConfigIssue::new(
+                format!("{at}.id"),
+                format!(
+                    "pool id {:?} must be 1-{} characters of [A-Za-z0-9._:-], not only dots",
+                    pool.id,
+                    contracts::limits::ID_MAX_LEN
+                ),
+            ));
+        }
         if !pool_ids.insert(&pool.id) {
             issues.push(ConfigIssue::new(
                 format!("{at}.id"),

@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::drift::{self, Generated, Mode};
-use crate::{compliance, openapi, schema, spec};
+use crate::{bless, compliance, openapi, results, schema, spec};
 
 pub const PACTS_FIX: &str = "cargo xtask regen-pacts";
 const CONSUMER_TESTS: &str = "consumer-tests";
@@ -85,9 +85,15 @@ pub fn ci(root: &Path) -> Result<()> {
         .current_dir(root)
         .output()
         .is_ok_and(|o| o.status.success());
-    let total = 9;
+    let total = 10;
     let mut step = 0;
+    let started = std::time::Instant::now();
+    let mut lap = started;
     let mut next = |what: &str| {
+        if step > 0 {
+            eprintln!("---- ci [{step}/{total}] took {:.1?}", lap.elapsed());
+        }
+        lap = std::time::Instant::now();
         step += 1;
         banner(step, total, what);
     };
@@ -121,6 +127,9 @@ pub fn ci(root: &Path) -> Result<()> {
     let extras = drift::stale_extras(root, schema::DIR, "json", &files);
     drift::apply_with_extras(root, &files, extras, Mode::Check, schema::FIX)?;
 
+    next("compat (the code's contracts against contracts/blessed)");
+    bless::compat(root)?;
+
     if consumer {
         next("consumer tests (cargo test -p consumer-tests) and pact drift");
         regen_pacts(root, Mode::Check)?;
@@ -128,25 +137,38 @@ pub fn ci(root: &Path) -> Result<()> {
         next("consumer tests: skipped (no consumer-tests package yet)");
     }
 
-    if nextest {
-        next("cargo nextest run --workspace");
-        run(root, &["nextest", "run", "--workspace"], &[])?;
-    } else {
-        next("cargo test --workspace (cargo-nextest not installed)");
-        run(root, &["test", "--workspace"], &[])?;
+    next("cargo nextest run --workspace --profile ci");
+    if !nextest {
+        bail!(
+            "cargo-nextest is not installed; the compliance gate reads its JUnit report. fix: cargo install cargo-nextest --locked"
+        );
     }
+    let junit = root.join(results::JUNIT);
+    let _ = std::fs::remove_file(&junit);
+    run(
+        root,
+        &["nextest", "run", "--workspace", "--profile", "ci"],
+        &[],
+    )?;
 
     next("workspace test list");
     let list = compliance::run_test_list(root)?;
 
-    next("compliance --check");
+    next("compliance --check and the evidence gate");
     drift::apply(
         root,
         &compliance::generate(root, &list)?,
         Mode::Check,
         compliance::FIX,
     )?;
+    let results = results::TestResults::load(root, Some(&junit))?
+        .with_context(|| format!("nextest wrote no {}", results::JUNIT))?;
+    compliance::require_evidence(root, &list, &results)?;
 
-    eprintln!("\n==== ci: all gates passed ====");
+    next("done");
+    eprintln!(
+        "\n==== ci: all gates passed in {:.1?} ====",
+        started.elapsed()
+    );
     Ok(())
 }

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::drift::Generated;
 use crate::openapi::{self, Operation};
+use crate::results::TestResults;
 use crate::spec::{self, Level, Requirement, Status};
 
 pub const FIX: &str = "cargo xtask compliance";
@@ -265,6 +266,9 @@ pub struct CitedTest {
     pub name: String,
     pub file: String,
     pub ids: Vec<String>,
+    /// How a test run names it: `<nextest binary id> <test path>`, the key of
+    /// [`crate::results::TestResults`].
+    pub run_id: String,
 }
 
 /// Every citation in the workspace, each with the listed test it belongs to (if any).
@@ -289,10 +293,11 @@ pub fn citations(
                 .with_context(|| format!("reading {}", path.display()))?;
             for c in scan_source(&source, &rel) {
                 match find_listed(package, dir, &path, &c.function, targets, list) {
-                    Some(name) => cited.push(CitedTest {
+                    Some((name, run_id)) => cited.push(CitedTest {
                         name,
                         file: rel.clone(),
                         ids: c.ids.clone(),
+                        run_id,
                     }),
                     None => unlisted.push(c),
                 }
@@ -303,7 +308,7 @@ pub fn citations(
     Ok((cited, unlisted))
 }
 
-/// The listed test a function of `file` corresponds to.
+/// The listed test a function of `file` corresponds to: (display name, run id).
 fn find_listed(
     package: &str,
     package_dir: &Path,
@@ -311,7 +316,7 @@ fn find_listed(
     function: &str,
     targets: &[Target],
     list: &TestList,
-) -> Option<String> {
+) -> Option<(String, String)> {
     let rel = file.strip_prefix(package_dir).ok()?;
     let first = rel.iter().next()?.to_string_lossy().into_owned();
     // Which targets can contain this file, and the module prefix of its tests.
@@ -361,15 +366,26 @@ fn find_listed(
         for name in tests {
             let last = name.rsplit("::").next().unwrap_or(name);
             if last == function && (prefix.is_empty() || name.starts_with(&prefix)) {
-                return Some(if t.kind == "test" {
+                let display = if t.kind == "test" {
                     format!("{}/{}::{}", t.package, t.name, name)
                 } else {
                     format!("{}::{}", t.package, name)
-                });
+                };
+                return Some((display, format!("{} {name}", binary_id(t))));
             }
         }
     }
     None
+}
+
+/// nextest's name of a test binary: `package` (library), `package::target` (integration
+/// test), `package::bin/target` (binary).
+fn binary_id(t: &Target) -> String {
+    match t.kind.as_str() {
+        "lib" | "proc-macro" | "rlib" | "cdylib" => t.package.clone(),
+        "test" => format!("{}::{}", t.package, t.name),
+        kind => format!("{}::{kind}/{}", t.package, t.name),
+    }
 }
 
 // ---------------------------------------------------------------- pacts
@@ -689,6 +705,57 @@ pub fn render(ev: &Evidence) -> String {
     out
 }
 
+/// The evidence gate (ORCH-9016): every active MUST needs a citing test that passed in
+/// `results`. Returns one line per requirement without one, saying what its tests did.
+pub fn evidence_gate(ev: &Evidence, results: &TestResults) -> Vec<String> {
+    let mut problems = Vec::new();
+    for r in ev
+        .requirements
+        .iter()
+        .filter(|r| r.status == Status::Active && r.level == Some(Level::Must))
+    {
+        let tests = ev.tests_citing(&r.id);
+        if tests.iter().any(|t| results.passed(&t.run_id)) {
+            continue;
+        }
+        let why = if tests.is_empty() {
+            "no listed test cites it".to_string()
+        } else {
+            tests
+                .iter()
+                .map(|t| format!("{} {}", t.name, results.outcome(&t.run_id)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        problems.push(format!(
+            "{} (MUST) has no citing test that passed in {}: {why}",
+            r.id, results.source
+        ));
+    }
+    problems
+}
+
+/// Run [`evidence_gate`] and fail with every problem, or print the counts.
+pub fn require_evidence(root: &Path, test_list: &str, results: &TestResults) -> Result<()> {
+    let ev = Evidence::gather(root, test_list)?;
+    let problems = evidence_gate(&ev, results);
+    if !problems.is_empty() {
+        bail!(
+            "{}\ncompliance: {} MUST requirement(s) without a passing test in this run; write or un-skip a test that asserts each",
+            problems.join("\n"),
+            problems.len()
+        );
+    }
+    eprintln!(
+        "compliance: every active MUST has a citing test that passed ({} passed, {} skipped, {} failed in {})",
+        results.passed.len(),
+        results.skipped.len(),
+        results.failed.len(),
+        results.source
+    );
+    Ok(())
+}
+
 /// The generator.
 pub fn generate(root: &Path, test_list_output: &str) -> Result<Vec<Generated>> {
     let ev = Evidence::gather(root, test_list_output)?;
@@ -777,7 +844,13 @@ src/lib.rs - x (line 3): test
             &targets,
             &list,
         );
-        assert_eq!(found.as_deref(), Some("xtask::spec::tests::duplicate"));
+        assert_eq!(
+            found,
+            Some((
+                "xtask::spec::tests::duplicate".to_string(),
+                "xtask spec::tests::duplicate".to_string()
+            ))
+        );
         let missing = find_listed(
             "xtask",
             Path::new("/w/xtask"),
@@ -795,7 +868,13 @@ src/lib.rs - x (line 3): test
             &targets,
             &list,
         );
-        assert_eq!(it.as_deref(), Some("xtask/generators_fresh::fresh"));
+        assert_eq!(
+            it,
+            Some((
+                "xtask/generators_fresh::fresh".to_string(),
+                "xtask::generators_fresh fresh".to_string()
+            ))
+        );
     }
 
     #[test]

@@ -5,11 +5,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::LazyLock;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use regex::Regex;
 
-use crate::compliance::{Coverage, Evidence};
+use crate::compliance::{CitedTest, Evidence};
 use crate::drift;
+use crate::results::TestResults;
 use crate::spec::{Requirement, Status};
 use crate::{openapi, schema, spec};
 
@@ -100,8 +101,17 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
 
-/// Render the checklist. Returns (text, all boxes done).
-pub fn checklist(root: &Path, req: &Requirement, ev: &Evidence) -> (String, bool) {
+/// How to produce the evidence a box needs.
+const RUN_TESTS: &str = "run `cargo nextest run --workspace --profile ci` (or `cargo xtask ci`), or pass --results FILE";
+
+/// Render the checklist; boxes about tests are decided by what passed in `results`.
+/// Returns (text, all boxes done).
+pub fn checklist(
+    root: &Path,
+    req: &Requirement,
+    ev: &Evidence,
+    results: Option<&TestResults>,
+) -> (String, bool) {
     let id = req.id.as_str();
     let mut out = String::new();
     let _ = writeln!(
@@ -121,6 +131,29 @@ pub fn checklist(root: &Path, req: &Requirement, ev: &Evidence) -> (String, bool
     }
     let mut all = true;
     let tests = ev.tests_citing(id);
+    // The first citing test matching `pick` that passed, else why none counts.
+    let passing = |pick: &dyn Fn(&CitedTest) -> bool, what: &str| -> Box_ {
+        let candidates: Vec<&&CitedTest> = tests.iter().filter(|t| pick(t)).collect();
+        let Some(results) = results else {
+            return Box_::Todo(format!("no test results to read: {RUN_TESTS}"));
+        };
+        if let Some(t) = candidates.iter().find(|t| results.passed(&t.run_id)) {
+            return Box_::Done(format!("{} passed ({})", t.name, t.file));
+        }
+        if candidates.is_empty() {
+            Box_::Todo(format!("no {what} cites {id}"))
+        } else {
+            Box_::Todo(format!(
+                "no {what} citing {id} passed in {}: {}",
+                results.source,
+                candidates
+                    .iter()
+                    .map(|t| format!("{} {}", t.name, results.outcome(&t.run_id)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+    };
     let ops = ev.operations_citing(id);
     let pacts = ev.pacts_citing(id);
     let (is_api, why_api) = api_scope(id);
@@ -177,15 +210,30 @@ pub fn checklist(root: &Path, req: &Requirement, ev: &Evidence) -> (String, bool
     };
     all &= line(&mut out, "pact interaction", pact);
 
-    let verifier = root.join("server/tests/provider_verify.rs").is_file();
     let provider = if !is_api {
         Box_::NotApplicable(format!("{why_api}; no pact to verify"))
     } else if pacts.is_empty() {
         Box_::Todo("no pact interaction to verify".into())
-    } else if !verifier {
-        Box_::Todo("server/tests/provider_verify.rs does not exist".into())
     } else {
-        Box_::Done("its interactions are replayed by server/tests/provider_verify.rs".into())
+        match results {
+            None => Box_::Todo(format!("no test results to read: {RUN_TESTS}")),
+            Some(r) => {
+                let verified = r
+                    .passed
+                    .iter()
+                    .find(|t| t.starts_with("orchestratord::provider_verify "));
+                match verified {
+                    Some(t) => Box_::Done(format!(
+                        "its {} interaction(s) were replayed against the server: {t} passed",
+                        pacts.len()
+                    )),
+                    None => Box_::Todo(format!(
+                        "no provider-verification test (server/tests/provider_verify.rs) passed in {}",
+                        r.source
+                    )),
+                }
+            }
+        }
     };
     all &= line(&mut out, "provider verification", provider);
 
@@ -193,12 +241,10 @@ pub fn checklist(root: &Path, req: &Requirement, ev: &Evidence) -> (String, bool
         std::fs::read_to_string(root.join(file)).is_ok_and(|t| t.contains(pat))
     };
     let prop = if wants_property_test(id) {
-        match tests.iter().find(|t| file_has(&t.file, "proptest")) {
-            Some(t) => Box_::Done(format!("{} ({})", t.name, t.file)),
-            None => Box_::Todo(format!(
-                "no test citing {id} lives in a file using proptest"
-            )),
-        }
+        passing(
+            &|t| file_has(&t.file, "proptest!"),
+            "property test (a test in a file using proptest!)",
+        )
     } else {
         Box_::NotApplicable(
             "property tests are for pure queue, placement and determinism logic".into(),
@@ -207,12 +253,10 @@ pub fn checklist(root: &Path, req: &Requirement, ev: &Evidence) -> (String, bool
     all &= line(&mut out, "property test", prop);
 
     let det = if is_determinism(id) {
-        match tests.iter().find(|t| t.file.contains("determinism")) {
-            Some(t) => Box_::Done(format!("{} ({})", t.name, t.file)),
-            None => Box_::Todo(format!(
-                "no test citing {id} in a determinism test file (a file whose path contains `determinism`)"
-            )),
-        }
+        passing(
+            &|t| t.file.contains("determinism"),
+            "test of a determinism suite (a file whose path contains `determinism`)",
+        )
     } else {
         Box_::NotApplicable("only ORCH-4030–4032 are determinism requirements".into())
     };
@@ -221,55 +265,83 @@ pub fn checklist(root: &Path, req: &Requirement, ev: &Evidence) -> (String, bool
     let e2e = if id.starts_with("ORCH-9") {
         Box_::NotApplicable("pipeline requirement, exercised by the xtask tests".into())
     } else {
-        match tests
-            .iter()
-            .find(|t| t.file.starts_with("server/tests/") || t.file.starts_with("cli/tests/"))
-        {
-            Some(t) => Box_::Done(format!("{} ({})", t.name, t.file)),
-            None => Box_::Todo(format!(
-                "no test under server/tests/ or cli/tests/ cites {id}"
-            )),
-        }
+        passing(
+            &|t| t.file.starts_with("server/tests/") || t.file.starts_with("cli/tests/"),
+            "end-to-end test (server/tests/, cli/tests/)",
+        )
     };
     all &= line(&mut out, "end-to-end", e2e);
 
     let n: u32 = id.trim_start_matches("ORCH-").parse().unwrap_or(0);
     let obs = if (7100..=7149).contains(&n) || OBSERVABILITY.is_match(&req.text) {
-        match tests.iter().find(|t| {
-            std::fs::read_to_string(root.join(&t.file))
-                .is_ok_and(|s| OBSERVABILITY_TEST.is_match(&s))
-        }) {
-            Some(t) => Box_::Done(format!("{} inspects logs/metrics ({})", t.name, t.file)),
-            None => Box_::Todo(format!(
-                "{id} names metrics or logs, but no citing test inspects them"
-            )),
-        }
+        passing(
+            &|t| {
+                std::fs::read_to_string(root.join(&t.file))
+                    .is_ok_and(|s| OBSERVABILITY_TEST.is_match(&s))
+            },
+            "test that inspects logs or metrics",
+        )
     } else {
         Box_::NotApplicable("the requirement names no metric or log".into())
     };
     all &= line(&mut out, "observability", obs);
 
-    let cov = ev.coverage(id);
     let compliance = if req.status == Status::Planned {
         Box_::Todo(format!(
             "{id} is planned: build it, drop `(planned)` from the spec and cite it from a test"
         ))
-    } else if cov == Coverage::Covered {
-        Box_::Done(format!(
-            "{} row is `covered` ({} test(s))",
-            crate::compliance::PATH,
-            tests.len()
-        ))
     } else {
-        Box_::Todo(format!(
-            "{} row would be `{}`: no listed test cites {id}",
-            crate::compliance::PATH,
-            cov.as_str()
-        ))
+        passing(&|_| true, "test")
     };
     all &= line(&mut out, "compliance", compliance);
     (out, all)
 }
+
+/// The requirements a change since `base` touches: IDs on changed lines of the spec,
+/// and IDs on added or removed lines elsewhere (`x-req-id`, `// covers:`), in ID order.
+pub fn changed_ids(root: &Path, base: &str) -> Result<Vec<String>> {
+    let out = std::process::Command::new("git")
+        .args(["diff", "--unified=0", base, "--"])
+        .current_dir(root)
+        .output()
+        .context("running git diff")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "git diff {base} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(ids_in_diff(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// IDs on the changed lines of a unified diff, generated files left out (their IDs
+/// come from the sources that changed with them).
+pub fn ids_in_diff(diff: &str) -> Vec<String> {
+    const GENERATED: [&str; 4] = [
+        "requirements/index.yaml",
+        "COMPLIANCE.md",
+        "contracts/openapi/",
+        "contracts/pacts/",
+    ];
+    let mut ids = std::collections::BTreeSet::new();
+    let mut skip = false;
+    for line in diff.lines() {
+        if let Some(file) = line.strip_prefix("+++ b/").or(line.strip_prefix("--- a/")) {
+            skip = GENERATED.iter().any(|g| file.starts_with(g))
+                || file.starts_with("contracts/blessed/");
+            continue;
+        }
+        if skip || line.starts_with("+++") || line.starts_with("---") {
+            continue;
+        }
+        if line.starts_with('+') || line.starts_with('-') {
+            ids.extend(ID.find_iter(line).map(|m| m.as_str().to_string()));
+        }
+    }
+    ids.into_iter().collect()
+}
+
+static ID: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"ORCH-[0-9]{4}").unwrap());
 
 #[cfg(test)]
 mod tests {
@@ -299,10 +371,16 @@ mod tests {
                 name: "server/queue::fairness".into(),
                 file: "server/tests/queue.rs".into(),
                 ids: vec!["ORCH-3003".into()],
+                run_id: "server::queue fairness".into(),
             }],
             unlisted: vec![],
         };
-        let (text, done) = checklist(root.path(), &ev.requirements[0], &ev);
+        let results = TestResults {
+            passed: ["server::queue fairness".to_string()].into(),
+            source: "junit.xml".into(),
+            ..TestResults::default()
+        };
+        let (text, done) = checklist(root.path(), &ev.requirements[0], &ev, Some(&results));
         assert!(!done);
         assert!(
             text.contains("- [ ] contracts: data-plane operation"),
@@ -313,7 +391,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("- [ ] end-to-end: no test under server/tests/"),
+            text.contains(
+                "- [ ] end-to-end: no end-to-end test (server/tests/, cli/tests/) cites ORCH-1001"
+            ),
             "{text}"
         );
         assert!(text.contains("- [x] determinism: N/A"), "{text}");
@@ -324,16 +404,58 @@ mod tests {
                 "{l}"
             );
         }
-        let (text, _) = checklist(root.path(), &ev.requirements[1], &ev);
+        let (text, _) = checklist(root.path(), &ev.requirements[1], &ev, Some(&results));
         assert!(text.contains("- [x] contracts: N/A"), "{text}");
         assert!(
-            text.contains("- [x] end-to-end: server/queue::fairness"),
+            text.contains("- [x] end-to-end: server/queue::fairness passed"),
             "{text}"
         );
         assert!(
-            text.contains("- [ ] property test: no test citing ORCH-3003"),
+            text.contains("- [ ] property test: no property test (a test in a file using proptest!) cites ORCH-3003"),
             "{text}"
         );
         assert!(text.contains("- [x] compliance:"), "{text}");
+        // The same test skipped in the run proves nothing.
+        let skipped = TestResults {
+            skipped: ["server::queue fairness".to_string()].into(),
+            source: "junit.xml".into(),
+            ..TestResults::default()
+        };
+        let (text, done) = checklist(root.path(), &ev.requirements[1], &ev, Some(&skipped));
+        assert!(!done);
+        assert!(
+            text.contains("- [ ] compliance: no test citing ORCH-3003 passed in junit.xml: server/queue::fairness skipped"),
+            "{text}"
+        );
+        let (text, _) = checklist(root.path(), &ev.requirements[1], &ev, None);
+        assert!(
+            text.contains("- [ ] end-to-end: no test results to read"),
+            "{text}"
+        );
+    }
+
+    // covers: ORCH-9008
+    #[test]
+    fn a_change_touches_the_ids_on_its_changed_lines() {
+        let diff = "\
+diff --git a/specs/orchestrator-spec.md b/specs/orchestrator-spec.md
+--- a/specs/orchestrator-spec.md
++++ b/specs/orchestrator-spec.md
+@@ -10 +10 @@
+-- [ORCH-1001] The server MUST x.
++- [ORCH-1001] The server MUST y.
+diff --git a/requirements/index.yaml b/requirements/index.yaml
+--- a/requirements/index.yaml
++++ b/requirements/index.yaml
+@@ -1 +1 @@
++- id: ORCH-7777
+diff --git a/server/tests/x.rs b/server/tests/x.rs
+--- a/server/tests/x.rs
++++ b/server/tests/x.rs
+@@ -3,0 +4 @@
++// covers: ORCH-2010, ORCH-1001
+ // context ORCH-5555 does not count
+";
+        assert_eq!(ids_in_diff(diff), ["ORCH-1001", "ORCH-2010"]);
     }
 }

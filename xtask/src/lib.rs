@@ -5,11 +5,14 @@
 //! binary, the `ci` gate and the in-process freshness test share one implementation;
 //! `drift` decides between writing and checking.
 
+pub mod bless;
 pub mod ci;
+pub mod compat;
 pub mod compliance;
 pub mod dod;
 pub mod drift;
 pub mod openapi;
+pub mod results;
 pub mod schema;
 pub mod spec;
 

@@ -1,10 +1,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use xtask::drift::{self, DriftError, Mode};
-use xtask::{ci, compliance, dod, openapi, schema, spec, workspace_root};
+use xtask::{bless, ci, compliance, dod, openapi, results, schema, spec, workspace_root};
 
 /// OrchQueue's contract pipeline.
 #[derive(Parser)]
@@ -32,14 +32,35 @@ enum Cmd {
         /// `Running` lines); default: $XTASK_TEST_LIST, else run it.
         #[arg(long, value_name = "FILE")]
         test_list: Option<PathBuf>,
+        /// Also run the evidence gate on this JUnit report (nextest profile `ci`):
+        /// every active MUST needs a citing test that passed in it.
+        #[arg(long, value_name = "FILE")]
+        results: Option<PathBuf>,
     },
-    /// The definition-of-done checklist of one requirement.
+    /// The definition-of-done checklist of one requirement, every box decided from
+    /// evidence (the last test run's JUnit report); exits 1 while a box is open.
     Dod {
         /// Requirement ID, e.g. ORCH-1001.
-        id: String,
+        #[arg(required_unless_present = "changed")]
+        id: Option<String>,
+        /// Instead of one ID: the checklists of every requirement the change since
+        /// this git revision touches (spec lines, x-req-id and covers: citations),
+        /// as a block to paste into a pull request.
+        #[arg(long, value_name = "BASE", conflicts_with = "id")]
+        changed: Option<String>,
         #[arg(long, value_name = "FILE")]
         test_list: Option<PathBuf>,
+        /// JUnit report of a test run; default: $XTASK_TEST_RESULTS, else
+        /// target/nextest/ci/junit.xml.
+        #[arg(long, value_name = "FILE")]
+        results: Option<PathBuf>,
     },
+    /// Record the generated contracts as the blessed baseline (contracts/blessed/);
+    /// refuses unless each changed document's version is bumped as its changes require.
+    Bless,
+    /// Classify every difference between the code's contracts and the blessed ones as
+    /// breaking or compatible; fails on an unwaived breaking change.
+    Compat,
     /// Every gate: fmt, clippy, generators --check, consumer tests, tests, compliance.
     Ci,
 }
@@ -72,28 +93,66 @@ fn run(cli: Cli) -> Result<ExitCode> {
             drift::apply_with_extras(&root, &files, extras, c.mode(), schema::FIX)?;
         }
         Cmd::RegenPacts(c) => ci::regen_pacts(&root, c.mode())?,
-        Cmd::Compliance { check, test_list } => {
+        Cmd::Compliance {
+            check,
+            test_list,
+            results,
+        } => {
             let list = compliance::load_test_list(&root, test_list.as_deref())?;
             let files = compliance::generate(&root, &list)?;
             drift::apply(&root, &files, check.mode(), compliance::FIX)?;
+            if let Some(file) = results {
+                let results = results::TestResults::load(&root, Some(&file))?
+                    .with_context(|| format!("no JUnit report at {}", file.display()))?;
+                compliance::require_evidence(&root, &list, &results)?;
+            }
         }
-        Cmd::Dod { id, test_list } => {
-            let id = id.trim().to_ascii_uppercase();
+        Cmd::Dod {
+            id,
+            changed,
+            test_list,
+            results,
+        } => {
             let index = spec::load_index(&root)?;
-            let Some(req) = index.iter().find(|r| r.id == id) else {
-                eprintln!(
-                    "error: {id} is not a requirement of {} (known: {} IDs, e.g. {}); run `cargo xtask spec-extract` if the spec is newer",
-                    spec::INDEX_PATH,
-                    index.len(),
-                    index.first().map_or("none", |r| r.id.as_str())
-                );
-                return Ok(ExitCode::from(2));
+            let ids = match (id, changed) {
+                (Some(id), _) => vec![id.trim().to_ascii_uppercase()],
+                (None, Some(base)) => dod::changed_ids(&root, &base)?,
+                (None, None) => unreachable!("clap requires one"),
             };
+            let mut reqs = Vec::new();
+            for id in &ids {
+                match index.iter().find(|r| &r.id == id) {
+                    Some(r) => reqs.push(r),
+                    None => {
+                        eprintln!(
+                            "error: {id} is not a requirement of {} (known: {} IDs, e.g. {}); run `cargo xtask spec-extract` if the spec is newer",
+                            spec::INDEX_PATH,
+                            index.len(),
+                            index.first().map_or("none", |r| r.id.as_str())
+                        );
+                        return Ok(ExitCode::from(2));
+                    }
+                }
+            }
             let list = compliance::load_test_list(&root, test_list.as_deref())?;
             let ev = compliance::Evidence::gather(&root, &list)?;
-            let (text, _done) = dod::checklist(&root, req, &ev);
-            print!("{text}");
+            let results = results::TestResults::load(&root, results.as_deref())?;
+            let mut all_done = true;
+            if reqs.is_empty() {
+                println!("The change touches no requirement.");
+            }
+            for req in reqs {
+                let (text, done) = dod::checklist(&root, req, &ev, results.as_ref());
+                print!("{text}");
+                println!();
+                all_done &= done;
+            }
+            if !all_done {
+                return Ok(ExitCode::from(1));
+            }
         }
+        Cmd::Bless => bless::bless(&root)?,
+        Cmd::Compat => bless::compat(&root)?,
         Cmd::Ci => ci::ci(&root)?,
     }
     Ok(ExitCode::SUCCESS)

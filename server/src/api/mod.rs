@@ -61,7 +61,7 @@ impl AppState {
 #[openapi(
     info(
         title = "OrchQueue data plane",
-        version = "1.0.0",
+        version = "see contracts::versions",
         description = "Admit generation tasks, read their status, stream their tokens, cancel them. Normative text: specs/orchestrator-spec.md."
     ),
     tags(
@@ -77,7 +77,7 @@ struct DataApi;
 #[openapi(
     info(
         title = "OrchQueue control plane",
-        version = "1.0.0",
+        version = "see contracts::versions",
         description = "Pool and replica administration; every operation needs the admin role. Normative text: specs/orchestrator-spec.md."
     ),
     tags((name = "pools", description = "Pools, replicas, drain, reload, capabilities."))
@@ -130,19 +130,41 @@ fn split(routes: OpenApiRouter<AppState>) -> (Router<AppState>, OpenApiDoc) {
 
 /// The two contract documents, exactly as the server serves them.
 pub struct ApiDocuments {
-    pub data: OpenApiDoc,
-    pub control: OpenApiDoc,
+    pub data: serde_json::Value,
+    pub control: serde_json::Value,
+}
+
+/// The document of the routes with the input bounds of `contracts::limits` written in,
+/// so what the document allows is what validation accepts (ORCH-9013).
+fn bounded(doc: &OpenApiDoc, version: &str) -> serde_json::Value {
+    let mut value = serde_json::to_value(doc).expect("OpenAPI documents serialize");
+    value["info"]["version"] = version.into();
+    contracts::limits::apply_to_openapi(&mut value);
+    value
 }
 
 pub fn openapi_documents() -> ApiDocuments {
     let (_, data) = split(data_routes());
     let (_, control) = split(control_routes());
-    ApiDocuments { data, control }
+    let docs = ApiDocuments {
+        data: bounded(&data, contracts::versions::DATA_API),
+        control: bounded(&control, contracts::versions::CONTROL_API),
+    };
+    let unmatched = contracts::limits::unmatched_bounds(&[&docs.data, &docs.control]);
+    assert!(
+        unmatched.is_empty(),
+        "contracts::limits names fields and parameters no document has: {unmatched:?}"
+    );
+    docs
 }
 
 pub fn router(state: AppState) -> Router {
-    let (data, data_doc) = split(data_routes());
-    let (control, control_doc) = split(control_routes());
+    let (data, _) = split(data_routes());
+    let (control, _) = split(control_routes());
+    let ApiDocuments {
+        data: data_doc,
+        control: control_doc,
+    } = openapi_documents();
     let readiness = state.clone();
     let scrape = state.clone();
     Router::new()

@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use contracts::limits::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX};
 use contracts::{
     AdmissionResponse, ErrorEnvelope, TaskList, TaskRequest, TaskState, TaskStatus, headers,
 };
@@ -23,9 +24,6 @@ use crate::admission::{check_scope, check_task_id};
 use crate::error::OrchError;
 use crate::runtime::{Resume, Tenant};
 use crate::store::{ListFilter, TaskKey};
-
-const LIST_LIMIT_MAX: u32 = 500;
-const LIST_LIMIT_DEFAULT: u32 = 100;
 
 /// The namespace of a call (ORCH-6010): omitted means the default scope.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -177,8 +175,8 @@ pub async fn list_tasks(
     Query(query): Query<ListQuery>,
 ) -> Result<Json<TaskList>, OrchError> {
     check_scope(query.scope.as_deref())?;
-    let limit = query.limit.unwrap_or(LIST_LIMIT_DEFAULT);
-    if limit == 0 || limit > LIST_LIMIT_MAX {
+    let limit = query.limit.unwrap_or(LIST_LIMIT_DEFAULT as u32);
+    if limit == 0 || u64::from(limit) > LIST_LIMIT_MAX {
         return Err(OrchError::invalid(
             "limit",
             format!("must be between 1 and {LIST_LIMIT_MAX}, got {limit}"),

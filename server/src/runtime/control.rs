@@ -12,6 +12,8 @@ use contracts::{
     Capabilities, ErrorCode, PoolActionResponse, PoolHealth, PoolList, ReplicaSetList,
 };
 
+use contracts::limits::{DEADLINE_MAX_MS, READY_TIMEOUT_MAX_MS};
+
 use super::pool::{Drain, ReplicaHealth};
 use super::{Orchestrator, Pool, Replica, health_loop};
 use crate::engines;
@@ -19,8 +21,6 @@ use crate::error::OrchError;
 use crate::queue;
 
 const DEFAULT_READY_TIMEOUT_MS: u64 = 30_000;
-const MAX_DRAIN_DEADLINE_MS: u64 = 24 * 3600 * 1000;
-const MAX_READY_TIMEOUT_MS: u64 = 600_000;
 
 fn replica_status(replica: &Replica) -> ReplicaStatus {
     let properties = replica.engine.properties();
@@ -116,10 +116,10 @@ impl Orchestrator {
         deadline_ms: u64,
     ) -> Result<PoolActionResponse, OrchError> {
         let pool = self.known_pool(pool_id)?;
-        if deadline_ms > MAX_DRAIN_DEADLINE_MS {
+        if deadline_ms > DEADLINE_MAX_MS {
             return Err(OrchError::invalid(
                 "deadline_ms",
-                format!("must be at most {MAX_DRAIN_DEADLINE_MS} (24 h), got {deadline_ms}"),
+                format!("must be at most {DEADLINE_MAX_MS} (24 h), got {deadline_ms}"),
             ));
         }
         pool.set_drain(Some(Drain {
@@ -140,7 +140,7 @@ impl Orchestrator {
         ready_timeout_ms: Option<u64>,
     ) -> Result<PoolActionResponse, OrchError> {
         let pool = Arc::clone(self.known_pool(pool_id)?);
-        if model_ref.trim().is_empty() {
+        if !contracts::limits::is_non_blank(model_ref) {
             return Err(OrchError::invalid("model_ref", "must not be empty"));
         }
         let _one_at_a_time = pool.reloading.lock().await;
@@ -154,10 +154,10 @@ impl Orchestrator {
             })
             .collect();
         let ready_timeout_ms = ready_timeout_ms.unwrap_or(DEFAULT_READY_TIMEOUT_MS);
-        if ready_timeout_ms > MAX_READY_TIMEOUT_MS {
+        if ready_timeout_ms > READY_TIMEOUT_MAX_MS {
             return Err(OrchError::invalid(
                 "ready_timeout_ms",
-                format!("must be at most {MAX_READY_TIMEOUT_MS} (10 min), got {ready_timeout_ms}"),
+                format!("must be at most {READY_TIMEOUT_MAX_MS} (10 min), got {ready_timeout_ms}"),
             ));
         }
         let timeout = Duration::from_millis(ready_timeout_ms);

