@@ -206,8 +206,15 @@ fn api_hint(
             "the server failed unexpectedly; quote the correlation id when reporting it".into()
         }
         (_, ErrorCode::PoolUnready) if context.subject == Subject::Pool => {
-            "the reload failed and the old replicas keep serving; check --model-ref, or allow \
-             more time with --ready-timeout-ms"
+            "the new replicas were still loading and the old ones keep serving; allow more time \
+             with --ready-timeout-ms"
+                .into()
+        }
+        (_, ErrorCode::InvalidParams)
+            if context.subject == Subject::Pool && envelope.message.starts_with("model_ref:") =>
+        {
+            "the replicas cannot serve that model and the old ones keep serving; check \
+             --model-ref (`orchctl replicasets` shows what each pool serves)"
                 .into()
         }
         (_, ErrorCode::PoolUnavailable) => {

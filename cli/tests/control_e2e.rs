@@ -317,35 +317,30 @@ async fn a_drained_pool_refuses_submissions_with_exit_3_until_a_reload() {
     submit(&orchctl, "late", &["--follow"]).await.assert_exit(0);
 }
 
-// covers: ORCH-6023, ORCH-2013
+// covers: ORCH-6023, ORCH-2012
 #[tokio::test]
-async fn a_failed_reload_exits_3_and_the_old_replicas_keep_serving() {
+async fn a_reload_to_a_model_the_replicas_cannot_serve_exits_6_and_the_old_replicas_keep_serving() {
     let server = TestServer::quiet().await;
     let orchctl = server.orchctl();
-    let args = [
-        "pool",
-        "reload",
-        "default",
-        "--model-ref",
-        "gguf:missing",
-        "--ready-timeout-ms",
-        "200",
-    ];
+    let args = ["pool", "reload", "default", "--model-ref", "gguf:missing"];
     let failed = orchctl.run(&args).await;
-    failed.assert_exit(3);
+    failed.assert_exit(6);
     assert!(
-        failed.stderr.contains("error: POOL_UNREADY: ")
+        failed.stderr.contains("error: INVALID_PARAMS: model_ref: ")
             && failed.stderr.contains("old replicas keep serving")
-            && failed.stderr.contains("hint: the reload failed"),
+            && failed
+                .stderr
+                .contains("hint: the replicas cannot serve that model"),
         "{}",
         failed.transcript()
     );
-    snapshot!("pool_reload_failed", failed.transcript());
+    snapshot!("pool_reload_refused", failed.transcript());
     let failed_json = orchctl.run(&[&["--json"][..], &args].concat()).await;
-    failed_json.assert_exit(3);
+    failed_json.assert_exit(6);
     let body: serde_json::Value = serde_json::from_str(failed_json.stderr.trim()).unwrap();
-    assert_eq!(body["status"], 503);
-    assert_eq!(body["error"]["code"], "POOL_UNREADY");
+    assert_eq!(body["status"], 400);
+    assert_eq!(body["error"]["code"], "INVALID_PARAMS");
+    assert_eq!(body["error"]["retriable"], false);
 
     let health = orchctl.run(&["--json", "pool", "health", "default"]).await;
     let body: PoolHealth = serde_json::from_str(health.stdout.trim()).unwrap();

@@ -287,12 +287,49 @@ fn reload_pool() {
 #[test]
 fn reload_failed() {
     let pact = interaction(
-        "control: a reload whose replicas never become Ready is 503 POOL_UNREADY, old replicas serve [ORCH-6023, ORCH-2013, ORCH-2003]",
+        "control: a reload whose replicas are still loading at its ready timeout is 503 POOL_UNREADY, old replicas serve [ORCH-6023, ORCH-2013, ORCH-2003]",
         |mut i| {
             i.given_with_params(
-                "model {model_ref} cannot be loaded by pool {pool}",
-                &json!({"pool": "default", "model_ref": "gguf:missing.gguf"}),
+                "replicas of pool {pool} take {load_ms} ms to load a model",
+                &json!({"pool": "default", "load_ms": 60_000}),
             );
+            i.request
+                .post()
+                .path("/v1/pools/default/reload")
+                .header("content-type", "application/json")
+                .json_body(json(&reload("builtin:other-model")));
+            error_response(
+                &mut i,
+                503,
+                &envelope(
+                    ErrorCode::PoolUnready,
+                    None,
+                    "reload of pool default to \"builtin:other-model\" failed, the old replicas keep serving: r0: loading model, 58000 ms left",
+                ),
+                "^[\\s\\S]*loading model[\\s\\S]*$",
+            );
+            i
+        },
+    );
+    run(&pact, async |url| {
+        let error = assert_api_error(
+            admin(&url)
+                .reload_pool("default", &reload("builtin:other-model"))
+                .await,
+            503,
+            ErrorCode::PoolUnready,
+        );
+        assert!(error.backoff().is_some());
+    });
+}
+
+// covers: ORCH-6023, ORCH-2012
+#[test]
+fn reload_refused() {
+    let pact = interaction(
+        "control: a reload to a model no replica can serve is 400 INVALID_PARAMS naming model_ref, at once [ORCH-6023, ORCH-2012]",
+        |mut i| {
+            default_pool(&mut i);
             i.request
                 .post()
                 .path("/v1/pools/default/reload")
@@ -300,13 +337,13 @@ fn reload_failed() {
                 .json_body(json(&reload("gguf:missing.gguf")));
             error_response(
                 &mut i,
-                503,
+                400,
                 &envelope(
-                    ErrorCode::PoolUnready,
+                    ErrorCode::InvalidParams,
                     None,
-                    "r0: cannot load gguf:missing.gguf",
+                    "model_ref: pool default cannot serve \"gguf:missing.gguf\", the old replicas keep serving: r0: cannot load model",
                 ),
-                "^[\\s\\S]+$",
+                "^model_ref: [\\s\\S]*cannot load model[\\s\\S]*$",
             );
             i
         },
@@ -316,10 +353,10 @@ fn reload_failed() {
             admin(&url)
                 .reload_pool("default", &reload("gguf:missing.gguf"))
                 .await,
-            503,
-            ErrorCode::PoolUnready,
+            400,
+            ErrorCode::InvalidParams,
         );
-        assert!(error.backoff().is_some());
+        assert!(error.backoff().is_none());
     });
 }
 

@@ -65,6 +65,7 @@ pub struct PoolList {
 #[serde(deny_unknown_fields)]
 pub struct DrainRequest {
     /// After this many ms, tasks still queued or running end with `POOL_UNAVAILABLE`.
+    #[serde(deserialize_with = "crate::json_int::unsigned")]
     pub deadline_ms: u64,
 }
 
@@ -83,7 +84,11 @@ pub struct PoolActionResponse {
 pub struct ReloadRequest {
     pub model_ref: String,
     /// How long the new replicas may take to become Ready (default 30000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::json_int::optional"
+    )]
     pub ready_timeout_ms: Option<u64>,
 }
 

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod json_int;
 pub mod limits;
 pub mod sse;
 pub mod task;

@@ -17,7 +17,12 @@ pub const ID_PATTERN: &str = "^[A-Za-z0-9._:-]*[A-Za-z0-9_:-][A-Za-z0-9._:-]*$";
 /// A text that is not empty and not only white space (the prompt, `model_ref`).
 pub const NON_BLANK_PATTERN: &str = "\\S";
 
+/// `Last-Event-ID`: the server reads any `u32`; the document promises 9 digits.
+pub const TOKEN_INDEX_PATTERN: &str = "^[0-9]{1,9}$";
 pub const TEMPERATURE_MAX: f64 = 2.0;
+/// `top_p` is in (0, 1] and travels as an `f32`: the smallest positive `f32` is the
+/// smallest value that does not round to 0 (found by the document-driven fuzzer).
+pub const TOP_P_MIN: f64 = 1.401_298_464_324_817e-45;
 pub const TOP_K_MAX: u64 = 1_000;
 /// Start deadline of a task and drain deadline of a pool.
 pub const DEADLINE_MAX_MS: u64 = 24 * 3600 * 1000;
@@ -63,6 +68,8 @@ pub enum Bound {
     },
     /// An opaque string the server issued (a cursor): no syntax is promised.
     Opaque,
+    /// The decimal index of a token event (`Last-Event-ID`), at most 9 digits.
+    TokenIndex,
 }
 
 impl Bound {
@@ -89,6 +96,7 @@ impl Bound {
                 max,
             } => json!({"exclusiveMinimum": min, "maximum": max}),
             Bound::Opaque => json!({"x-opaque": true}),
+            Bound::TokenIndex => json!({"type": "string", "pattern": TOKEN_INDEX_PATTERN}),
         }
     }
 }
@@ -125,8 +133,8 @@ pub const BODY_BOUNDS: &[(&str, &str, Bound)] = &[
         "TaskRequest",
         "top_p",
         Bound::Number {
-            min: 0.0,
-            min_exclusive: true,
+            min: TOP_P_MIN,
+            min_exclusive: false,
             max: 1.0,
         },
     ),
@@ -179,6 +187,7 @@ pub const PARAM_BOUNDS: &[(&str, Bound)] = &[
         },
     ),
     ("cursor", Bound::Opaque),
+    ("Last-Event-ID", Bound::TokenIndex),
 ];
 
 /// Write the bounds into an OpenAPI document: [`BODY_BOUNDS`] into the component

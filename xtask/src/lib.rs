@@ -11,6 +11,7 @@ pub mod compat;
 pub mod compliance;
 pub mod dod;
 pub mod drift;
+pub mod fuzz;
 pub mod openapi;
 pub mod results;
 pub mod schema;

@@ -61,6 +61,10 @@ enum Cmd {
     /// Classify every difference between the code's contracts and the blessed ones as
     /// breaking or compatible; fails on an unwaived breaking change.
     Compat,
+    /// Fuzz the running server with requests generated from the OpenAPI documents
+    /// (schemathesis): no 5xx, no response the document does not declare, no
+    /// schema-valid request refused but for the state-dependent reasons of ORCH-9018.
+    FuzzApi,
     /// Every gate: fmt, clippy, generators --check, consumer tests, tests, compliance.
     Ci,
 }
@@ -153,6 +157,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Bless => bless::bless(&root)?,
         Cmd::Compat => bless::compat(&root)?,
+        Cmd::FuzzApi => xtask::fuzz::fuzz(&root)?,
         Cmd::Ci => ci::ci(&root)?,
     }
     Ok(ExitCode::SUCCESS)

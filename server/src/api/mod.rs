@@ -140,7 +140,74 @@ fn bounded(doc: &OpenApiDoc, version: &str) -> serde_json::Value {
     let mut value = serde_json::to_value(doc).expect("OpenAPI documents serialize");
     value["info"]["version"] = version.into();
     contracts::limits::apply_to_openapi(&mut value);
+    describe_sse_frames(&mut value);
     value
+}
+
+/// Every `text/event-stream` response is a sequence of SSE frames: one frame per
+/// `StreamEvent` variant, its `data:` line the JSON of that variant's payload
+/// (`contentSchema`), and `id:` set only by `token` frames (ORCH-1101, ORCH-1102). Built
+/// from the `StreamEvent` component, so the frames and the events cannot differ.
+fn describe_sse_frames(doc: &mut serde_json::Value) {
+    use serde_json::{Value, json};
+    let Some(variants) = doc
+        .pointer("/components/schemas/StreamEvent/oneOf")
+        .and_then(Value::as_array)
+    else {
+        return;
+    };
+    let frames: Vec<Value> = variants
+        .iter()
+        .filter_map(|v| {
+            let name = v.pointer("/properties/event/enum/0")?.as_str()?;
+            let payload = v.pointer("/properties/data")?.clone();
+            let mut properties = json!({
+                "event": {"type": "string", "enum": [name]},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": payload
+                }
+            });
+            // SSE readers keep the last `id:` until another one comes, so frames
+            // after a token carry its id too; only a token frame sets it.
+            properties["id"] = json!({"type": "string", "pattern": "^[0-9]+$"});
+            let mut required = vec!["event", "data"];
+            if name == "token" {
+                required.push("id");
+            }
+            Some(json!({
+                "type": "object",
+                "properties": properties,
+                "required": required,
+                "additionalProperties": false
+            }))
+        })
+        .collect();
+    let frame = json!({
+        "description": "One SSE frame: `event:` names the StreamEvent variant, `data:` is its payload as JSON.",
+        "oneOf": frames
+    });
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for operation in paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+    {
+        let Some(responses) = operation
+            .get_mut("responses")
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        for response in responses.values_mut() {
+            if let Some(media) = response.pointer_mut("/content/text~1event-stream") {
+                media["schema"] = frame.clone();
+            }
+        }
+    }
 }
 
 pub fn openapi_documents() -> ApiDocuments {

@@ -43,6 +43,7 @@ pub struct ListQuery {
     /// Only tasks in this state.
     pub state: Option<TaskState>,
     /// Page size, 1-500 (default 100).
+    #[serde(default, deserialize_with = "contracts::json_int::optional")]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -212,7 +213,7 @@ pub async fn list_tasks(
     params(
         ("task_id" = String, Path, description = "The task's id."),
         ScopeQuery,
-        ("Last-Event-ID" = Option<u32>, Header, description = "Resume right after the token with this index."),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume right after the token with this index."),
     ),
     responses(
         (status = 200, description = "`text/event-stream` of `started`, `token` (`id:` = index), `metrics`, then `end` or `error`; each `data:` is the JSON of `StreamEvent.data` (see `contracts/schemas/sse-event.schema.json`).",

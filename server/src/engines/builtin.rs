@@ -150,7 +150,7 @@ impl Engine for BuiltinEngine {
             return Health::Down("restarting after a crash".into());
         }
         if !self.properties.model_ref.starts_with(MODEL_PREFIX) {
-            return Health::Down(format!(
+            return Health::Refused(format!(
                 "cannot load model {:?}: the builtin engine serves only {MODEL_PREFIX}* models",
                 self.properties.model_ref
             ));

@@ -67,6 +67,10 @@ pub enum Health {
     /// Loading; expected to become Ready without intervention.
     Starting(String),
     Down(String),
+    /// The engine will never serve its configured model (it does not serve that
+    /// model, or cannot find its file): no retry can help, so a reload to it is
+    /// refused at once (ORCH-6023).
+    Refused(String),
 }
 
 #[async_trait]

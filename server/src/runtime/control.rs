@@ -17,6 +17,7 @@ use contracts::limits::{DEADLINE_MAX_MS, READY_TIMEOUT_MAX_MS};
 use super::pool::{Drain, ReplicaHealth};
 use super::{Orchestrator, Pool, Replica, health_loop};
 use crate::engines;
+use crate::engines::Health;
 use crate::error::OrchError;
 use crate::queue;
 
@@ -165,8 +166,12 @@ impl Orchestrator {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let mut not_ready = Vec::new();
+            let mut refused = Vec::new();
             for replica in &fresh {
                 let health = replica.engine.health().await;
+                if let Health::Refused(why) = &health {
+                    refused.push(format!("{}: {why}", replica.id));
+                }
                 replica.record_health(health, interval);
                 let state = replica.state();
                 if state.health != ReplicaHealth::Ready {
@@ -179,6 +184,16 @@ impl Orchestrator {
             }
             if not_ready.is_empty() {
                 break;
+            }
+            if !refused.is_empty() {
+                // Permanent: waiting out the timeout would change nothing.
+                return Err(OrchError::invalid(
+                    "model_ref",
+                    format!(
+                        "pool {pool_id} cannot serve {model_ref:?}, the old replicas keep serving: {}",
+                        refused.join("; ")
+                    ),
+                ));
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(OrchError::new(

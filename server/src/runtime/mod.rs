@@ -142,6 +142,7 @@ impl Orchestrator {
         tenant: &Tenant,
         request: TaskRequest,
     ) -> Result<AdmissionResponse, OrchError> {
+        admission::validate_syntax(&request)?;
         let pool_id = request.pool_id.clone().unwrap_or_else(|| "default".into());
         let pool = self.pools.get(&pool_id).cloned().ok_or_else(|| {
             let known: Vec<_> = self.pools.keys().map(String::as_str).collect();
@@ -153,7 +154,7 @@ impl Orchestrator {
                 ),
             )
         })?;
-        admission::validate_request(&request, &pool.config)?;
+        admission::validate_for_pool(&request, &pool.config)?;
         let replicas = pool.replicas();
         let counter = replicas.first().ok_or_else(|| {
             OrchError::new(

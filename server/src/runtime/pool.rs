@@ -79,7 +79,7 @@ impl Replica {
                 state.health = ReplicaHealth::Starting;
                 state.last_error = Some(reason);
             }
-            Health::Down(reason) => {
+            Health::Down(reason) | Health::Refused(reason) => {
                 state.health = ReplicaHealth::Down;
                 state.last_error = Some(reason);
                 state.consecutive_failures += 1;

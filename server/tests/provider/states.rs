@@ -28,7 +28,7 @@ pub const KNOWN: &[&str] = &[
     "pool {pool} is full with policy {policy}",
     "pool {pool} is draining",
     "every replica of pool {pool} is starting",
-    "model {model_ref} cannot be loaded by pool {pool}",
+    "replicas of pool {pool} take {load_ms} ms to load a model",
     "the store refuses writes",
     "tenant {tenant} holds key {api_key} with role {role}",
     "tenant {tenant} with key {api_key} has used its rate limit of {burst} admissions",
@@ -118,6 +118,14 @@ pub fn configure(config: &mut Config, state: &str, params: &Params) -> Result<()
         "pool {pool} serves a model with a context of {ctx_limit} tokens" => {
             let ctx = n(params, "ctx_limit")? as u32;
             builtins(config, |e| e.ctx_limit = ctx);
+        }
+        "replicas of pool {pool} take {load_ms} ms to load a model" => {
+            let load_ms = n(params, "load_ms")?;
+            for replica in &mut pool_mut(config, params)?.replicas {
+                if let EngineConfig::Builtin(engine) = &mut replica.engine {
+                    engine.start_unready_ms = load_ms;
+                }
+            }
         }
         "pool {pool} runs sampler profile {sampler_profile_version}" => {
             let version = s(params, "sampler_profile_version")?.to_owned();
