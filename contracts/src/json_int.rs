@@ -12,21 +12,30 @@ use serde::de::{self, Deserializer, Visitor};
 /// An unsigned integer type these helpers produce.
 pub trait Unsigned: TryFrom<u64> + Copy {
     const MAX: u64;
+    /// For messages: `u32`, `u64`.
+    const NAME: &'static str;
 }
 
 impl Unsigned for u32 {
     const MAX: u64 = u32::MAX as u64;
+    const NAME: &'static str = "u32";
 }
 
 impl Unsigned for u64 {
     const MAX: u64 = u64::MAX;
+    const NAME: &'static str = "u64";
+}
+
+fn expected<T: Unsigned>() -> String {
+    format!("expected a {} (an integer from 0 to {})", T::NAME, T::MAX)
 }
 
 struct Lenient<T>(PhantomData<T>);
 
 impl<T: Unsigned> Lenient<T> {
     fn from_u64<E: de::Error>(v: u64) -> Result<T, E> {
-        T::try_from(v).map_err(|_| E::custom(format!("{v} is over the maximum {}", T::MAX)))
+        T::try_from(v)
+            .map_err(|_| E::custom(format!("{v} is over the maximum; {}", expected::<T>())))
     }
 }
 
@@ -34,7 +43,7 @@ impl<'de, T: Unsigned> Visitor<'de> for Lenient<T> {
     type Value = T;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "an integer from 0 to {}", T::MAX)
+        write!(f, "a {} (an integer from 0 to {})", T::NAME, T::MAX)
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
@@ -43,7 +52,7 @@ impl<'de, T: Unsigned> Visitor<'de> for Lenient<T> {
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
         u64::try_from(v)
-            .map_err(|_| E::custom(format!("{v} is negative")))
+            .map_err(|_| E::custom(format!("{v} is negative; {}", expected::<T>())))
             .and_then(Self::from_u64)
     }
 
@@ -64,7 +73,10 @@ impl<'de, T: Unsigned> Visitor<'de> for Lenient<T> {
             Ok(n) => Self::from_u64(n),
             Err(_) => match v.parse::<f64>() {
                 Ok(f) if f.is_finite() => self.visit_f64(f),
-                _ => Err(E::custom(format!("{v:?} is not an integer"))),
+                _ => Err(E::custom(format!(
+                    "{v:?} is not an integer; {}",
+                    expected::<T>()
+                ))),
             },
         }
     }
@@ -76,7 +88,7 @@ impl<'de, T: Unsigned> Visitor<'de> for LenientOption<T> {
     type Value = Option<T>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "null or an integer from 0 to {}", T::MAX)
+        write!(f, "null or a {} (an integer from 0 to {})", T::NAME, T::MAX)
     }
 
     fn visit_none<E: de::Error>(self) -> Result<Option<T>, E> {

@@ -238,8 +238,16 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     }
 }
 
+/// Session bounds of the spec (ORCH-5010, ORCH-5012).
+const SESSION_TTL_MAX_MS: u64 = 600_000;
+const SESSION_TURNS_MAX: u32 = 8;
+/// SSE keep-alive comments: often enough for proxies, rare enough to cost nothing.
+const KEEPALIVE_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
+
 pub fn semantic_issues(config: &Config) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
+    server_issues(config, &mut issues);
+    tenant_issues(config, &mut issues);
     let mut pool_ids = HashSet::new();
     let mut replica_pools = std::collections::HashMap::new();
     for (p, pool) in config.pools.iter().enumerate() {
@@ -266,6 +274,23 @@ pub fn semantic_issues(config: &Config) -> Vec<ConfigIssue> {
                 format!("{at}.replicas"),
                 format!("pool {:?} needs at least one replica", pool.id),
             ));
+        }
+        if pool.queue.batch_starvation_bound == 0 {
+            issues.push(ConfigIssue::new(
+                format!("{at}.queue.batch_starvation_bound"),
+                "must be at least 1 (interactive tasks dispatched before a waiting batch task)",
+            ));
+        }
+        for (field, value) in [
+            ("wall_ms", pool.timeouts.wall_ms),
+            ("idle_ms", pool.timeouts.idle_ms),
+        ] {
+            if value == 0 {
+                issues.push(ConfigIssue::new(
+                    format!("{at}.timeouts.{field}"),
+                    "must be at least 1 ms: a watchdog of 0 would end every task at once",
+                ));
+            }
         }
         if pool.queue.capacity == 0 {
             issues.push(ConfigIssue::new(
@@ -317,6 +342,90 @@ pub fn semantic_issues(config: &Config) -> Vec<ConfigIssue> {
         }
     }
     issues
+}
+
+fn server_issues(config: &Config, issues: &mut Vec<ConfigIssue>) {
+    if config.sessions.ttl_ms == 0 || config.sessions.ttl_ms > SESSION_TTL_MAX_MS {
+        issues.push(ConfigIssue::new(
+            "sessions.ttl_ms",
+            format!(
+                "must be between 1 and {SESSION_TTL_MAX_MS} (10 min), got {}",
+                config.sessions.ttl_ms
+            ),
+        ));
+    }
+    if config.sessions.max_turns == 0 || config.sessions.max_turns > SESSION_TURNS_MAX {
+        issues.push(ConfigIssue::new(
+            "sessions.max_turns",
+            format!(
+                "must be between 1 and {SESSION_TURNS_MAX}, got {}",
+                config.sessions.max_turns
+            ),
+        ));
+    }
+    if !KEEPALIVE_MS.contains(&config.keepalive_ms) {
+        issues.push(ConfigIssue::new(
+            "keepalive_ms",
+            format!(
+                "must be between {} and {} ms, got {}",
+                KEEPALIVE_MS.start(),
+                KEEPALIVE_MS.end(),
+                config.keepalive_ms
+            ),
+        ));
+    }
+}
+
+/// Tenants the server can serve: unique ids, each with at least one key, every key a
+/// SHA-256 in hex and held by one tenant only (a key under two tenants would make the
+/// tenant of a call ambiguous).
+fn tenant_issues(config: &Config, issues: &mut Vec<ConfigIssue>) {
+    let mut ids = std::collections::HashMap::new();
+    let mut keys: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    for (t, tenant) in config.tenants.iter().enumerate() {
+        let at = format!("tenants[{t}]");
+        if let Some(first) = ids.insert(tenant.id.as_str(), t) {
+            issues.push(ConfigIssue::new(
+                format!("{at}.id"),
+                format!(
+                    "duplicate tenant id {:?} (also tenants[{first}])",
+                    tenant.id
+                ),
+            ));
+        }
+        if tenant.api_key_sha256.is_empty() {
+            issues.push(ConfigIssue::new(
+                format!("{at}.api_key_sha256"),
+                format!(
+                    "tenant {:?} has no key, so no call could act as it; add the hex SHA-256 of its key (e.g. `printf %s \"$KEY\" | sha256sum`), or remove the tenant",
+                    tenant.id
+                ),
+            ));
+        }
+        for (k, hash) in tenant.api_key_sha256.iter().enumerate() {
+            let at = format!("{at}.api_key_sha256[{k}]");
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                issues.push(ConfigIssue::new(
+                    at,
+                    format!(
+                        "must be a SHA-256 as 64 hex digits (`printf %s \"$KEY\" | sha256sum`), got {} characters",
+                        hash.len()
+                    ),
+                ));
+                continue;
+            }
+            if let Some(other) = keys.insert(hash.to_ascii_lowercase(), &tenant.id)
+                && other != tenant.id
+            {
+                issues.push(ConfigIssue::new(
+                    at,
+                    format!(
+                        "this key is also a key of tenant {other:?}; a key must identify one tenant"
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 /// What a replica set must agree on (ORCH-4003): the adapter kind and the

@@ -289,3 +289,81 @@ async fn binding_beyond_loopback_without_api_keys_refuses_to_start_and_says_how_
     assert_ne!(code, 0);
     assert!(stderr.contains("127.0.0.1"), "{stderr}");
 }
+
+/// Valid against the schema, but nothing the server could serve.
+const UNSERVABLE: &str = "\
+keepalive_ms: 0
+sessions: {ttl_ms: 3600000, max_turns: 20}
+tenants:
+  - {id: ops, api_key_sha256: []}
+  - {id: ops, api_key_sha256: [abc]}
+  - {id: dev, api_key_sha256: [2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae]}
+  - {id: qa, api_key_sha256: [2C26B46B68FFC68FF99B453C1D30413413422D706483BFA0F98A5E886266E7AE]}
+pools:
+  - id: a
+    queue: {batch_starvation_bound: 0}
+    timeouts: {wall_ms: 0, idle_ms: 0}
+    replicas:
+      - {id: r0, engine: {kind: builtin}}
+  - id: 'has space'
+    replicas:
+      - {id: r1, engine: {kind: builtin}}
+";
+
+// covers: ORCH-7206, ORCH-7203
+#[test]
+fn a_config_the_server_cannot_serve_is_refused_with_every_path() {
+    let issues = config::check_text(UNSERVABLE).unwrap_err();
+    let found = paths(&issues);
+    for expected in [
+        "keepalive_ms",
+        "sessions.ttl_ms",
+        "sessions.max_turns",
+        "tenants[0].api_key_sha256",
+        "tenants[1].id",
+        "tenants[1].api_key_sha256[0]",
+        "tenants[3].api_key_sha256[0]",
+        "pools[0].queue.batch_starvation_bound",
+        "pools[0].timeouts.wall_ms",
+        "pools[0].timeouts.idle_ms",
+        "pools[1].id",
+    ] {
+        assert!(found.contains(&expected), "{expected} in {issues:#?}");
+    }
+    let keyless = issues
+        .iter()
+        .find(|i| i.path == "tenants[0].api_key_sha256")
+        .unwrap();
+    assert!(keyless.message.contains("has no key"), "{keyless}");
+    let shared = issues
+        .iter()
+        .find(|i| i.path == "tenants[3].api_key_sha256[0]")
+        .unwrap();
+    assert!(
+        shared.message.contains("also a key of tenant \"dev\""),
+        "{shared}"
+    );
+
+    // The real binary refuses it too, printing every path, before serving anything.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("unservable.yaml");
+    std::fs::write(&file, UNSERVABLE).unwrap();
+    let (code, stdout, stderr) = run(
+        &["--check-config", file.to_str().unwrap()],
+        Duration::from_secs(20),
+    );
+    assert_ne!(code, 0, "{stdout}{stderr}");
+    for expected in [
+        "tenants[0].api_key_sha256",
+        "sessions.max_turns",
+        "pools[1].id",
+    ] {
+        assert!(stderr.contains(expected), "{expected} in {stderr}");
+    }
+    let (code, _, stderr) = run(
+        &["--config", file.to_str().unwrap(), "--bind", "127.0.0.1:0"],
+        Duration::from_secs(20),
+    );
+    assert_ne!(code, 0, "the daemon must not start: {stderr}");
+    assert!(stderr.contains("tenants[0].api_key_sha256"), "{stderr}");
+}

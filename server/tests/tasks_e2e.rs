@@ -225,6 +225,11 @@ async fn every_validated_field_is_named_with_its_limit() {
         (
             serde_json::json!({"prompt": "p", "max_tokens": 0}),
             "max_tokens",
+            "at least 1",
+        ),
+        (
+            serde_json::json!({"prompt": "p", "max_tokens": 5000}),
+            "max_tokens",
             "4096",
         ),
         (
