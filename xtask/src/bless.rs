@@ -312,14 +312,14 @@ pub fn report(verdicts: &[(Verdict, Current)], waivers: &[Waiver]) -> (String, u
             failures += 1;
             let _ = writeln!(
                 out,
-                "{}: never blessed; record it with `cargo xtask bless`",
+                "compat: {}: never blessed; record it with `cargo xtask bless`",
                 v.name
             );
             continue;
         };
         let _ = writeln!(
             out,
-            "{}: blessed {blessed} ({DIR}/{}/v{major}.{}), code {}: {}",
+            "compat: {}: blessed {blessed} ({DIR}/{}/v{major}.{}), code {}: {}",
             v.name,
             v.name,
             doc.ext(),
@@ -407,7 +407,7 @@ pub fn bless(root: &Path) -> Result<()> {
     let mut consumed = vec![false; waivers.len()];
     for (v, doc) in &verdicts {
         if v.needed().is_none() {
-            eprintln!("{}: identical to the blessed document", v.name);
+            eprintln!("bless: {}: identical to the blessed document", v.name);
             continue;
         }
         for (_, i) in &v.waived {

@@ -218,19 +218,41 @@ pub fn checklist(
         match results {
             None => Box_::Todo(format!("no test results to read: {RUN_TESTS}")),
             Some(r) => {
-                let verified = r
+                // Every test of the provider-verification binary must have passed.
+                const VERIFY: &str = "orchestratord::provider_verify ";
+                let ran: Vec<&String> = r
                     .passed
                     .iter()
-                    .find(|t| t.starts_with("orchestratord::provider_verify "));
-                match verified {
-                    Some(t) => Box_::Done(format!(
-                        "its {} interaction(s) were replayed against the server: {t} passed",
-                        pacts.len()
-                    )),
-                    None => Box_::Todo(format!(
-                        "no provider-verification test (server/tests/provider_verify.rs) passed in {}",
+                    .chain(&r.failed)
+                    .chain(&r.skipped)
+                    .filter(|t| t.starts_with(VERIFY))
+                    .collect();
+                let all_passed = !ran.is_empty() && ran.iter().all(|t| r.passed(t));
+                if all_passed {
+                    Box_::Done(format!(
+                        "its {} interaction(s) were replayed against the real server: {} passed in {}",
+                        pacts.len(),
+                        ran.iter()
+                            .map(|t| t.trim_start_matches(VERIFY))
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         r.source
-                    )),
+                    ))
+                } else {
+                    Box_::Todo(format!(
+                        "server/tests/provider_verify.rs did not pass in {}: {}",
+                        r.source,
+                        if ran.is_empty() {
+                            "it did not run".to_string()
+                        } else {
+                            ran.iter()
+                                .map(|t| {
+                                    format!("{} {}", t.trim_start_matches(VERIFY), r.outcome(t))
+                                })
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    ))
                 }
             }
         }

@@ -120,7 +120,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let index = spec::load_index(&root)?;
             let ids = match (id, changed) {
                 (Some(id), _) => vec![id.trim().to_ascii_uppercase()],
-                (None, Some(base)) => dod::changed_ids(&root, &base)?,
+                (None, Some(base)) => {
+                    // IDs that merely appear in changed lines (fixtures, examples) are
+                    // not requirements: say so and leave them out.
+                    let (known, other): (Vec<String>, Vec<String>) =
+                        dod::changed_ids(&root, &base)?
+                            .into_iter()
+                            .partition(|id| index.iter().any(|r| &r.id == id));
+                    if !other.is_empty() {
+                        eprintln!(
+                            "dod --changed: {} appear in the change but are not requirements; left out",
+                            other.join(", ")
+                        );
+                    }
+                    known
+                }
                 (None, None) => unreachable!("clap requires one"),
             };
             let mut reqs = Vec::new();
