@@ -18,6 +18,9 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// Interval of SSE keep-alive comments (ORCH-1105).
     pub keepalive_ms: u64,
+    /// Largest request body the server reads; a larger one is `413` with the error
+    /// envelope (ORCH-2024).
+    pub max_body_bytes: u64,
     pub sessions: SessionConfig,
     /// API keys and quotas. With none, every caller is the admin tenant
     /// `default` and the server binds loopback only (ORCH-6004).
@@ -33,6 +36,7 @@ impl Default for Config {
             retention_ms: 24 * 3600 * 1000,
             shutdown_grace_ms: 10_000,
             keepalive_ms: 5_000,
+            max_body_bytes: crate::limits::MAX_BODY_BYTES_DEFAULT,
             sessions: SessionConfig::default(),
             tenants: Vec::new(),
             pools: vec![PoolConfig {

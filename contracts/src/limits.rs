@@ -17,6 +17,9 @@ pub const ID_PATTERN: &str = "^[A-Za-z0-9._:-]*[A-Za-z0-9_:-][A-Za-z0-9._:-]*$";
 /// A text that is not empty and not only white space (the prompt, `model_ref`).
 pub const NON_BLANK_PATTERN: &str = "\\S";
 
+/// Default of the configured request-body limit (`max_body_bytes`); the documents give
+/// it as `x-max-body-bytes-default` on every request body.
+pub const MAX_BODY_BYTES_DEFAULT: u64 = 2 << 20;
 /// `Last-Event-ID`: the server reads any `u32`; the document promises 9 digits.
 pub const TOKEN_INDEX_PATTERN: &str = "^[0-9]{1,9}$";
 pub const TEMPERATURE_MAX: f64 = 2.0;
@@ -203,6 +206,9 @@ pub fn apply_to_openapi(doc: &mut Value) {
             merge(target, bound.keywords());
         }
     }
+    for body in request_bodies_mut(doc) {
+        body["x-max-body-bytes-default"] = Value::from(MAX_BODY_BYTES_DEFAULT);
+    }
     for param in parameters_mut(doc) {
         let name = param
             .get("name")
@@ -214,6 +220,16 @@ pub fn apply_to_openapi(doc: &mut Value) {
             merge(schema, bound.keywords());
         }
     }
+}
+
+fn request_bodies_mut(doc: &mut Value) -> impl Iterator<Item = &mut Value> {
+    doc.get_mut("paths")
+        .and_then(Value::as_object_mut)
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("requestBody"))
 }
 
 fn parameters_mut(doc: &mut Value) -> impl Iterator<Item = &mut Value> {

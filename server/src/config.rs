@@ -363,6 +363,21 @@ fn server_issues(config: &Config, issues: &mut Vec<ConfigIssue>) {
             ),
         ));
     }
+    let largest_prompt = config
+        .pools
+        .iter()
+        .map(|p| u64::from(p.max_prompt_bytes))
+        .max()
+        .unwrap_or(0);
+    if config.max_body_bytes < 1024 || config.max_body_bytes < largest_prompt {
+        issues.push(ConfigIssue::new(
+            "max_body_bytes",
+            format!(
+                "must be at least 1024 and at least the largest max_prompt_bytes of a pool ({largest_prompt}), got {}",
+                config.max_body_bytes
+            ),
+        ));
+    }
     if !KEEPALIVE_MS.contains(&config.keepalive_ms) {
         issues.push(ConfigIssue::new(
             "keepalive_ms",

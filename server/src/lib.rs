@@ -90,6 +90,7 @@ pub async fn start(config: Config, bind: &str, store_path: &Path) -> anyhow::Res
     let app = api::router(api::AppState::new(
         Arc::clone(&orchestrator),
         config.keepalive_ms,
+        config.max_body_bytes,
     ));
     let (stop, stopped) = oneshot::channel::<()>();
     let serve = tokio::spawn(async move {

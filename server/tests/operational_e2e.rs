@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{TestServer, config_with, eventually, task, tokens};
 use contracts::config::{BuiltinEngineConfig, BuiltinFaults};
-use contracts::{Determinism, ErrorCode, StreamEvent, TaskRequest};
+use contracts::{Determinism, ErrorCode, ErrorEnvelope, StreamEvent, TaskRequest};
 
 // covers: ORCH-7103
 #[tokio::test]
@@ -240,5 +240,86 @@ async fn test_hooks_are_not_reachable_over_http() {
     assert_eq!(
         client.status(&id).await.unwrap().state,
         contracts::TaskState::Queued
+    );
+}
+
+// covers: ORCH-2001, ORCH-2024
+#[tokio::test]
+async fn every_non_2xx_answer_carries_the_envelope() {
+    let mut config = config_with(1, BuiltinEngineConfig::default(), |p| {
+        p.max_prompt_bytes = 1024
+    });
+    config.max_body_bytes = 4096;
+    let server = TestServer::start(config).await;
+    let http = reqwest::Client::new();
+    let url = server.url();
+    async fn envelope(
+        response: reqwest::Response,
+    ) -> (u16, reqwest::header::HeaderMap, ErrorEnvelope) {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.text().await.unwrap();
+        let envelope = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{status} without the envelope ({e}): {body:?}"));
+        (status, headers, envelope)
+    }
+
+    let (status, _, e) =
+        envelope(http.get(format!("{url}/v1/nowhere")).send().await.unwrap()).await;
+    assert_eq!((status, e.code), (404, ErrorCode::NotFound));
+    assert!(e.message.contains("/v1/nowhere"), "{}", e.message);
+
+    let (status, headers, e) =
+        envelope(http.delete(format!("{url}/v1/tasks")).send().await.unwrap()).await;
+    assert_eq!((status, e.code), (405, ErrorCode::InvalidParams));
+    let allow = headers
+        .get("allow")
+        .expect("405 keeps Allow")
+        .to_str()
+        .unwrap();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    assert!(
+        e.message.starts_with("method: DELETE is not allowed"),
+        "{}",
+        e.message
+    );
+
+    // Not UTF-8 once percent-decoded: axum's path rejection, now in the envelope.
+    let (status, _, e) = envelope(
+        http.get(format!("{url}/v1/tasks/%FF"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, e.code), (400, ErrorCode::InvalidParams));
+    assert!(e.message.starts_with("path: "), "{}", e.message);
+
+    let big = serde_json::json!({"prompt": "x".repeat(8192), "max_tokens": 1});
+    let (status, _, e) = envelope(
+        http.post(format!("{url}/v1/tasks"))
+            .json(&big)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, e.code), (413, ErrorCode::InvalidParams));
+    assert!(e.message.contains("max_body_bytes"), "{}", e.message);
+
+    let (status, _, e) = envelope(
+        http.post(format!("{url}/v1/tasks"))
+            .header("content-type", "application/json")
+            .body("{\"prompt\": \"p\",\n \"max_tokens\": }")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, e.code), (400, ErrorCode::InvalidParams));
+    assert!(
+        e.message.starts_with("body: is not valid JSON") && e.message.contains("line 2 column"),
+        "{}",
+        e.message
     );
 }

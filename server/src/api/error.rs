@@ -34,6 +34,69 @@ impl IntoResponse for OrchError {
     }
 }
 
+/// Answers that axum or hyper produce on their own — no route (404), a method the
+/// route does not serve (405, `Allow` kept), a path segment that does not parse, a body
+/// over the limit (413), a missing length (411), a media type (415), an unprocessable
+/// body (422) — get the error envelope too (ORCH-2001). They keep their status; the
+/// code is `NOT_FOUND` for 404 and `INVALID_PARAMS` for the other client errors.
+pub async fn envelope_for_bare_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let detail = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let error = match status.as_u16() {
+        404 => OrchError::new(
+            contracts::ErrorCode::NotFound,
+            format!(
+                "no operation at {path}; the operations are listed in /openapi/data.json and /openapi/control.json"
+            ),
+        ),
+        405 => {
+            let allow = parts
+                .headers
+                .get(axum::http::header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            OrchError::invalid(
+                "method",
+                format!("{method} is not allowed on {path}; allowed: {allow}"),
+            )
+        }
+        413 => OrchError::invalid(
+            "body",
+            format!("is larger than the server's limit (max_body_bytes in the config): {detail}"),
+        ),
+        400 => OrchError::invalid("path", detail),
+        503 => OrchError::new(contracts::ErrorCode::PoolUnavailable, detail),
+        411 | 415 | 422 => OrchError::invalid("body", detail),
+        s if s >= 500 => OrchError::internal(format!("HTTP {status}: {detail}")),
+        _ => OrchError::invalid("request", format!("HTTP {status}: {detail}")),
+    };
+    let mut answer = error.into_response();
+    *answer.status_mut() = status;
+    if let Some(allow) = parts.headers.get(axum::http::header::ALLOW) {
+        answer
+            .headers_mut()
+            .insert(axum::http::header::ALLOW, allow.clone());
+    }
+    answer
+}
+
 /// A panic in a handler becomes `500 INTERNAL`, never a dropped connection
 /// (ORCH-2004).
 pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {

@@ -11,9 +11,15 @@ use crate::error::OrchError;
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, OrchError> {
     let deserializer = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let inner = error.inner();
+        // A syntax error has no field (serde_path_to_error says `?`): name the body
+        // and where it breaks; serde_json's message carries the line and column.
+        if inner.is_syntax() || inner.is_eof() {
+            return OrchError::invalid("body", format!("is not valid JSON: {inner}"));
+        }
         let path = error.path().to_string();
         let field = if path == "." { "body" } else { path.as_str() };
-        OrchError::invalid(field, error.inner())
+        OrchError::invalid(field, inner)
     })
 }
 

@@ -31,6 +31,7 @@ pub struct AppState(Arc<Served>);
 pub struct Served {
     pub orchestrator: Arc<Orchestrator>,
     pub keepalive_ms: u64,
+    pub max_body_bytes: usize,
 }
 
 impl std::ops::Deref for AppState {
@@ -41,10 +42,11 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(orchestrator: Arc<Orchestrator>, keepalive_ms: u64) -> Self {
+    pub fn new(orchestrator: Arc<Orchestrator>, keepalive_ms: u64, max_body_bytes: u64) -> Self {
         Self(Arc::new(Served {
             orchestrator,
             keepalive_ms,
+            max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
         }))
     }
 
@@ -232,6 +234,7 @@ pub fn router(state: AppState) -> Router {
         data: data_doc,
         control: control_doc,
     } = openapi_documents();
+    let body_limit = state.0.max_body_bytes;
     let readiness = state.clone();
     let scrape = state.clone();
     Router::new()
@@ -272,5 +275,7 @@ pub fn router(state: AppState) -> Router {
             get(move || async move { Json(control_doc) }),
         )
         .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(error::envelope_for_bare_errors))
         .layer(CatchPanicLayer::custom(error::panic_response))
 }
