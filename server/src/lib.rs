@@ -5,6 +5,7 @@ pub mod admission;
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod cursor;
 pub mod engines;
 pub mod error;
 pub mod metrics;

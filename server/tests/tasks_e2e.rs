@@ -152,6 +152,58 @@ async fn status_and_paged_list_within_a_scope() {
         }
     }
     assert_eq!(seen, ids, "pages cover every task once, oldest first");
+
+    // The cursor is opaque and bound to its listing (ORCH-1013).
+    let first = client
+        .list(&ListOptions {
+            limit: Some(2),
+            ..ListOptions::default()
+        })
+        .await
+        .unwrap();
+    let cursor = first.next_cursor.expect("a second page");
+    assert!(
+        cursor.parse::<i64>().is_err(),
+        "no global sequence: {cursor}"
+    );
+    let stranger = client.stranger();
+    let misuse: [(&orchctl::Client, Option<TaskState>, String, &str); 3] = [
+        (
+            &stranger,
+            None,
+            cursor.clone(),
+            "belongs to another listing",
+        ),
+        (
+            &client,
+            Some(TaskState::Completed),
+            cursor.clone(),
+            "belongs to another listing",
+        ),
+        (
+            &client,
+            None,
+            "7".to_string(),
+            "is not a cursor this server issued",
+        ),
+    ];
+    for (who, state, cursor, why) in misuse {
+        let error = who
+            .list(&ListOptions {
+                cursor: Some(cursor),
+                state,
+                ..ListOptions::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.status(), Some(400));
+        let envelope = error.envelope().unwrap();
+        assert!(
+            envelope.message.starts_with("cursor: ") && envelope.message.contains(why),
+            "{}",
+            envelope.message
+        );
+    }
     let completed = client
         .list(&ListOptions {
             state: Some(TaskState::Completed),

@@ -45,7 +45,8 @@ pub struct ListQuery {
     /// Page size, 1-500 (default 100).
     #[serde(default, deserialize_with = "contracts::json_int::optional")]
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page: opaque, valid only for the same scope and
+    /// state filter.
     pub cursor: Option<String>,
 }
 
@@ -183,25 +184,24 @@ pub async fn list_tasks(
             format!("must be between 1 and {LIST_LIMIT_MAX}, got {limit}"),
         ));
     }
-    let after_seq = query
+    let scope = query.scope.unwrap_or_default();
+    let listing = crate::cursor::Listing {
+        tenant: &tenant.id,
+        scope: &scope,
+        state: query.state,
+    };
+    let after_task = query
         .cursor
-        .map(|cursor| {
-            cursor.parse::<i64>().map_err(|_| {
-                OrchError::invalid(
-                    "cursor",
-                    "is not a cursor this server issued; pass `next_cursor` back unchanged",
-                )
-            })
-        })
+        .map(|cursor| crate::cursor::decode(&listing, &cursor))
         .transpose()?;
     let filter = ListFilter {
         tenant: tenant.id.clone(),
-        scope: query.scope.unwrap_or_default(),
+        scope,
         state: query.state,
-        after_seq,
+        after_seq: None,
         limit,
     };
-    Ok(Json(app.list(filter).await?))
+    Ok(Json(app.list(filter, after_task).await?))
 }
 
 /// The task's events as Server-Sent Events.

@@ -508,20 +508,53 @@ impl Orchestrator {
 
     /// `GET /v1/tasks` (ORCH-1011): the store's rows, with live state
     /// overlaid for tasks still in memory.
-    pub async fn list(&self, filter: ListFilter) -> Result<TaskList, OrchError> {
+    /// `after_task` (from the cursor, ORCH-1013) is the last task of the previous page.
+    pub async fn list(
+        &self,
+        filter: ListFilter,
+        after_task: Option<String>,
+    ) -> Result<TaskList, OrchError> {
         let limit = filter.limit as usize;
+        let after_seq = match after_task {
+            None => None,
+            Some(task_id) => {
+                let key = TaskKey {
+                    tenant: filter.tenant.clone(),
+                    scope: filter.scope.clone(),
+                    task_id,
+                };
+                let record = self.store.get(&key).await?.ok_or_else(|| {
+                    OrchError::invalid(
+                        "cursor",
+                        format!(
+                            "continues after task {:?}, which no longer exists (purged or past retention); list again without a cursor",
+                            key.task_id
+                        ),
+                    )
+                })?;
+                Some(record.seq)
+            }
+        };
+        let listing_scope = filter.scope.clone();
+        let listing_state = filter.state;
         let mut records = self
             .store
             .list(ListFilter {
                 limit: filter.limit + 1,
-                ..filter
+                after_seq,
+                ..filter.clone()
             })
             .await?;
         let next_cursor = (records.len() > limit).then(|| {
             records.truncate(limit);
+            let listing = crate::cursor::Listing {
+                tenant: &filter.tenant,
+                scope: &listing_scope,
+                state: listing_state,
+            };
             records
                 .last()
-                .map(|r| r.seq.to_string())
+                .map(|r| crate::cursor::encode(&listing, &r.key.task_id))
                 .unwrap_or_default()
         });
         let items = records
