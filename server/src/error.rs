@@ -12,6 +12,8 @@ pub struct OrchError {
     pub engine: Option<String>,
     /// Predicted wait behind `Retry-After` / `X-Backoff-Ms` (ORCH-2003).
     pub backoff_ms: Option<u64>,
+    /// What only the log gets, under the envelope's correlation id (a panic's text).
+    pub log_detail: Option<String>,
 }
 
 impl OrchError {
@@ -22,6 +24,7 @@ impl OrchError {
             policy: None,
             engine: None,
             backoff_ms: None,
+            log_detail: None,
         }
     }
 
@@ -36,6 +39,12 @@ impl OrchError {
 
     pub fn internal(problem: impl std::fmt::Display) -> Self {
         Self::new(ErrorCode::Internal, problem.to_string())
+    }
+
+    /// Keep `detail` out of the answer and in the log (ORCH-2004).
+    pub fn with_log_detail(mut self, detail: impl Into<String>) -> Self {
+        self.log_detail = Some(detail.into());
+        self
     }
 
     pub fn with_policy(mut self, policy: RejectPolicy) -> Self {
@@ -58,7 +67,8 @@ impl OrchError {
     pub fn envelope(&self) -> ErrorEnvelope {
         let correlation_id = uuid::Uuid::new_v4().to_string();
         if self.code == ErrorCode::Internal {
-            tracing::error!(%correlation_id, code = %self.code, message = %self.message, "internal error");
+            let detail = self.log_detail.as_deref().unwrap_or("");
+            tracing::error!(%correlation_id, code = %self.code, message = %self.message, detail, "internal error");
         } else {
             tracing::info!(%correlation_id, code = %self.code, message = %self.message, "error answered");
         }

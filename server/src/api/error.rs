@@ -105,7 +105,11 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
         .map(String::as_str)
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
-    OrchError::internal(format!("the server failed unexpectedly: {detail}")).into_response()
+    OrchError::internal(
+        "the server failed unexpectedly; its log has the details under this correlation id",
+    )
+    .with_log_detail(format!("panic: {detail}"))
+    .into_response()
 }
 
 #[cfg(test)]
@@ -127,7 +131,12 @@ mod tests {
             .unwrap();
         let envelope: contracts::ErrorEnvelope = serde_json::from_slice(&body).unwrap();
         assert_eq!(envelope.code, contracts::ErrorCode::Internal);
-        assert!(envelope.message.contains("index out of bounds"));
+        assert!(
+            !envelope.message.contains("index out of bounds"),
+            "the panic text stays in the log: {}",
+            envelope.message
+        );
+        assert!(envelope.message.contains("correlation id"));
         assert!(!envelope.retriable);
     }
 }
