@@ -5,10 +5,10 @@
 //!
 //! `bash scripts/llama/setup.sh` builds llama-server and the tiny model into
 //! `${ORCH_LLAMA_CACHE:-~/.cache/orchqueue/llama}`; `ORCH_LLAMA_SERVER` and
-//! `ORCH_LLAMA_MODEL` point elsewhere. Without them these tests skip with a
-//! loud message, except under `CI=true`, where a missing or failing
-//! llama-server fails them. `ORCH_LLAMA_REAL_MODEL=/path/to/instruct.gguf`
-//! adds a real-content check (a haiku that must carry a nonce).
+//! `ORCH_LLAMA_MODEL` point elsewhere. Without them these tests fail, naming the
+//! setup command: none passes by returning early. The real-content check (a
+//! haiku that must carry a nonce) needs `ORCH_LLAMA_REAL_MODEL=/path/to/instruct.gguf`
+//! and is ignored until the setup installs such a model (`ci/ignored-tests.txt`).
 //!
 //! The tests run one at a time (they share 2 cores and some measure time),
 //! each with its own llama-servers and its own orchestrator.
@@ -50,8 +50,8 @@ fn cache_dir() -> PathBuf {
     }
 }
 
-/// The llama-server binary and model, or `None` (skip) when absent locally.
-fn llama_files() -> Option<(PathBuf, PathBuf)> {
+/// The llama-server binary and model; a test without them fails naming the setup.
+fn llama_files() -> (PathBuf, PathBuf) {
     let server = std::env::var_os("ORCH_LLAMA_SERVER")
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("bin/llama-server"));
@@ -59,7 +59,7 @@ fn llama_files() -> Option<(PathBuf, PathBuf)> {
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("models/tiny-llama-2l-64.gguf"));
     if server.is_file() && model.is_file() {
-        return Some((server, model));
+        return (server, model);
     }
     let message = format!(
         "llama-server ({}) or its model ({}) is missing: run `bash scripts/llama/setup.sh` \
@@ -67,13 +67,9 @@ fn llama_files() -> Option<(PathBuf, PathBuf)> {
         server.display(),
         model.display()
     );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true and the real-engine suite cannot run: {message}");
-    }
-    eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-    eprintln!("!!! SKIPPING the real llama.cpp test: {message}");
-    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
-    None
+    // A missing prerequisite fails the test, saying how to install it: a test that
+    // returns early would pass without proving anything (ORCH-9019).
+    panic!("the real-engine suite cannot run: {message}");
 }
 
 /// A llama-server child process on a loopback port; killed on drop.
@@ -224,8 +220,8 @@ struct Rig {
 }
 
 impl Rig {
-    async fn start(adapter: Adapter) -> Option<Self> {
-        let (binary, model) = llama_files()?;
+    async fn start(adapter: Adapter) -> Self {
+        let (binary, model) = llama_files();
         let llamas = vec![
             LlamaServer::start(&binary, &model).await,
             LlamaServer::start(&binary, &model).await,
@@ -255,7 +251,7 @@ impl Rig {
                 && handle.replica_health("default", "r1") == ReplicaHealth::Ready
         })
         .await;
-        Some(Self { llamas, server })
+        Self { llamas, server }
     }
 
     fn client(&self) -> Client {
@@ -342,9 +338,7 @@ fn error_code(events: &[StreamEvent]) -> ErrorCode {
 
 async fn stream_equals_llama_servers_own_output(adapter: Adapter) {
     let _serial = SERIAL.lock().await;
-    let Some(rig) = Rig::start(adapter).await else {
-        return;
-    };
+    let rig = Rig::start(adapter).await;
     let client = rig.client();
     for (i, seed) in [7u32, 1234, 99_999].into_iter().enumerate() {
         let task = request(&format!("Once upon a time, test {i}"), 64, seed);
@@ -424,9 +418,7 @@ async fn rest(
 
 async fn cancel_mid_stream_frees_the_slot(adapter: Adapter) {
     let _serial = SERIAL.lock().await;
-    let Some(rig) = Rig::start(adapter).await else {
-        return;
-    };
+    let rig = Rig::start(adapter).await;
     let client = rig.client();
     let (task_id, replica, stream) = running_long_task(&client, "a long story").await;
     let llama = rig.llama(&replica);
@@ -470,9 +462,7 @@ async fn openai_cancel_mid_stream_frees_the_engine_slot() {
 
 async fn killed_replica_is_worker_reset_and_the_pool_keeps_serving(adapter: Adapter) {
     let _serial = SERIAL.lock().await;
-    let Some(mut rig) = Rig::start(adapter).await else {
-        return;
-    };
+    let mut rig = Rig::start(adapter).await;
     let client = rig.client();
     let (_task_id, replica, stream) = running_long_task(&client, "until the end").await;
     let victim: usize = replica.trim_start_matches('r').parse().unwrap();
@@ -514,9 +504,7 @@ async fn openai_killed_replica_mid_stream_is_worker_reset_and_the_pool_keeps_ser
 #[tokio::test]
 async fn a_stopped_llama_server_hits_the_idle_watchdog() {
     let _serial = SERIAL.lock().await;
-    let Some(rig) = Rig::start(Adapter::LlamaCpp).await else {
-        return;
-    };
+    let rig = Rig::start(Adapter::LlamaCpp).await;
     rig.server.handle().set_timeouts(
         "default",
         TimeoutConfig {
@@ -543,9 +531,7 @@ async fn a_stopped_llama_server_hits_the_idle_watchdog() {
 #[tokio::test]
 async fn eight_concurrent_streams_of_fifty_requests_never_fail_nor_retry() {
     let _serial = SERIAL.lock().await;
-    let Some(rig) = Rig::start(Adapter::LlamaCpp).await else {
-        return;
-    };
+    let rig = Rig::start(Adapter::LlamaCpp).await;
     const STREAMS: u32 = 8;
     const REQUESTS: u32 = 50;
     const TOKENS: u32 = 8;
@@ -598,9 +584,7 @@ async fn eight_concurrent_streams_of_fifty_requests_never_fail_nor_retry() {
 
 async fn seeds_are_byte_identical_across_replicas(adapter: Adapter, seeds: u32) {
     let _serial = SERIAL.lock().await;
-    let Some(rig) = Rig::start(adapter).await else {
-        return;
-    };
+    let rig = Rig::start(adapter).await;
     let client = rig.client();
     let handle = rig.server.handle();
     let mut distinct = std::collections::HashSet::new();
@@ -661,9 +645,7 @@ async fn openai_seeds_are_byte_identical_across_two_real_replicas() {
 #[tokio::test]
 async fn admission_counts_with_the_engines_tokenizer_and_context_errors_are_invalid_params() {
     let _serial = SERIAL.lock().await;
-    let Some(rig) = Rig::start(Adapter::LlamaCpp).await else {
-        return;
-    };
+    let rig = Rig::start(Adapter::LlamaCpp).await;
     let client = rig.client();
     let slot_ctx = CTX_TOTAL / PARALLEL;
     // 600 short words are about 600 tokens for the llama tokenizer, far
@@ -683,17 +665,16 @@ async fn admission_counts_with_the_engines_tokenizer_and_context_errors_are_inva
     );
 }
 
-// covers: ORCH-4021
+// Listed in ci/ignored-tests.txt until a real instruct model is installed by the
+// setup (the OpenAI-surface issue ships one); `cargo test -- --ignored` runs it.
 #[tokio::test]
+#[ignore = "needs a real instruct model: set ORCH_LLAMA_REAL_MODEL"]
 async fn a_real_model_writes_a_haiku_with_the_nonce() {
-    let Some(model) = std::env::var_os("ORCH_LLAMA_REAL_MODEL").map(PathBuf::from) else {
-        eprintln!("ORCH_LLAMA_REAL_MODEL is not set: the real-content check does not run");
-        return;
-    };
+    let model = std::env::var_os("ORCH_LLAMA_REAL_MODEL")
+        .map(PathBuf::from)
+        .expect("ORCH_LLAMA_REAL_MODEL names a real instruct GGUF model");
     let _serial = SERIAL.lock().await;
-    let Some((binary, _)) = llama_files() else {
-        return;
-    };
+    let (binary, _) = llama_files();
     let llama = LlamaServer::start(&binary, &model).await;
     let mut pool = PoolConfig {
         id: "default".into(),
@@ -745,9 +726,7 @@ async fn session_turn(client: &Client, session: &str, prompt: &str) -> Vec<Strea
 #[tokio::test]
 async fn a_sessions_second_turn_reuses_its_replicas_prompt_cache_and_failover_is_cold() {
     let _serial = SERIAL.lock().await;
-    let Some(mut rig) = Rig::start(Adapter::LlamaCpp).await else {
-        return;
-    };
+    let mut rig = Rig::start(Adapter::LlamaCpp).await;
     let client = rig.client();
     let mut conversation = "A long conversation about queues and replicas. ".repeat(20);
     let first = session_turn(&client, "chat", &conversation).await;
@@ -797,9 +776,7 @@ async fn a_sessions_second_turn_reuses_its_replicas_prompt_cache_and_failover_is
 #[tokio::test]
 async fn an_engine_context_error_after_admission_ends_the_stream_with_invalid_params() {
     let _serial = SERIAL.lock().await;
-    let Some((binary, model)) = llama_files() else {
-        return;
-    };
+    let (binary, model) = llama_files();
     let llama = LlamaServer::start(&binary, &model).await;
     // The config claims a far larger context than the engine has, so
     // admission lets a prompt through that llama-server then refuses.
@@ -841,9 +818,7 @@ async fn an_engine_context_error_after_admission_ends_the_stream_with_invalid_pa
 #[tokio::test]
 async fn the_openai_chat_api_streams_through_llama_servers_v1_chat() {
     let _serial = SERIAL.lock().await;
-    let Some((binary, model)) = llama_files() else {
-        return;
-    };
+    let (binary, model) = llama_files();
     let llama = LlamaServer::start(&binary, &model).await;
     let pool = PoolConfig {
         id: "default".into(),

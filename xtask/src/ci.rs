@@ -77,6 +77,70 @@ pub fn regen_pacts(root: &Path, mode: Mode) -> Result<()> {
     drift::apply_with_extras(root, &files, extras, mode, PACTS_FIX)
 }
 
+/// The reviewed list of tests `ci` may leave ignored (ORCH-9019).
+pub const IGNORED_LIST: &str = "ci/ignored-tests.txt";
+
+/// Every ignored test of the workspace must be in [`IGNORED_LIST`] and every entry
+/// there must still be ignored; returns the problems.
+pub fn ignored_gate(root: &Path) -> Result<Vec<String>> {
+    let cargo = cargo();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{cargo}' test --workspace -- --list --ignored --format terse 2>&1"
+        ))
+        .current_dir(root)
+        .output()
+        .context("listing the ignored tests")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("cargo test -- --list --ignored failed:\n{text}");
+    }
+    let targets = compliance::workspace_targets(root)?;
+    let listed = compliance::TestList::parse(&text, &targets);
+    let mut ignored = std::collections::BTreeSet::new();
+    for ((package, target), tests) in &listed.tests {
+        let kind = targets
+            .iter()
+            .find(|t| &t.package == package && &t.name == target)
+            .map_or("", |t| t.kind.as_str());
+        for test in tests {
+            ignored.insert(if kind == "test" {
+                format!("{package}/{target}::{test}")
+            } else {
+                format!("{package}::{test}")
+            });
+        }
+    }
+    let file = std::fs::read_to_string(root.join(IGNORED_LIST)).unwrap_or_default();
+    Ok(ignored_problems(&ignored, &file))
+}
+
+/// Compare the ignored tests with the reviewed list's text (`name  # reason` lines).
+pub fn ignored_problems(
+    ignored: &std::collections::BTreeSet<String>,
+    reviewed_file: &str,
+) -> Vec<String> {
+    let reviewed: std::collections::BTreeSet<String> = reviewed_file
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    let mut problems: Vec<String> = ignored
+        .difference(&reviewed)
+        .map(|t| {
+            format!(
+                "{t} is ignored but not in {IGNORED_LIST}: run it, or list it there with the reason"
+            )
+        })
+        .collect();
+    problems.extend(reviewed.difference(ignored).map(|t| {
+        format!("{IGNORED_LIST} lists {t}, which is not an ignored test (anymore): remove the line")
+    }));
+    problems
+}
+
 /// Run every gate.
 pub fn ci(root: &Path) -> Result<()> {
     let consumer = has_consumer_tests(root)?;
@@ -151,8 +215,15 @@ pub fn ci(root: &Path) -> Result<()> {
         &[],
     )?;
 
-    next("workspace test list");
+    next("workspace test list and the reviewed ignored tests");
     let list = compliance::run_test_list(root)?;
+    let problems = ignored_gate(root)?;
+    if !problems.is_empty() {
+        bail!(
+            "{}\nci: ignored tests differ from the reviewed list",
+            problems.join("\n")
+        );
+    }
 
     next("compliance --check and the evidence gate");
     drift::apply(
@@ -171,4 +242,26 @@ pub fn ci(root: &Path) -> Result<()> {
         started.elapsed()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // covers: ORCH-9019
+    #[test]
+    fn an_ignored_test_must_be_on_the_reviewed_list_and_the_list_must_be_current() {
+        let ignored: std::collections::BTreeSet<String> =
+            ["a/e2e::slow".to_string(), "a/e2e::new".to_string()].into();
+        let file = "# header\na/e2e::slow  # needs a model\na/e2e::gone  # stale\n";
+        let problems = ignored_problems(&ignored, file);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("a/e2e::new is ignored but not in ci/ignored-tests.txt"));
+        assert!(problems[1].contains("lists a/e2e::gone, which is not an ignored test"));
+        assert!(
+            ignored_problems(&["a/e2e::slow".to_string()].into(), file)
+                .iter()
+                .all(|p| !p.contains("slow"))
+        );
+    }
 }
