@@ -236,7 +236,7 @@ pub fn ci(root: &Path) -> Result<()> {
         .with_context(|| format!("nextest wrote no {}", results::JUNIT))?;
     compliance::require_evidence(root, &list, &results)?;
 
-    next("done");
+    eprintln!("---- ci [{step}/{total}] took {:.1?}", lap.elapsed());
     eprintln!(
         "\n==== ci: all gates passed in {:.1?} ====",
         started.elapsed()

@@ -216,7 +216,7 @@ pub async fn list_tasks(
         ("Last-Event-ID" = Option<String>, Header, description = "Resume right after the token with this index."),
     ),
     responses(
-        (status = 200, description = "`text/event-stream` of `started`, `token` (`id:` = index), `metrics`, then `end` or `error`; each `data:` is the JSON of `StreamEvent.data` (see `contracts/schemas/sse-event.schema.json`).",
+        (status = 200, description = "`text/event-stream` of `started` (one per placement: a retry before the first token adds a second, ORCH-4014), `token` (`id:` = index), `metrics`, then `end` or `error`; each `data:` is the JSON of `StreamEvent.data` (see `contracts/schemas/sse-event.schema.json`).",
             content_type = "text/event-stream", body = String,
             extensions(("x-req-id" = json!(["ORCH-1101", "ORCH-1102", "ORCH-1103", "ORCH-1104", "ORCH-1107"])))),
         (status = 400, description = "`INVALID_PARAMS`: malformed id, scope or `Last-Event-ID`.", body = ErrorEnvelope,
