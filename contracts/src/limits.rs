@@ -222,23 +222,22 @@ pub fn apply_to_openapi(doc: &mut Value) {
     }
 }
 
-fn request_bodies_mut(doc: &mut Value) -> impl Iterator<Item = &mut Value> {
+/// Every operation object of a document (`paths.<path>.<method>`).
+fn operations_mut(doc: &mut Value) -> impl Iterator<Item = &mut Value> {
     doc.get_mut("paths")
         .and_then(Value::as_object_mut)
         .into_iter()
         .flat_map(|paths| paths.values_mut())
         .filter_map(Value::as_object_mut)
         .flat_map(|item| item.values_mut())
-        .filter_map(|op| op.get_mut("requestBody"))
+}
+
+fn request_bodies_mut(doc: &mut Value) -> impl Iterator<Item = &mut Value> {
+    operations_mut(doc).filter_map(|op| op.get_mut("requestBody"))
 }
 
 fn parameters_mut(doc: &mut Value) -> impl Iterator<Item = &mut Value> {
-    doc.get_mut("paths")
-        .and_then(Value::as_object_mut)
-        .into_iter()
-        .flat_map(|paths| paths.values_mut())
-        .filter_map(Value::as_object_mut)
-        .flat_map(|item| item.values_mut())
+    operations_mut(doc)
         .filter_map(|op| op.get_mut("parameters").and_then(Value::as_array_mut))
         .flatten()
 }

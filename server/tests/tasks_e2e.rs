@@ -115,7 +115,7 @@ async fn admission_headers_and_sse_framing_are_exact() {
     );
 }
 
-// covers: ORCH-1010, ORCH-1011
+// covers: ORCH-1010, ORCH-1011, ORCH-1013
 #[tokio::test]
 async fn status_and_paged_list_within_a_scope() {
     let client = shared_client();
