@@ -206,8 +206,24 @@ pub fn apply_to_openapi(doc: &mut Value) {
             merge(target, bound.keywords());
         }
     }
-    for body in request_bodies_mut(doc) {
+    for op in operations_mut(doc) {
+        let Some(body) = op.get_mut("requestBody") else {
+            continue;
+        };
         body["x-max-body-bytes-default"] = Value::from(MAX_BODY_BYTES_DEFAULT);
+        // The limit is enforced below the handler (ORCH-2024), so no handler
+        // declares its answer: every operation with a body gets it here.
+        if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) {
+            responses.entry("413").or_insert_with(|| {
+                serde_json::json!({
+                    "description": "`INVALID_PARAMS` naming `body`: the body is larger than the \
+                        configured `max_body_bytes` (default in `x-max-body-bytes-default` of the \
+                        request body).",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
+                    "x-req-id": ["ORCH-2024"],
+                })
+            });
+        }
     }
     for param in parameters_mut(doc) {
         let name = param
@@ -230,10 +246,6 @@ fn operations_mut(doc: &mut Value) -> impl Iterator<Item = &mut Value> {
         .flat_map(|paths| paths.values_mut())
         .filter_map(Value::as_object_mut)
         .flat_map(|item| item.values_mut())
-}
-
-fn request_bodies_mut(doc: &mut Value) -> impl Iterator<Item = &mut Value> {
-    operations_mut(doc).filter_map(|op| op.get_mut("requestBody"))
 }
 
 fn parameters_mut(doc: &mut Value) -> impl Iterator<Item = &mut Value> {

@@ -3,9 +3,9 @@
 //! major for a breaking change, minor for a compatible addition, patch otherwise.
 
 /// `contracts/openapi/data.yaml` (`info.version`).
-pub const DATA_API: &str = "1.1.3";
+pub const DATA_API: &str = "1.2.0";
 /// `contracts/openapi/control.yaml` (`info.version`).
-pub const CONTROL_API: &str = "1.0.1";
+pub const CONTROL_API: &str = "1.1.0";
 /// `contracts/schemas/config.schema.json` (`x-version`).
 pub const CONFIG_SCHEMA: &str = "1.1.0";
 /// `contracts/schemas/error.schema.json` (`x-version`).

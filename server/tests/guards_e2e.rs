@@ -237,7 +237,9 @@ async fn shutdown_stops_admission_and_lets_running_work_finish() {
     });
     tokio::time::sleep(Duration::from_millis(30)).await;
     let url = server.url();
-    let TestServer { server, dir: _dir } = server;
+    let TestServer {
+        server, dir: _dir, ..
+    } = server;
     let stopping = tokio::spawn(server.shutdown());
     tokio::time::sleep(Duration::from_millis(5)).await;
     let late = orchctl::Client::new(url).submit(task("too late", 1)).await;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use async_trait::async_trait;
+use conformance::Documents;
 use contracts::config::Config;
 use pact_models::provider_states::ProviderState;
 use pact_verifier::callback_executors::{NullRequestFilterExecutor, ProviderStateExecutor};
@@ -20,7 +21,6 @@ use pact_verifier::verification_result::VerificationMismatchResult;
 use pact_verifier::{
     FilterInfo, PactSource, ProviderInfo, VerificationOptions, verify_provider_async,
 };
-use provider::openapi::Documents;
 use provider::states::{self, Running};
 use serde_json::Value;
 
@@ -105,6 +105,49 @@ fn describe(mismatch: &VerificationMismatchResult) -> Vec<String> {
 }
 
 // covers: ORCH-9006
+#[test]
+fn a_pact_interaction_that_breaks_the_documents_is_named() {
+    let documents = Documents::load(&root()).expect("the OpenAPI documents load");
+    let pact: Value =
+        serde_json::from_str(&std::fs::read_to_string(&pact_files()[0]).unwrap()).unwrap();
+    let interactions = pact["interactions"].as_array().expect("interactions");
+    let status_read = interactions
+        .iter()
+        .find(|i| {
+            i["request"]["method"] == "GET"
+                && i["response"]["status"] == 200
+                && i["response"]["body"]["content"]["task_id"].is_string()
+        })
+        .expect("a pact reads a task's status");
+    assert_eq!(
+        provider::openapi::check(&documents, status_read),
+        Vec::<String>::new()
+    );
+
+    let mut renamed = status_read.clone();
+    let body = renamed["response"]["body"]["content"]
+        .as_object_mut()
+        .unwrap();
+    let id = body.remove("task_id").unwrap();
+    body.insert("id".into(), id);
+    let problems = provider::openapi::check(&documents, &renamed);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("\"task_id\" is a required property")),
+        "{problems:?}"
+    );
+
+    let mut undeclared = status_read.clone();
+    undeclared["response"]["status"] = 418.into();
+    let problems = provider::openapi::check(&documents, &undeclared);
+    assert!(
+        problems.iter().any(|p| p.contains("status 418")),
+        "{problems:?}"
+    );
+}
+
+// covers: ORCH-9006
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pacts_conform_to_the_openapi_documents() {
     let documents = Documents::load(&root()).expect("the OpenAPI documents load");
@@ -112,7 +155,7 @@ async fn the_pacts_conform_to_the_openapi_documents() {
     for file in pact_files() {
         let pact: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         for interaction in pact["interactions"].as_array().expect("interactions") {
-            let problems = documents.check(interaction);
+            let problems = provider::openapi::check(&documents, interaction);
             if !problems.is_empty() {
                 failures.push(format!(
                     "{} — {:?}:\n    - {}",

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -18,6 +19,9 @@ use tokio::io::AsyncWriteExt;
 pub struct TestServer {
     pub server: RunningServer,
     pub dir: TempDir,
+    /// Every request of the test goes through it and every answer is
+    /// checked against contracts/openapi (ORCH-9020).
+    proxy: conformance::Proxy,
 }
 
 impl TestServer {
@@ -26,7 +30,11 @@ impl TestServer {
         let server = orchestratord::start(config, "127.0.0.1:0", &dir.path().join("store.db"))
             .await
             .expect("server starts");
-        Self { server, dir }
+        let proxy = conformance::Proxy::start(&server.url(), documents())
+            .await
+            .expect("conformance proxy starts")
+            .asserting_on_drop();
+        Self { server, dir, proxy }
     }
 
     /// One fast replica and no `metrics` events, so the output of a run
@@ -35,8 +43,9 @@ impl TestServer {
         Self::start(quiet_config(|_| {})).await
     }
 
+    /// The server's address, behind the conformance proxy.
     pub fn url(&self) -> String {
-        self.server.url()
+        self.proxy.url()
     }
 
     pub fn handle(&self) -> TestHandle {
@@ -54,6 +63,16 @@ impl TestServer {
 }
 
 /// Scopes look like `cli-<pid>-<n>`; the snapshot filters replace them.
+/// The committed documents, loaded once per test binary.
+pub fn documents() -> std::sync::Arc<conformance::Documents> {
+    static DOCUMENTS: OnceLock<std::sync::Arc<conformance::Documents>> = OnceLock::new();
+    DOCUMENTS
+        .get_or_init(|| {
+            std::sync::Arc::new(conformance::Documents::committed().expect("documents load"))
+        })
+        .clone()
+}
+
 pub fn unique_scope() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(

@@ -27,6 +27,9 @@ use tempfile::TempDir;
 pub struct TestServer {
     pub server: RunningServer,
     pub dir: TempDir,
+    /// Every request of the test goes through it and every answer is
+    /// checked against contracts/openapi (ORCH-9020).
+    proxy: conformance::Proxy,
 }
 
 impl TestServer {
@@ -35,15 +38,20 @@ impl TestServer {
         let server = orchestratord::start(config, "127.0.0.1:0", &dir.path().join("store.db"))
             .await
             .expect("server starts");
-        Self { server, dir }
+        let proxy = conformance::Proxy::start(&server.url(), documents())
+            .await
+            .expect("conformance proxy starts")
+            .asserting_on_drop();
+        Self { server, dir, proxy }
     }
 
     pub async fn default() -> Self {
         Self::start(Config::default()).await
     }
 
+    /// The server's address, behind the conformance proxy.
     pub fn url(&self) -> String {
-        self.server.url()
+        self.proxy.url()
     }
 
     /// A client in a scope of its own.
@@ -54,6 +62,16 @@ impl TestServer {
     pub fn handle(&self) -> TestHandle {
         self.server.test_handle()
     }
+}
+
+/// The committed documents, loaded once per test binary.
+pub fn documents() -> std::sync::Arc<conformance::Documents> {
+    static DOCUMENTS: OnceLock<std::sync::Arc<conformance::Documents>> = OnceLock::new();
+    DOCUMENTS
+        .get_or_init(|| {
+            std::sync::Arc::new(conformance::Documents::committed().expect("documents load"))
+        })
+        .clone()
 }
 
 pub fn unique_scope() -> String {
@@ -125,8 +143,10 @@ pub async fn eventually(within: Duration, what: &str, mut check: impl AsyncFnMut
 /// The server shared by every test of this binary. It runs on a runtime of its
 /// own in a background thread, so it outlives each `#[tokio::test]` runtime.
 struct Shared {
+    /// The conformance proxy's address in front of the shared server.
     url: String,
     runtime: tokio::runtime::Handle,
+    proxy: conformance::Proxy,
 }
 
 fn shared() -> &'static Shared {
@@ -149,10 +169,14 @@ fn shared() -> &'static Shared {
                         &dir.join("store.db"),
                     ))
                     .expect("shared server starts");
+                let proxy = runtime
+                    .block_on(conformance::Proxy::start(&server.url(), documents()))
+                    .expect("conformance proxy starts");
                 ready
                     .send(Shared {
-                        url: server.url(),
+                        url: proxy.url(),
                         runtime: runtime.handle().clone(),
+                        proxy,
                     })
                     .expect("test thread waits");
                 // Serve until the process exits; the server is never dropped.
@@ -240,6 +264,9 @@ impl Drop for ScopedClient {
                 panic!("purging scope {}: {error}", self.scope_name())
             }
             _ => {}
+        }
+        if !std::thread::panicking() {
+            shared.proxy.assert_conformant();
         }
     }
 }
