@@ -290,6 +290,9 @@ pub fn backoff_hint(predicted_wait_ms: u64) -> (u64, u64) {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
