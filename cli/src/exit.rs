@@ -27,7 +27,7 @@ pub enum Failure {
     /// A call answered with an error (or never reached the server).
     Client(Box<ClientError>),
     /// The task itself ended with (or is in) an error.
-    TaskFailed(ErrorEnvelope),
+    TaskFailed(Box<ErrorEnvelope>),
     /// Arguments that clap cannot check on its own.
     Usage(String),
     /// Local I/O (reading stdin, writing stdout).
@@ -102,7 +102,7 @@ mod tests {
         Failure::from(ClientError::Api {
             status,
             envelope: ErrorEnvelope {
-                code,
+                code: code.into(),
                 message: "m".into(),
                 retriable: code.retriable(),
                 retry_after_ms: None,
@@ -154,7 +154,10 @@ mod tests {
         let pipe = Failure::Io(std::io::ErrorKind::BrokenPipe.into());
         assert_eq!(Exit::of(&pipe), Exit::Ok);
         assert_eq!(Exit::of(&usage), Exit::Usage);
-        assert_eq!(Exit::of(&Failure::TaskFailed(envelope)), Exit::TaskFailed);
+        assert_eq!(
+            Exit::of(&Failure::TaskFailed(Box::new(envelope))),
+            Exit::TaskFailed
+        );
         assert_eq!(Exit::TaskFailed.code(), 5);
     }
 

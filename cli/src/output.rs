@@ -196,28 +196,28 @@ fn api_hint(
         Some(scope) => format!("this call used scope {scope:?}"),
         None => "this call used no scope, so it sees only unscoped tasks and sessions".into(),
     };
-    match (status, envelope.code) {
+    match (status, envelope.code.known()) {
         (404, _) => match context.subject {
             Subject::Session => format!("check the session id and --scope ({scope_note})"),
             Subject::Pool => "check the pool id; `orchctl pools` lists the pools".into(),
             _ => format!("check the task id and --scope ({scope_note})"),
         },
-        (500, _) | (_, ErrorCode::Internal) => {
+        (500, _) | (_, Some(ErrorCode::Internal)) => {
             "the server failed unexpectedly; quote the correlation id when reporting it".into()
         }
-        (_, ErrorCode::PoolUnready) if context.subject == Subject::Pool => {
+        (_, Some(ErrorCode::PoolUnready)) if context.subject == Subject::Pool => {
             "the new replicas were still loading and the old ones keep serving; allow more time \
              with --ready-timeout-ms"
                 .into()
         }
-        (_, ErrorCode::InvalidParams)
+        (_, Some(ErrorCode::InvalidParams))
             if context.subject == Subject::Pool && envelope.message.starts_with("model_ref:") =>
         {
             "the replicas cannot serve that model and the old ones keep serving; check \
              --model-ref (`orchctl replicasets` shows what each pool serves)"
                 .into()
         }
-        (_, ErrorCode::PoolUnavailable) => {
+        (_, Some(ErrorCode::PoolUnavailable)) => {
             "the pool is draining, shutting down, or has every replica down (the message says \
              which); a drained pool admits again after a successful `orchctl pool reload`"
                 .into()
@@ -234,18 +234,22 @@ fn api_hint(
             (None, true) => "retriable: try again later; --retries N retries automatically".into(),
             (None, false) => "retriable: try again later".into(),
         },
-        (_, ErrorCode::InvalidParams) => {
+        (_, Some(ErrorCode::InvalidParams)) => {
             "fix the field named in the message; `orchctl help <command>` lists the options".into()
         }
-        (_, ErrorCode::Conflict) => {
+        (_, Some(ErrorCode::Conflict)) => {
             "this --task-id is already used in this scope with a different request; \
              choose another id, or resend the identical request"
                 .into()
         }
-        (_, ErrorCode::Unauthorized) => "pass a valid key with --api-key or ORCH_API_KEY".into(),
-        (_, ErrorCode::Forbidden) => "this API key's tenant lacks the role the operation needs: \
+        (_, Some(ErrorCode::Unauthorized)) => {
+            "pass a valid key with --api-key or ORCH_API_KEY".into()
+        }
+        (_, Some(ErrorCode::Forbidden)) => {
+            "this API key's tenant lacks the role the operation needs: \
              the control plane (pools, pool, replicasets, capabilities) needs an admin key"
-            .into(),
+                .into()
+        }
         _ => format!("the server answered HTTP {status}"),
     }
 }

@@ -1,5 +1,6 @@
 //! A small Server-Sent Events reader: bytes in, typed events out. Comment
-//! lines (keep-alives) are skipped; a malformed event is a protocol error.
+//! lines (keep-alives) and events of a kind this build does not know (a newer
+//! server's, ORCH-9015) are skipped; a malformed event is a protocol error.
 
 use bytes::BytesMut;
 use contracts::StreamEvent;
@@ -29,7 +30,7 @@ pub fn parse_block(block: &str) -> Option<Result<StreamEvent, ClientError>> {
             _ => {}
         }
     }
-    let name = name?;
+    let name = name.filter(|n| StreamEvent::NAMES.contains(&n.as_str()))?;
     Some(
         StreamEvent::from_sse(&name, &data)
             .map_err(|e| ClientError::Protocol(format!("bad `{name}` event {data:?}: {e}"))),
@@ -83,5 +84,15 @@ mod tests {
             .unwrap();
         assert_eq!(event.sse_id(), Some(3));
         assert!(parse_block(": keep-alive").is_none());
+    }
+
+    // covers: ORCH-9015
+    #[test]
+    fn an_event_kind_of_a_newer_server_is_skipped_and_a_bad_known_one_is_not() {
+        assert!(parse_block("event: progress\ndata: {\"percent\":40}").is_none());
+        assert!(matches!(
+            parse_block("event: token\ndata: {\"text\":\"x\"}"),
+            Some(Err(ClientError::Protocol(_)))
+        ));
     }
 }

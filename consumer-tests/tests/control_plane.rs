@@ -73,7 +73,7 @@ fn health_example() -> PoolHealth {
         queue_depth: 0,
         replicas: vec![ReplicaStatus {
             replica_id: "r0".into(),
-            state: ReplicaState::Ready,
+            state: ReplicaState::Ready.into(),
             engine: "builtin".into(),
             engine_version: "builtin-1.0.0".into(),
             model_ref: "builtin:tiny-words".into(),
@@ -179,6 +179,45 @@ fn reload_unknown() {
         "/v1/pools/nowhere/reload",
         Some(json(&reload("builtin:tiny-words"))),
     );
+}
+
+// covers: ORCH-2024
+#[test]
+fn reload_body_over_the_servers_limit() {
+    let request = reload(&format!("builtin:{}", "m".repeat(1_100)));
+    let pact = interaction(
+        "control: a reload whose body is over the server's max_body_bytes is 413 INVALID_PARAMS naming body [ORCH-2024]",
+        |mut i| {
+            i.given_with_params(
+                "the server accepts request bodies of at most {max_body_bytes} bytes",
+                &serde_json::json!({"max_body_bytes": 1024}),
+            );
+            i.request
+                .post()
+                .path("/v1/pools/default/reload")
+                .header("content-type", "application/json")
+                .json_body(json(&request));
+            error_response(
+                &mut i,
+                413,
+                &envelope(
+                    ErrorCode::InvalidParams,
+                    None,
+                    "body: is larger than the server's limit (max_body_bytes in the config)",
+                ),
+                "^body: [\\s\\S]*$",
+            );
+            i
+        },
+    );
+    run(&pact, async |url| {
+        let result = admin(&url).reload_pool("default", &request).await;
+        let error = assert_api_error(result, 413, ErrorCode::InvalidParams);
+        assert!(
+            error.envelope().unwrap().message.starts_with("body:"),
+            "{error}"
+        );
+    });
 }
 
 // covers: ORCH-6022, ORCH-2012

@@ -13,7 +13,10 @@ const DOCUMENTS: [(&str, &str); 2] = [
     ("control", "contracts/openapi/control.yaml"),
 ];
 /// Statuses that one interaction per plane covers for every operation.
-const PER_PLANE: [u16; 3] = [401, 403, 500];
+/// Statuses the server gives the same way on every operation of a plane (the
+/// auth answers, INTERNAL, and the body limit enforced below the handlers,
+/// ORCH-2024): one interaction per plane pins what the client reads.
+const PER_PLANE: [u16; 4] = [401, 403, 413, 500];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -43,15 +43,15 @@ fn status_example(task_id: &str, state: TaskState) -> TaskStatus {
         task_id: task_id.into(),
         scope: Some(SCOPE.into()),
         pool_id: "default".into(),
-        priority: Priority::Interactive,
-        state,
+        priority: Priority::Interactive.into(),
+        state: state.into(),
         queue_position: None,
         replica_id: Some("r0".into()),
         submitted_at_ms: 1_700_000_000_000,
         started_at_ms: Some(1_700_000_000_010),
         finished_at_ms: Some(1_700_000_000_050),
         tokens_out: 4,
-        finish_reason: Some(FinishReason::Length),
+        finish_reason: Some(FinishReason::Length.into()),
         error: None,
     }
 }
@@ -202,6 +202,46 @@ fn invalid_submit_json(
         };
         let error = assert_api_error(result, 400, ErrorCode::InvalidParams);
         assert!(error.envelope().unwrap().message.contains(field), "{error}");
+    });
+}
+
+// covers: ORCH-2024
+#[test]
+fn submit_body_over_the_servers_limit() {
+    let request = task(&"word ".repeat(300), 2);
+    let body = wire(&request);
+    let pact = interaction(
+        "submit whose body is over the server's max_body_bytes is 413 INVALID_PARAMS naming body [ORCH-2024]",
+        |mut i| {
+            i.given_with_params(
+                "the server accepts request bodies of at most {max_body_bytes} bytes",
+                &json!({"max_body_bytes": 1024}),
+            );
+            i.request
+                .post()
+                .path("/v1/tasks")
+                .header("content-type", "application/json")
+                .json_body(body.clone());
+            error_response(
+                &mut i,
+                413,
+                &envelope(
+                    ErrorCode::InvalidParams,
+                    None,
+                    "body: is larger than the server's limit (max_body_bytes in the config)",
+                ),
+                "^body: [\\s\\S]*$",
+            );
+            i
+        },
+    );
+    run(&pact, async |url| {
+        let result = client(&url).submit(request.clone()).await;
+        let error = assert_api_error(result, 413, ErrorCode::InvalidParams);
+        assert!(
+            error.envelope().unwrap().message.starts_with("body:"),
+            "{error}"
+        );
     });
 }
 
@@ -361,7 +401,7 @@ fn refused_submit(
         else {
             unreachable!()
         };
-        assert_eq!(envelope.policy, policy);
+        assert_eq!(envelope.policy, policy.map(Into::into));
         assert!(retry_after_s.is_some_and(|s| s >= 1));
         assert!(backoff_ms.is_some());
     });
@@ -624,17 +664,17 @@ fn end(tokens_out: u32, reason: FinishReason) -> StreamEvent {
     StreamEvent::End(EndEvent {
         tokens_out,
         decode_ms: 999_004,
-        finish_reason: reason,
+        finish_reason: reason.into(),
     })
 }
 
 fn stream_error(code: ErrorCode, policy: Option<RejectPolicy>) -> StreamEvent {
     StreamEvent::Error(contracts::ErrorEnvelope {
-        code,
+        code: code.into(),
         message: "SENTINELMESSAGE".into(),
         retriable: code.retriable(),
         retry_after_ms: Some(999_005),
-        policy,
+        policy: policy.map(Into::into),
         engine: Some("SENTINELENGINE".into()),
         correlation_id: "SENTINELCID".into(),
     })
@@ -812,7 +852,7 @@ fn stream_shed_victim() {
         )],
         |events| {
             assert!(
-                matches!(&events[..], [StreamEvent::Error(e)] if e.policy == Some(RejectPolicy::ShedLowPriority))
+                matches!(&events[..], [StreamEvent::Error(e)] if e.policy == Some(RejectPolicy::ShedLowPriority.into()))
             );
         },
     );

@@ -18,7 +18,9 @@ pub enum ReplicaState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
 pub struct ReplicaStatus {
     pub replica_id: String,
-    pub state: ReplicaState,
+    #[schema(value_type = ReplicaState)]
+    #[schemars(with = "ReplicaState")]
+    pub state: crate::OpenEnum<ReplicaState>,
     pub engine: String,
     pub engine_version: String,
     pub model_ref: String,

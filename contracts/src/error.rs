@@ -5,6 +5,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::OpenEnum;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
@@ -92,19 +94,30 @@ pub enum RejectPolicy {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, JsonSchema)]
 pub struct ErrorEnvelope {
-    pub code: ErrorCode,
+    #[schema(value_type = ErrorCode)]
+    #[schemars(with = "ErrorCode")]
+    pub code: OpenEnum<ErrorCode>,
     /// Human-readable; names the offending field and the limit where there is one.
     pub message: String,
     pub retriable: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<RejectPolicy>,
+    #[schema(value_type = Option<RejectPolicy>)]
+    #[schemars(with = "Option<RejectPolicy>")]
+    pub policy: Option<OpenEnum<RejectPolicy>>,
     /// The engine involved, for engine-side failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<String>,
     /// Unique per error; the same id is in the server log (ORCH-2002).
     pub correlation_id: String,
+}
+
+impl ErrorEnvelope {
+    /// The policy, when there is one and this build knows it.
+    pub fn known_policy(&self) -> Option<RejectPolicy> {
+        self.policy.as_ref().and_then(OpenEnum::known)
+    }
 }
 
 impl std::fmt::Display for ErrorEnvelope {

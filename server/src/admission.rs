@@ -191,6 +191,226 @@ mod tests {
         assert!(validate_for_pool(&request(), &pool).is_ok());
     }
 
+    /// `Ok` or the field the error names.
+    fn verdict(result: Result<(), OrchError>) -> Result<(), String> {
+        result.map_err(|e| {
+            assert_eq!(e.code, contracts::ErrorCode::InvalidParams);
+            e.message.split(':').next().unwrap_or_default().to_owned()
+        })
+    }
+
+    // covers: ORCH-1002, ORCH-1015
+    #[test]
+    fn each_syntax_bound_accepts_its_edge_and_refuses_one_past_it() {
+        let long_id = "a".repeat(ID_MAX_LEN);
+        let too_long_id = "a".repeat(ID_MAX_LEN + 1);
+        type Edit = Box<dyn Fn(&mut TaskRequest)>;
+        let cases: Vec<(&str, Edit, Result<(), &str>)> = vec![
+            (
+                "task_id at its length",
+                Box::new(move |r| r.task_id = Some(long_id.clone())),
+                Ok(()),
+            ),
+            (
+                "task_id too long",
+                Box::new(move |r| r.task_id = Some(too_long_id.clone())),
+                Err("task_id"),
+            ),
+            (
+                "task_id empty",
+                Box::new(|r| r.task_id = Some(String::new())),
+                Err("task_id"),
+            ),
+            (
+                "task_id only dots",
+                Box::new(|r| r.task_id = Some("..".into())),
+                Err("task_id"),
+            ),
+            (
+                "task_id with a slash",
+                Box::new(|r| r.task_id = Some("a/b".into())),
+                Err("task_id"),
+            ),
+            (
+                "scope valid",
+                Box::new(|r| r.scope = Some("team-a:1".into())),
+                Ok(()),
+            ),
+            (
+                "scope empty",
+                Box::new(|r| r.scope = Some(String::new())),
+                Err("scope"),
+            ),
+            (
+                "scope non-ASCII",
+                Box::new(|r| r.scope = Some("é".into())),
+                Err("scope"),
+            ),
+            (
+                "session_id valid",
+                Box::new(|r| r.session_id = Some("s.1".into())),
+                Ok(()),
+            ),
+            (
+                "session_id blank",
+                Box::new(|r| r.session_id = Some(" ".into())),
+                Err("session_id"),
+            ),
+            (
+                "pool_id valid",
+                Box::new(|r| r.pool_id = Some("gpu_1".into())),
+                Ok(()),
+            ),
+            (
+                "pool_id invalid",
+                Box::new(|r| r.pool_id = Some("a b".into())),
+                Err("pool_id"),
+            ),
+            (
+                "prompt empty",
+                Box::new(|r| r.prompt = String::new()),
+                Err("prompt"),
+            ),
+            (
+                "prompt blank",
+                Box::new(|r| r.prompt = " \n\t".into()),
+                Err("prompt"),
+            ),
+            (
+                "prompt padded",
+                Box::new(|r| r.prompt = " a ".into()),
+                Ok(()),
+            ),
+            (
+                "max_tokens 0",
+                Box::new(|r| r.max_tokens = 0),
+                Err("max_tokens"),
+            ),
+            ("max_tokens 1", Box::new(|r| r.max_tokens = 1), Ok(())),
+            (
+                "temperature 0",
+                Box::new(|r| r.temperature = Some(0.0)),
+                Ok(()),
+            ),
+            (
+                "temperature max",
+                Box::new(|r| r.temperature = Some(TEMPERATURE_MAX as f32)),
+                Ok(()),
+            ),
+            (
+                "temperature over",
+                Box::new(|r| r.temperature = Some(2.01)),
+                Err("temperature"),
+            ),
+            (
+                "temperature negative",
+                Box::new(|r| r.temperature = Some(-0.01)),
+                Err("temperature"),
+            ),
+            (
+                "temperature NaN",
+                Box::new(|r| r.temperature = Some(f32::NAN)),
+                Err("temperature"),
+            ),
+            ("top_p 0", Box::new(|r| r.top_p = Some(0.0)), Err("top_p")),
+            (
+                "top_p smallest",
+                Box::new(|r| r.top_p = Some(f32::from_bits(1))),
+                Ok(()),
+            ),
+            ("top_p 1", Box::new(|r| r.top_p = Some(1.0)), Ok(())),
+            (
+                "top_p over 1",
+                Box::new(|r| r.top_p = Some(1.001)),
+                Err("top_p"),
+            ),
+            (
+                "top_p NaN",
+                Box::new(|r| r.top_p = Some(f32::NAN)),
+                Err("top_p"),
+            ),
+            (
+                "top_k max",
+                Box::new(|r| r.top_k = Some(TOP_K_MAX as u32)),
+                Ok(()),
+            ),
+            (
+                "top_k over",
+                Box::new(|r| r.top_k = Some(TOP_K_MAX as u32 + 1)),
+                Err("top_k"),
+            ),
+            (
+                "deadline 0",
+                Box::new(|r| r.deadline_ms = Some(0)),
+                Err("deadline_ms"),
+            ),
+            ("deadline 1", Box::new(|r| r.deadline_ms = Some(1)), Ok(())),
+            (
+                "deadline max",
+                Box::new(|r| r.deadline_ms = Some(DEADLINE_MAX_MS)),
+                Ok(()),
+            ),
+            (
+                "deadline over",
+                Box::new(|r| r.deadline_ms = Some(DEADLINE_MAX_MS + 1)),
+                Err("deadline_ms"),
+            ),
+        ];
+        for (what, edit, expected) in cases {
+            let mut r = request();
+            edit(&mut r);
+            let expected = expected.map_err(str::to_owned);
+            assert_eq!(verdict(validate_syntax(&r)), expected, "{what}");
+        }
+    }
+
+    // covers: ORCH-1002, ORCH-1003, ORCH-1009
+    #[test]
+    fn each_pool_bound_accepts_its_edge_and_refuses_one_past_it() {
+        let pool = PoolConfig {
+            max_prompt_bytes: 5,
+            max_tokens_limit: 10,
+            ..PoolConfig::default()
+        };
+        let with = |prompt: &str, max_tokens: u32, version: Option<&str>| TaskRequest {
+            prompt: prompt.into(),
+            max_tokens,
+            sampler_profile_version: version.map(str::to_owned),
+            ..TaskRequest::default()
+        };
+        let own = pool.sampler_profile_version.clone();
+        assert_eq!(
+            verdict(validate_for_pool(&with("12345", 10, Some(&own)), &pool)),
+            Ok(())
+        );
+        assert_eq!(
+            verdict(validate_for_pool(&with("123456", 10, None), &pool)),
+            Err("prompt".into())
+        );
+        assert_eq!(
+            verdict(validate_for_pool(&with("1", 11, None), &pool)),
+            Err("max_tokens".into())
+        );
+        assert_eq!(
+            verdict(validate_for_pool(&with("1", 1, Some("other")), &pool)),
+            Err("sampler_profile_version".into())
+        );
+        assert_eq!(verdict(check_context(6, 10, 16)), Ok(()));
+        assert_eq!(verdict(check_context(7, 10, 16)), Err("max_tokens".into()));
+        assert_eq!(verdict(check_scope(None)), Ok(()));
+    }
+
+    // covers: ORCH-1005
+    #[test]
+    fn the_body_hash_tells_bodies_apart_and_only_them() {
+        let a = request();
+        let mut b = request();
+        assert_eq!(body_hash(&a), body_hash(&b));
+        b.max_tokens += 1;
+        assert_ne!(body_hash(&a), body_hash(&b));
+        assert_eq!(body_hash(&a).len(), 64);
+    }
+
     // covers: ORCH-4031
     #[test]
     fn default_seed_is_a_stable_hash_of_the_task_id() {

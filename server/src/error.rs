@@ -73,11 +73,11 @@ impl OrchError {
             tracing::info!(%correlation_id, code = %self.code, message = %self.message, "error answered");
         }
         ErrorEnvelope {
-            code: self.code,
+            code: self.code.into(),
             message: self.message.clone(),
             retriable: self.code.retriable(),
             retry_after_ms: self.backoff_ms,
-            policy: self.policy,
+            policy: self.policy.map(Into::into),
             engine: self.engine.clone(),
             correlation_id,
         }

@@ -65,7 +65,7 @@ async fn a_full_reject_queue_answers_429_with_backoff_from_the_predicted_wait() 
     .await;
     assert_eq!(status, 429);
     assert_eq!(envelope.code, ErrorCode::AdmissionReject);
-    assert_eq!(envelope.policy, Some(RejectPolicy::Reject));
+    assert_eq!(envelope.known_policy(), Some(RejectPolicy::Reject));
     assert!(envelope.retriable);
     let backoff_ms = numeric_header(&headers, "x-backoff-ms");
     let retry_after = numeric_header(&headers, "retry-after");
@@ -120,9 +120,9 @@ async fn shed_low_priority_evicts_the_newest_batch_task_for_an_interactive_one()
     assert_eq!(refused.status(), Some(429));
     let envelope = refused.envelope().unwrap();
     assert_eq!(
-        (envelope.code, envelope.policy),
+        (envelope.code.known(), envelope.known_policy()),
         (
-            ErrorCode::AdmissionReject,
+            Some(ErrorCode::AdmissionReject),
             Some(RejectPolicy::ShedLowPriority)
         )
     );
@@ -133,9 +133,9 @@ async fn shed_low_priority_evicts_the_newest_batch_task_for_an_interactive_one()
         panic!("shed stream: {events:?}")
     };
     assert_eq!(
-        (shed.code, shed.policy),
+        (shed.code.known(), shed.known_policy()),
         (
-            ErrorCode::AdmissionReject,
+            Some(ErrorCode::AdmissionReject),
             Some(RejectPolicy::ShedLowPriority)
         )
     );

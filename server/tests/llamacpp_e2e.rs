@@ -329,9 +329,9 @@ fn end(events: &[StreamEvent]) -> &contracts::EndEvent {
     }
 }
 
-fn error_code(events: &[StreamEvent]) -> ErrorCode {
+fn error_code(events: &[StreamEvent]) -> contracts::OpenEnum<ErrorCode> {
     match events.last() {
-        Some(StreamEvent::Error(e)) => e.code,
+        Some(StreamEvent::Error(e)) => e.code.clone(),
         other => panic!("stream did not end with `error`: {other:?}"),
     }
 }

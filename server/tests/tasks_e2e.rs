@@ -12,8 +12,8 @@ use contracts::{ErrorCode, FinishReason, Priority, StreamEvent, TaskRequest, Tas
 use futures::StreamExt;
 use orchctl::{ClientError, ListOptions};
 
-fn api_code(error: &ClientError) -> ErrorCode {
-    error.envelope().expect("an error envelope").code
+fn api_code(error: &ClientError) -> contracts::OpenEnum<ErrorCode> {
+    error.envelope().expect("an error envelope").code.clone()
 }
 
 // covers: ORCH-1001, ORCH-1101, ORCH-1102, ORCH-4030, ORCH-7202

@@ -86,8 +86,11 @@ async fn the_rate_limit_answers_429_with_a_retry_after_from_the_bucket() {
     };
     assert_eq!(*status, 429);
     assert_eq!(
-        (envelope.code, envelope.policy),
-        (ErrorCode::AdmissionReject, Some(RejectPolicy::RateLimit))
+        (envelope.code.known(), envelope.known_policy()),
+        (
+            Some(ErrorCode::AdmissionReject),
+            Some(RejectPolicy::RateLimit)
+        )
     );
     let backoff_ms = backoff_ms.unwrap();
     assert!(

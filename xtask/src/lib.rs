@@ -12,6 +12,7 @@ pub mod compliance;
 pub mod dod;
 pub mod drift;
 pub mod fuzz;
+pub mod mutants;
 pub mod openapi;
 pub mod results;
 pub mod schema;

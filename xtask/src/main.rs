@@ -65,6 +65,13 @@ enum Cmd {
     /// (schemathesis): no 5xx, no response the document does not declare, no
     /// schema-valid request refused but for the state-dependent reasons of ORCH-9018.
     FuzzApi,
+    /// Mutation testing of the pure modules (cargo-mutants, `.cargo/mutants.toml`): fails
+    /// on a surviving mutant that `ci/mutants-equivalent.txt` does not list with a reason.
+    Mutants {
+        /// Run only shard K of N (`K/N`), or `auto`: the shard the commit hash picks.
+        #[arg(long, value_name = "K/N|auto")]
+        shard: Option<String>,
+    },
     /// Every gate: fmt, clippy, generators --check, consumer tests, tests, compliance.
     Ci,
 }
@@ -172,6 +179,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Bless => bless::bless(&root)?,
         Cmd::Compat => bless::compat(&root)?,
         Cmd::FuzzApi => xtask::fuzz::fuzz(&root)?,
+        Cmd::Mutants { shard } => {
+            let shard = shard
+                .map(|s| xtask::mutants::Shard::parse(&root, &s))
+                .transpose()?;
+            xtask::mutants::run(&root, shard)?
+        }
         Cmd::Ci => ci::ci(&root)?,
     }
     Ok(ExitCode::SUCCESS)

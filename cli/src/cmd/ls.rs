@@ -6,7 +6,7 @@ use orchctl::contracts::{TaskList, TaskState, TaskStatus};
 
 use super::Ctx;
 use crate::exit::Failure;
-use crate::output::{enum_str, table};
+use crate::output::table;
 
 const AFTER_HELP: &str = "\
 Lists the tasks of this --scope in admission order. Without --all one page
@@ -101,32 +101,34 @@ fn rows(items: &[TaskStatus]) -> Vec<String> {
     let rows = items
         .iter()
         .map(|task| {
-            let detail = match task.state {
-                TaskState::Queued => task
+            let detail = match task.state.known() {
+                Some(TaskState::Queued) => task
                     .queue_position
                     .map(|p| format!("position {p}"))
                     .unwrap_or_default(),
-                TaskState::Running => task
+                Some(TaskState::Running) => task
                     .replica_id
                     .as_ref()
                     .map(|r| format!("on {r}"))
                     .unwrap_or_default(),
-                TaskState::Failed => task
+                Some(TaskState::Failed) => task
                     .error
                     .as_ref()
                     .map(|e| e.code.to_string())
                     .unwrap_or_default(),
-                TaskState::Completed | TaskState::Canceled => task
+                Some(TaskState::Completed | TaskState::Canceled) => task
                     .finish_reason
                     .as_ref()
-                    .map(enum_str)
+                    .map(ToString::to_string)
                     .unwrap_or_default(),
+                // A state this orchctl does not know (ORCH-9015): no detail.
+                None => String::new(),
             };
             [
                 task.task_id.clone(),
-                task.state.as_str().to_owned(),
+                task.state.to_string(),
                 task.pool_id.clone(),
-                enum_str(&task.priority),
+                task.priority.to_string(),
                 task.tokens_out.to_string(),
                 detail,
             ]

@@ -33,8 +33,8 @@ pub async fn run(ctx: &Ctx, args: StatusArgs) -> Result<(), Failure> {
             ctx.out.line(&format!("{:<10}{value}", format!("{key}:")))?;
         }
     }
-    match (status.state, status.error) {
-        (TaskState::Failed, Some(envelope)) => Err(Failure::TaskFailed(envelope)),
+    match (status.state.known(), status.error) {
+        (Some(TaskState::Failed), Some(envelope)) => Err(Failure::TaskFailed(Box::new(envelope))),
         _ => Ok(()),
     }
 }
@@ -44,9 +44,9 @@ fn fields(status: &TaskStatus) -> Vec<(&'static str, String)> {
     if let Some(scope) = &status.scope {
         fields.push(("scope", scope.clone()));
     }
-    fields.push(("state", status.state.as_str().to_owned()));
+    fields.push(("state", status.state.to_string()));
     fields.push(("pool", status.pool_id.clone()));
-    fields.push(("priority", enum_str(&status.priority)));
+    fields.push(("priority", status.priority.to_string()));
     if let Some(position) = status.queue_position {
         fields.push(("position", position.to_string()));
     }

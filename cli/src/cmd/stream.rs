@@ -140,7 +140,7 @@ pub async fn follow(
                 finish_tokens(ctx, &summary)?;
                 ctx.out
                     .note(&summary.line(&format!("failed: {}", envelope.code), None));
-                return Err(Failure::TaskFailed(envelope));
+                return Err(Failure::TaskFailed(Box::new(envelope)));
             }
         }
     }

@@ -138,11 +138,11 @@ fn walk(value: &Value, path: &str, exact: &[&str], regex: &[(&str, &str)]) -> Js
 /// The envelope of `code`, as an example.
 pub fn envelope(code: ErrorCode, policy: Option<RejectPolicy>, message: &str) -> ErrorEnvelope {
     ErrorEnvelope {
-        code,
+        code: code.into(),
         message: message.into(),
         retriable: code.retriable(),
         retry_after_ms: matches!(code.http_status(), 429 | 503).then_some(50),
-        policy,
+        policy: policy.map(Into::into),
         engine: None,
         correlation_id: "c0ffee00-0000-4000-8000-000000000000".into(),
     }
@@ -185,7 +185,11 @@ pub fn assert_api_error<T: std::fmt::Debug>(
 ) -> orchctl::ClientError {
     let error = result.expect_err("an error answer");
     assert_eq!(error.status(), Some(status), "{error:?}");
-    assert_eq!(error.envelope().map(|e| e.code), Some(code), "{error:?}");
+    assert_eq!(
+        error.envelope().and_then(|e| e.code.known()),
+        Some(code),
+        "{error:?}"
+    );
     error
 }
 

@@ -32,7 +32,8 @@ fn replica_status(replica: &Replica) -> ReplicaStatus {
             ReplicaHealth::Starting => ReplicaState::Starting,
             ReplicaHealth::Ready => ReplicaState::Ready,
             ReplicaHealth::Down => ReplicaState::Down,
-        },
+        }
+        .into(),
         engine: properties.engine.clone(),
         engine_version: properties.engine_version.clone(),
         model_ref: properties.model_ref.clone(),

@@ -821,15 +821,15 @@ pub fn status_from_record(record: &TaskRecord) -> TaskStatus {
         task_id: record.key.task_id.clone(),
         scope: (!record.key.scope.is_empty()).then(|| record.key.scope.clone()),
         pool_id: record.pool_id.clone(),
-        priority: record.priority,
-        state: record.state,
+        priority: record.priority.into(),
+        state: record.state.into(),
         queue_position: None,
         replica_id: record.replica_id.clone(),
         submitted_at_ms: record.submitted_at_ms,
         started_at_ms: record.started_at_ms,
         finished_at_ms: record.finished_at_ms,
         tokens_out: record.tokens_out,
-        finish_reason: record.finish_reason,
+        finish_reason: record.finish_reason.map(Into::into),
         error: record.error.clone(),
     }
 }

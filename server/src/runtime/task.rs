@@ -229,7 +229,7 @@ impl LiveTask {
                 let end = EndEvent {
                     tokens_out: inner.tokens_out,
                     decode_ms,
-                    finish_reason: reason,
+                    finish_reason: reason.into(),
                 };
                 (state, StreamEvent::End(end))
             }
@@ -309,15 +309,15 @@ impl LiveTask {
             task_id: self.key.task_id.clone(),
             scope: (!self.key.scope.is_empty()).then(|| self.key.scope.clone()),
             pool_id: self.pool_id.clone(),
-            priority: self.priority,
-            state: inner.state,
+            priority: self.priority.into(),
+            state: inner.state.into(),
             queue_position: queue_position.filter(|_| inner.state == TaskState::Queued),
             replica_id: inner.replica_id.clone(),
             submitted_at_ms: self.submitted_at_ms,
             started_at_ms: inner.started_at_ms,
             finished_at_ms: inner.finished_at_ms,
             tokens_out: inner.tokens_out,
-            finish_reason: inner.finish_reason,
+            finish_reason: inner.finish_reason.map(Into::into),
             error: inner.error.clone(),
         }
     }

@@ -30,6 +30,7 @@ pub const KNOWN: &[&str] = &[
     "every replica of pool {pool} is starting",
     "replicas of pool {pool} take {load_ms} ms to load a model",
     "the store refuses writes",
+    "the server accepts request bodies of at most {max_body_bytes} bytes",
     "tenant {tenant} holds key {api_key} with role {role}",
     "tenant {tenant} with key {api_key} has used its rate limit of {burst} admissions",
     "task {task_id} was admitted in scope {scope} with prompt {prompt} and max_tokens {max_tokens}",
@@ -105,6 +106,14 @@ pub fn configure(config: &mut Config, state: &str, params: &Params) -> Result<()
         bail!("unknown provider state {state:?} (known: {KNOWN:#?})");
     }
     match state {
+        "the server accepts request bodies of at most {max_body_bytes} bytes" => {
+            let limit = n(params, "max_body_bytes")?;
+            config.max_body_bytes = limit;
+            // A prompt limit above the body limit is a config the server refuses.
+            for pool in &mut config.pools {
+                pool.max_prompt_bytes = pool.max_prompt_bytes.min(limit as u32);
+            }
+        }
         "pool {pool} does not exist" => {
             let pool = s(params, "pool")?;
             if config.pools.iter().any(|p| p.id == pool) {
@@ -225,7 +234,7 @@ impl Running {
         check: impl Fn(TaskState) -> bool,
     ) -> Result<()> {
         for _ in 0..500 {
-            if check(client.status(id).await?.state) {
+            if client.status(id).await?.state.known().is_some_and(&check) {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
