@@ -126,6 +126,11 @@ impl Documents {
         if let Some((_, media_type)) = OPERATIONAL_PATHS.iter().find(|(p, _)| *p == path) {
             return Ok(self.check_operational(exchange, media_type));
         }
+        let has_empty_segment = path.split('/').skip(1).any(str::is_empty);
+        if has_empty_segment && exchange.status == 404 {
+            // An empty id may not reach any route at all (`/v1/scopes/`).
+            return Ok(self.check_envelope(exchange));
+        }
         let Some((doc_index, template, item)) = self.path_item(path) else {
             // No document declares the path: the server's answer is the
             // 404 envelope (ORCH-2024).
@@ -384,13 +389,16 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Whether a concrete path is an instance of a template. An empty segment
+/// matches a parameter too: the request names the operation with an empty id,
+/// which the operation must refuse with a status it declares.
 fn template_matches(template: &str, path: &str) -> bool {
     let t: Vec<_> = template.split('/').collect();
     let p: Vec<_> = path.split('/').collect();
     t.len() == p.len()
         && t.iter()
             .zip(&p)
-            .all(|(t, p)| (t.starts_with('{') && t.ends_with('}') && !p.is_empty()) || t == p)
+            .all(|(t, p)| (t.starts_with('{') && t.ends_with('}')) || t == p)
 }
 
 /// A header's text as the JSON instance its schema describes.

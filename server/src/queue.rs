@@ -375,12 +375,76 @@ mod tests {
         }
     }
 
+    /// Evict the least recently queued task of a full drop-lru queue by
+    /// admitting `arrival`; the victim's key.
+    fn lru_victim(q: &mut PoolQueue<u32>, arrival: u32, priority: Priority) -> u32 {
+        let Admission::Admitted { evicted, .. } = q.admit(arrival, priority) else {
+            panic!("drop-lru admits")
+        };
+        evicted.expect("a full queue evicts").key
+    }
+
+    // covers: ORCH-7002
+    #[test]
+    fn restored_tasks_keep_their_order_and_age_even_over_capacity() {
+        let mut q = queue(2, FullPolicy::DropLru);
+        q.restore(1, Priority::Interactive);
+        q.restore(2, Priority::Batch);
+        q.restore(3, Priority::Interactive);
+        assert_eq!(
+            q.len(),
+            3,
+            "a restored task was admitted before: capacity does not apply"
+        );
+        assert_eq!(q.dispatch_order(), vec![1, 3, 2]);
+        // Restored in age order: the oldest goes first, whatever its lane.
+        assert_eq!(lru_victim(&mut q, 4, Priority::Interactive), 1);
+        assert_eq!(lru_victim(&mut q, 5, Priority::Interactive), 2);
+    }
+
+    // covers: ORCH-3005
+    #[test]
+    fn a_requeued_task_counts_as_queued_at_its_requeue() {
+        let mut q = queue(2, FullPolicy::DropLru);
+        q.admit(1, Priority::Interactive);
+        q.requeue_front(2, Priority::Interactive);
+        assert_eq!(
+            q.dispatch_order(),
+            vec![2, 1],
+            "a retry goes to the head of its lane"
+        );
+        assert_eq!(lru_victim(&mut q, 3, Priority::Batch), 1);
+        // 2 was requeued before 3 arrived: it is the older of the two.
+        assert_eq!(lru_victim(&mut q, 4, Priority::Interactive), 2);
+    }
+
+    // covers: ORCH-3003
+    #[test]
+    fn a_streak_left_by_a_canceled_batch_task_does_not_invent_a_batch_turn() {
+        let mut q = queue(10, FullPolicy::Reject);
+        q.admit(100, Priority::Batch);
+        for k in 0..3 {
+            q.admit(k, Priority::Interactive);
+        }
+        assert_eq!(q.pop_next(), Some(0));
+        assert_eq!(q.pop_next(), Some(1));
+        // The batch task's turn is next, but it is canceled.
+        assert!(q.remove(&100));
+        assert_eq!(q.dispatch_order(), vec![2]);
+        assert_eq!(q.position(&2), Some(0));
+        assert_eq!(q.pop_next(), Some(2));
+        assert!(!q.remove(&100));
+    }
+
     // covers: ORCH-3007
     #[test]
     fn predicted_start_counts_completions_ahead() {
         assert_eq!(predicted_start_ms(0, 1, 4, 400.0), 0);
         assert_eq!(predicted_start_ms(0, 0, 4, 400.0), 100);
         assert_eq!(predicted_start_ms(7, 0, 4, 400.0), 800);
+        // Free slots take the first positions: position 3 with 2 free waits for 2 ends.
+        assert_eq!(predicted_start_ms(3, 2, 4, 400.0), 200);
+        assert_eq!(predicted_start_ms(1, 2, 4, 400.0), 0);
         assert_eq!(backoff_hint(0), (50, 1));
         assert_eq!(backoff_hint(2_500), (2_500, 3));
     }
