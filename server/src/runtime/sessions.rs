@@ -227,6 +227,116 @@ mod tests {
         assert_eq!(sessions.info(&key("c"), 3).unwrap().kv_bytes, 40);
     }
 
+    // covers: ORCH-5015, ORCH-5016
+    #[test]
+    fn warmth_and_kv_follow_each_turn_and_replica() {
+        let mut sessions = Sessions::new(SessionConfig {
+            kv_bytes_per_token: 3,
+            kv_budget_bytes_per_replica: 200,
+            ..SessionConfig::default()
+        });
+        let a = key("a");
+        sessions.begin_turn(&a, 0).unwrap();
+        assert_eq!(
+            sessions.warm_replica(&a),
+            None,
+            "no KV before the first turn ends"
+        );
+        sessions.complete_turn(&a, "r0", 10, 1);
+        assert_eq!(sessions.warm_replica(&a).as_deref(), Some("r0"));
+        // The same replica keeps the KV and adds the new turn's tokens.
+        sessions.begin_turn(&a, 2).unwrap();
+        sessions.complete_turn(&a, "r0", 5, 3);
+        assert_eq!(sessions.info(&a, 3).unwrap().kv_bytes, 45);
+        assert_eq!(sessions.kv_usage("r0"), (45, 200));
+        assert_eq!(sessions.kv_usage("r1"), (0, 200));
+        // Another replica starts over from the turn's own tokens.
+        sessions.begin_turn(&a, 4).unwrap();
+        sessions.complete_turn(&a, "r1", 7, 5);
+        assert_eq!(sessions.info(&a, 5).unwrap().kv_bytes, 21);
+        assert_eq!(
+            (sessions.kv_usage("r0").0, sessions.kv_usage("r1").0),
+            (0, 21)
+        );
+        // A session on another replica never counts against r1's budget.
+        let b = key("b");
+        sessions.begin_turn(&b, 6).unwrap();
+        sessions.complete_turn(&b, "r0", 60, 6);
+        assert!(
+            sessions.info(&a, 6).unwrap().kv_warmth,
+            "r0's 180 bytes are not r1's"
+        );
+        assert_eq!(sessions.kv_usage("r0").0, 180);
+        // The replica failed: the KV is gone, and so is the affinity.
+        sessions.lose_kv(&a);
+        assert_eq!(sessions.warm_replica(&a), None);
+        assert_eq!(sessions.info(&a, 7).unwrap().kv_bytes, 0);
+        // Back on a replica whose KV was lost, the turn's tokens are all it holds.
+        sessions.begin_turn(&a, 8).unwrap();
+        sessions.complete_turn(&a, "r1", 4, 9);
+        assert_eq!(sessions.info(&a, 9).unwrap().kv_bytes, 12);
+        // 30 more bytes on r0 pass its budget (180 + 30 > 200): the least recently
+        // used session there, b, loses its KV; the newcomer keeps it.
+        let c = key("c");
+        sessions.begin_turn(&c, 10).unwrap();
+        sessions.complete_turn(&c, "r0", 10, 10);
+        assert!(!sessions.info(&b, 10).unwrap().kv_warmth);
+        assert_eq!(sessions.kv_usage("r0").0, 30);
+    }
+
+    // covers: ORCH-5011, ORCH-5012
+    #[test]
+    fn a_turn_not_admitted_is_not_counted_and_the_ttl_is_inclusive() {
+        let mut sessions = Sessions::new(SessionConfig {
+            ttl_ms: 100,
+            max_turns: 1,
+            ..SessionConfig::default()
+        });
+        let s = key("s");
+        sessions.begin_turn(&s, 0).unwrap();
+        sessions.cancel_turn(&s);
+        assert_eq!(sessions.info(&s, 0).unwrap().turns, 0);
+        sessions.begin_turn(&s, 0).unwrap();
+        assert_eq!(sessions.info(&s, 30).unwrap().ttl_ms_remaining, 70);
+        // Exactly one TTL after the last use the session is still alive.
+        assert_eq!(sessions.info(&s, 100).unwrap().ttl_ms_remaining, 0);
+        assert_eq!(
+            sessions.info(&s, 101).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        // Expired ids answer 404 for one more TTL, then they are free again.
+        assert_eq!(
+            sessions.begin_turn(&s, 200).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        sessions.begin_turn(&s, 201).unwrap();
+        assert_eq!(sessions.info(&s, 201).unwrap().turns, 1);
+    }
+
+    // covers: ORCH-6013
+    #[test]
+    fn purging_a_scope_ends_only_that_tenants_sessions_in_it() {
+        let mut sessions = Sessions::new(SessionConfig::default());
+        let at = |tenant: &str, scope: &str, id: &str| SessionKey {
+            tenant: tenant.into(),
+            scope: scope.into(),
+            session_id: id.into(),
+        };
+        for k in [
+            at("t", "a", "1"),
+            at("t", "a", "2"),
+            at("t", "b", "1"),
+            at("u", "a", "1"),
+        ] {
+            sessions.begin_turn(&k, 0).unwrap();
+        }
+        assert_eq!(sessions.purge_scope("t", "a"), 2);
+        assert!(sessions.info(&at("t", "a", "1"), 0).is_err());
+        assert!(sessions.info(&at("t", "b", "1"), 0).is_ok());
+        assert!(sessions.info(&at("u", "a", "1"), 0).is_ok());
+        assert_eq!(sessions.purge_scope("t", "a"), 0);
+    }
+
     // covers: ORCH-5011, ORCH-5012
     #[test]
     fn ttl_and_turn_limit() {

@@ -178,5 +178,96 @@ mod tests {
         assert_eq!(bucket.take(0), Err(100));
         assert_eq!(bucket.take(50), Err(50));
         assert!(bucket.take(100).is_ok());
+        // A long idle refills to the burst, never past it.
+        assert!(bucket.take(10_000).is_ok());
+        assert!(bucket.take(10_000).is_ok());
+        assert_eq!(bucket.take(10_000), Err(100));
+        // A burst of 0 still admits one.
+        let mut one = TokenBucket::new(&RateLimitConfig {
+            per_second: 1.0,
+            burst: 0,
+        });
+        assert!(one.take(0).is_ok());
+        assert_eq!(one.take(0), Err(1_000));
+    }
+
+    fn tenant(id: &str, key: &str, max_concurrent: Option<u32>) -> TenantConfig {
+        TenantConfig {
+            id: id.into(),
+            api_key_sha256: vec![key_hash(key).to_ascii_uppercase()],
+            role: Role::Client,
+            rate_limit: None,
+            max_concurrent,
+        }
+    }
+
+    // covers: ORCH-6001, ORCH-6002
+    #[test]
+    fn keys_name_their_tenant_and_no_keys_means_the_open_default() {
+        let open = Tenants::new(&[]);
+        assert!(!open.keys_required());
+        let Auth::Tenant(default) = open.authenticate(None) else {
+            panic!("no keys configured: every call is the default tenant")
+        };
+        assert_eq!(
+            (default.id.as_str(), default.role),
+            (DEFAULT_TENANT, Role::Admin)
+        );
+
+        let tenants = Tenants::new(&[tenant("a", "key-a", None), tenant("b", "key-b", None)]);
+        assert!(tenants.keys_required());
+        assert!(matches!(tenants.authenticate(None), Auth::Missing));
+        assert!(matches!(tenants.authenticate(Some("guess")), Auth::Invalid));
+        // Hashes are compared in lowercase whatever the config's case.
+        let Auth::Tenant(b) = tenants.authenticate(Some("key-b")) else {
+            panic!("key-b is b's")
+        };
+        assert_eq!(b.id, "b");
+        assert!(tenants.get("a").is_some() && tenants.get(DEFAULT_TENANT).is_none());
+    }
+
+    // covers: ORCH-3011
+    #[test]
+    fn the_concurrency_quota_counts_running_tasks() {
+        let tenants = Tenants::new(&[tenant("a", "k", Some(2))]);
+        let a = tenants.get("a").unwrap();
+        assert!(a.may_start());
+        a.started();
+        assert!(a.may_start());
+        a.started();
+        assert!(!a.may_start(), "two running, quota two");
+        a.stopped();
+        assert!(a.may_start());
+        a.stopped();
+        a.stopped();
+        a.started();
+        a.started();
+        assert!(!a.may_start(), "a stop below zero is not banked");
+        assert!(
+            Tenants::new(&[tenant("u", "k", None)])
+                .get("u")
+                .unwrap()
+                .may_start()
+        );
+    }
+
+    // covers: ORCH-3010
+    #[test]
+    fn a_tenant_with_a_rate_limit_admits_through_its_bucket() {
+        let mut limited = tenant("a", "k", None);
+        limited.rate_limit = Some(RateLimitConfig {
+            per_second: 2.0,
+            burst: 1,
+        });
+        let tenants = Tenants::new(&[limited, tenant("b", "k2", None)]);
+        let a = tenants.get("a").unwrap();
+        assert_eq!(a.admit(0), Ok(()));
+        assert_eq!(a.admit(0), Err(500));
+        assert_eq!(a.admit(500), Ok(()));
+        let b = tenants.get("b").unwrap();
+        assert!(
+            (0..100).all(|_| b.admit(0).is_ok()),
+            "no limit configured: no limit"
+        );
     }
 }
