@@ -6,7 +6,10 @@
 # each mutant in scripts/mutants/mutants.txt applies it, runs the server's
 # tests (`cargo test -p orchestratord --no-fail-fast`: end-to-end, property,
 # model-based, determinism and, when present, pact provider verification),
-# restores the file, and prints `mutant | caught by | result`. Exits non-zero
+# restores the file, and prints `mutant | caught by | result`. A mutant with a
+# `run` line is judged by that command instead (run in the copy; it must fail),
+# for breakages only a gate sees, such as a breaking contract change whose
+# documents were regenerated. Exits non-zero
 # if any mutant survives (or no longer applies, or does not build).
 #
 # The build goes to its own target directory, by default
@@ -112,17 +115,18 @@ fi
 
 # --- 3. mutants ---------------------------------------------------------------
 # Parse mutants.txt into parallel arrays (one entry per substitution).
-names=() whys=() m_name=() m_file=() m_from=() m_to=()
+names=() whys=() runs=() m_name=() m_file=() m_from=() m_to=()
 current="" file="" from=""
 while IFS= read -r line || [ -n "$line" ]; do
     case "$line" in
         ''|'#'*) continue ;;
-        '['*']') current=${line#[}; current=${current%]}; names+=("$current"); whys+=("") ;;
+        '['*']') current=${line#[}; current=${current%]}; names+=("$current"); whys+=(""); runs+=("") ;;
         *)
             key=${line%%=*}; key=${key//[[:space:]]/}
             value=${line#*=}; value=${value#"${value%%[![:space:]]*}"}
             case "$key" in
                 why) whys[${#whys[@]}-1]=$value ;;
+                run) runs[${#runs[@]}-1]=$value ;;
                 file) file=$value ;;
                 from) from=$value ;;
                 to) m_name+=("$current"); m_file+=("$file"); m_from+=("$from"); m_to+=("$value") ;;
@@ -169,8 +173,23 @@ for i in "${!names[@]}"; do
     elif [ "$applied" = 1 ]; then
         echo "== $name: ${whys[$i]}"
         status=0
-        run_suite "$logs/$name.log" "$logs/$name.failed" || status=$?
-        if grep -q '^error\(\[E[0-9]*\]\)\?: could not compile\|^error\[E' "$logs/$name.log"; then
+        if [ -n "${runs[$i]}" ]; then
+            : >"$logs/$name.failed"
+            # The command may regenerate the documents: keep them to restore.
+            rm -rf "$work/generated" && mkdir -p "$work/generated"
+            cp -a "$ws/contracts/openapi" "$ws/contracts/schemas" "$work/generated/"
+            (cd "$ws" && timeout "$timeout_s" bash -c "${runs[$i]}" >"$logs/$name.log" 2>&1) || status=$?
+            rm -rf "$ws/contracts/openapi" "$ws/contracts/schemas"
+            cp -a "$work/generated/openapi" "$work/generated/schemas" "$ws/contracts/"
+        else
+            run_suite "$logs/$name.log" "$logs/$name.failed" || status=$?
+        fi
+        if [ -n "${runs[$i]}" ] && [ "$status" != 0 ] && [ "$status" != 124 ]; then
+            result="caught"
+            # The first line that names a problem: a BREAKING rule, or an error.
+            caught="$(grep -m1 -E '^ *BREAKING|^error' "$logs/$name.log" | sed 's/^ *//' | cut -c1-160 || true)"
+            caught="\`${runs[$i]}\` failed: ${caught:-see $logs/$name.log}"
+        elif grep -q '^error\(\[E[0-9]*\]\)\?: could not compile\|^error\[E' "$logs/$name.log"; then
             result="BUILD FAILED"; caught="(see $logs/$name.log)"; survived=$((survived + 1))
         elif [ "$status" = 124 ]; then
             result="TIMEOUT"; caught="-"; survived=$((survived + 1))

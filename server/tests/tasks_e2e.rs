@@ -16,7 +16,7 @@ fn api_code(error: &ClientError) -> contracts::OpenEnum<ErrorCode> {
     error.envelope().expect("an error envelope").code.clone()
 }
 
-// covers: ORCH-1001, ORCH-1101, ORCH-1102, ORCH-4030, ORCH-7202
+// covers: ORCH-1101, ORCH-1102, ORCH-4030
 #[tokio::test]
 async fn a_task_streams_started_tokens_and_end_identically_on_both_replicas() {
     let server = TestServer::default().await;
@@ -243,6 +243,10 @@ async fn resubmission_is_idempotent_and_a_changed_body_conflicts() {
     client.collect("idem-1").await.unwrap();
     let after_completion = client.submit(request.clone()).await.unwrap();
     assert_eq!(after_completion.task_id, "idem-1");
+    // Three identical submissions, one task: nothing was enqueued twice.
+    let listed = client.list(&ListOptions::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1, "{listed:?}");
+    assert_eq!(listed.items[0].tokens_out, 4, "the one task ran once");
 
     let changed = TaskRequest {
         max_tokens: 5,
@@ -257,7 +261,9 @@ async fn resubmission_is_idempotent_and_a_changed_body_conflicts() {
     assert_eq!(elsewhere.task_id, "idem-1");
 
     let generated = client.submit(task("no id", 1)).await.unwrap();
+    let another = client.submit(task("no id", 1)).await.unwrap();
     assert!(generated.task_id.starts_with("t-"));
+    assert_ne!(generated.task_id, another.task_id, "generated ids are unique");
 }
 
 // covers: ORCH-1002, ORCH-1003, ORCH-1004, ORCH-1008, ORCH-1009, ORCH-2012

@@ -214,6 +214,10 @@ mod tests {
             (DEFAULT_TENANT, Role::Admin)
         );
 
+        assert_eq!(
+            key_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         let tenants = Tenants::new(&[tenant("a", "key-a", None), tenant("b", "key-b", None)]);
         assert!(tenants.keys_required());
         assert!(matches!(tenants.authenticate(None), Auth::Missing));
