@@ -263,7 +263,10 @@ async fn resubmission_is_idempotent_and_a_changed_body_conflicts() {
     let generated = client.submit(task("no id", 1)).await.unwrap();
     let another = client.submit(task("no id", 1)).await.unwrap();
     assert!(generated.task_id.starts_with("t-"));
-    assert_ne!(generated.task_id, another.task_id, "generated ids are unique");
+    assert_ne!(
+        generated.task_id, another.task_id,
+        "generated ids are unique"
+    );
 }
 
 // covers: ORCH-1002, ORCH-1003, ORCH-1004, ORCH-1008, ORCH-1009, ORCH-2012
