@@ -9,6 +9,7 @@
 //! end-to-end suites validate every response they provoke, not only the pact
 //! examples.
 
+pub mod deploy;
 mod proxy;
 
 use std::collections::HashMap;

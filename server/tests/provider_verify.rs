@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use async_trait::async_trait;
 use conformance::Documents;
+use conformance::deploy as can_i_deploy;
 use contracts::config::Config;
 use pact_models::provider_states::ProviderState;
 use pact_verifier::callback_executors::{NullRequestFilterExecutor, ProviderStateExecutor};
@@ -173,9 +174,16 @@ async fn the_pacts_conform_to_the_openapi_documents() {
     );
 }
 
-// covers: ORCH-9006, ORCH-9005
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pacts_verify_against_the_real_server() {
+/// The outcome of replaying one pact file.
+struct Verification {
+    verified: usize,
+    failures: Vec<String>,
+    waived: Vec<String>,
+}
+
+/// Replay every interaction of `file` on a fresh server of its own, skipping the
+/// interactions `waived` names.
+async fn verify(file: &Path, waived: &[String]) -> Verification {
     // SAFETY: set before the verifier starts any thread that reads it.
     unsafe { std::env::set_var("PACT_DO_NOT_TRACK", "true") };
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -184,88 +192,166 @@ async fn the_pacts_verify_against_the_real_server() {
         coloured_output: false,
         ..VerificationOptions::default()
     };
-    let mut failures = Vec::new();
-    let mut verified = 0;
-    for file in pact_files() {
-        let pact: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-        for interaction in pact["interactions"].as_array().expect("interactions") {
-            let description = interaction["description"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let mut config = Config::default();
-            let mut bad_state = None;
-            for (name, params) in interaction_states(interaction) {
-                if let Err(e) = states::configure(&mut config, &name, &params) {
-                    bad_state = Some(format!("{e:#}"));
-                }
-            }
-            if let Some(error) = bad_state {
-                failures.push(format!("{description}:\n    - {error}"));
-                continue;
-            }
-            let dir = tempfile::tempdir().expect("temp dir");
-            let server = orchestratord::start(config, "127.0.0.1:0", &dir.path().join("store.db"))
-                .await
-                .expect("the server starts");
-            let url = server.url();
-            let port = url
-                .rsplit(':')
-                .next()
-                .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
-                .expect("a port in the server URL");
-            let executor = Arc::new(States {
-                server: Running {
-                    url: url.clone(),
-                    handle: server.test_handle(),
-                },
-            });
-            #[allow(deprecated)]
-            let provider = ProviderInfo {
-                name: "orchestratord".into(),
-                host: "127.0.0.1".into(),
-                port: Some(port),
-                ..ProviderInfo::default()
-            };
-            let filter = FilterInfo::Description(format!("^{}$", regex::escape(&description)));
-            let result = verify_provider_async(
-                provider,
-                vec![PactSource::File(file.display().to_string())],
-                filter,
-                vec![],
-                &options,
-                None,
-                &executor,
-                None,
-            )
-            .await;
-            match result {
-                Ok(result) if result.result && result.interaction_results.len() == 1 => {
-                    verified += 1
-                }
-                Ok(result) => {
-                    let mut lines = vec![format!("{description}:")];
-                    for (_, mismatch) in &result.errors {
-                        lines.extend(describe(mismatch));
-                    }
-                    if result.interaction_results.len() != 1 {
-                        lines.push(format!(
-                            "    - {} interactions ran instead of one",
-                            result.interaction_results.len()
-                        ));
-                    }
-                    failures.push(lines.join("\n"));
-                }
-                Err(e) => failures.push(format!("{description}:\n    - verifier error: {e:#}")),
-            }
-            server.shutdown().await;
+    let mut outcome = Verification {
+        verified: 0,
+        failures: Vec::new(),
+        waived: Vec::new(),
+    };
+    let pact: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    for interaction in pact["interactions"].as_array().expect("interactions") {
+        let description = interaction["description"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if waived.contains(&description) {
+            outcome.waived.push(description);
+            continue;
         }
+        let mut config = Config::default();
+        let mut bad_state = None;
+        for (name, params) in interaction_states(interaction) {
+            if let Err(e) = states::configure(&mut config, &name, &params) {
+                bad_state = Some(format!("{e:#}"));
+            }
+        }
+        if let Some(error) = bad_state {
+            outcome
+                .failures
+                .push(format!("{description}:\n    - {error}"));
+            continue;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = orchestratord::start(config, "127.0.0.1:0", &dir.path().join("store.db"))
+            .await
+            .expect("the server starts");
+        let url = server.url();
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+            .expect("a port in the server URL");
+        let executor = Arc::new(States {
+            server: Running {
+                url: url.clone(),
+                handle: server.test_handle(),
+            },
+        });
+        #[allow(deprecated)]
+        let provider = ProviderInfo {
+            name: "orchestratord".into(),
+            host: "127.0.0.1".into(),
+            port: Some(port),
+            ..ProviderInfo::default()
+        };
+        let filter = FilterInfo::Description(format!("^{}$", regex::escape(&description)));
+        let result = verify_provider_async(
+            provider,
+            vec![PactSource::File(file.display().to_string())],
+            filter,
+            vec![],
+            &options,
+            None,
+            &executor,
+            None,
+        )
+        .await;
+        match result {
+            Ok(result) if result.result && result.interaction_results.len() == 1 => {
+                outcome.verified += 1
+            }
+            Ok(result) => {
+                let mut lines = vec![format!("{description}:")];
+                for (_, mismatch) in &result.errors {
+                    lines.extend(describe(mismatch));
+                }
+                if result.interaction_results.len() != 1 {
+                    lines.push(format!(
+                        "    - {} interactions ran instead of one",
+                        result.interaction_results.len()
+                    ));
+                }
+                outcome.failures.push(lines.join("\n"));
+            }
+            Err(e) => outcome
+                .failures
+                .push(format!("{description}:\n    - verifier error: {e:#}")),
+        }
+        server.shutdown().await;
     }
-    eprintln!("provider verification: {verified} interactions verified");
+    outcome
+}
+
+/// Record the outcome where `cargo xtask can-i-deploy` reads it, keyed by the
+/// pact's content hash and the documents' hash (ORCH-9022).
+fn record(file: &Path, outcome: &Verification) {
+    let record = can_i_deploy::Record {
+        pact: file
+            .strip_prefix(root())
+            .unwrap_or(file)
+            .to_string_lossy()
+            .replace('\\', "/"),
+        pact_sha256: can_i_deploy::sha256_file(file),
+        documents_sha256: can_i_deploy::documents_sha256(&root()),
+        verified: outcome.verified,
+        failures: outcome.failures.len(),
+        waived: outcome.waived.clone(),
+    };
+    can_i_deploy::write_record(&root(), &record).expect("the verification record is written");
+}
+
+fn assert_verified(what: &str, outcome: &Verification) {
+    eprintln!(
+        "provider verification of {what}: {} interactions verified, {} waived",
+        outcome.verified,
+        outcome.waived.len()
+    );
     assert!(
-        failures.is_empty(),
-        "{} interactions failed provider verification:\n{}",
-        failures.len(),
-        failures.join("\n")
+        outcome.failures.is_empty(),
+        "{what}: {} interactions failed provider verification:\n{}",
+        outcome.failures.len(),
+        outcome.failures.join("\n")
+    );
+}
+
+// covers: ORCH-9006, ORCH-9005
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pacts_verify_against_the_real_server() {
+    for file in pact_files() {
+        let outcome = verify(&file, &[]).await;
+        record(&file, &outcome);
+        assert_verified(&file.display().to_string(), &outcome);
+    }
+}
+
+// covers: ORCH-9022
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_released_pacts_verify_against_the_real_server() {
+    let dir = root().join(can_i_deploy::RELEASED_DIR);
+    let waivers = can_i_deploy::load_waivers(&root()).expect("released/waivers.yaml loads");
+    let files = can_i_deploy::released_pacts(&root()).expect("the released pacts");
+    assert!(!files.is_empty(), "no released pact in {}", dir.display());
+    let mut unused: Vec<&can_i_deploy::Waiver> = waivers.iter().collect();
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let waived: Vec<String> = waivers
+            .iter()
+            .filter(|w| w.pact == name)
+            .map(|w| w.interaction.clone())
+            .collect();
+        let outcome = verify(&file, &waived).await;
+        for description in &outcome.waived {
+            let waiver = waivers
+                .iter()
+                .find(|w| w.pact == name && &w.interaction == description)
+                .expect("a waiver for each waived interaction");
+            eprintln!("waived: {name} — {description}: {}", waiver.reason);
+        }
+        unused.retain(|w| !(w.pact == name && outcome.waived.contains(&w.interaction)));
+        record(&file, &outcome);
+        assert_verified(&name, &outcome);
+    }
+    assert!(
+        unused.is_empty(),
+        "waivers that match no interaction of a released pact (remove them): {unused:?}"
     );
 }

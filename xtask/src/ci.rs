@@ -149,7 +149,7 @@ pub fn ci(root: &Path) -> Result<()> {
         .current_dir(root)
         .output()
         .is_ok_and(|o| o.status.success());
-    let total = 10;
+    let total = 11;
     let mut step = 0;
     let started = std::time::Instant::now();
     let mut lap = started;
@@ -235,6 +235,9 @@ pub fn ci(root: &Path) -> Result<()> {
     let results = results::TestResults::load(root, Some(&junit))?
         .with_context(|| format!("nextest wrote no {}", results::JUNIT))?;
     compliance::require_evidence(root, &list, &results)?;
+
+    next("can-i-deploy (the current and the released pacts, as provider verification recorded)");
+    crate::can_i_deploy::can_i_deploy(root)?;
 
     eprintln!("---- ci [{step}/{total}] took {:.1?}", lap.elapsed());
     eprintln!(

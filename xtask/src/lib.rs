@@ -6,6 +6,7 @@
 //! `drift` decides between writing and checking.
 
 pub mod bless;
+pub mod can_i_deploy;
 pub mod ci;
 pub mod compat;
 pub mod compliance;

@@ -65,6 +65,9 @@ enum Cmd {
     /// (schemathesis): no 5xx, no response the document does not declare, no
     /// schema-valid request refused but for the state-dependent reasons of ORCH-9018.
     FuzzApi,
+    /// Which consumer versions (the current pact and every released one) the current
+    /// server satisfies, from provider verification's records; exits 1 if one does not.
+    CanIDeploy,
     /// Mutation testing of the pure modules (cargo-mutants, `.cargo/mutants.toml`): fails
     /// on a surviving mutant that `ci/mutants-equivalent.txt` does not list with a reason.
     Mutants {
@@ -185,6 +188,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .transpose()?;
             xtask::mutants::run(&root, shard)?
         }
+        Cmd::CanIDeploy => xtask::can_i_deploy::can_i_deploy(&root)?,
         Cmd::Ci => ci::ci(&root)?,
     }
     Ok(ExitCode::SUCCESS)
