@@ -1,6 +1,9 @@
-//! Every operation × declared status of both OpenAPI documents is exercised
-//! by at least one interaction of the committed pact. `401`, `403` and `500`,
-//! declared on many operations, need one interaction per plane.
+//! The committed pact pins what the client reads: every operation × declared
+//! status of both OpenAPI documents is exercised by at least one interaction
+//! (`401`, `403`, `413` and `500`, declared on many operations, need one per
+//! plane), and beyond that every task state on a status read, every SSE event
+//! kind, the determinism knobs, a second session turn and a list followed
+//! through its cursor.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -12,7 +15,6 @@ const DOCUMENTS: [(&str, &str); 2] = [
     ("data", "contracts/openapi/data.yaml"),
     ("control", "contracts/openapi/control.yaml"),
 ];
-/// Statuses that one interaction per plane covers for every operation.
 /// Statuses the server gives the same way on every operation of a plane (the
 /// auth answers, INTERNAL, and the body limit enforced below the handlers,
 /// ORCH-2024): one interaction per plane pins what the client reads.
@@ -121,6 +123,119 @@ fn every_operation_and_declared_status_has_an_interaction() {
     assert!(
         missing.is_empty(),
         "no pact interaction exercises:\n  {}\nadd a consumer test in consumer-tests/ and run cargo xtask regen-pacts",
+        missing.join("\n  ")
+    );
+}
+
+/// The provider-state parameters of an interaction, merged.
+fn state_params(interaction: &Value) -> serde_json::Map<String, Value> {
+    interaction["providerStates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["params"].as_object())
+        .flat_map(|p| p.clone())
+        .collect()
+}
+
+// covers: ORCH-9005
+#[test]
+fn the_pacts_pin_what_the_client_reads() {
+    if std::env::var_os("PACT_OUTPUT_DIR").is_some() {
+        eprintln!("coverage: skipped while pacts are generated");
+        return;
+    }
+    let data = read_yaml(&root().join(DOCUMENTS[0].1));
+    let pact: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join(PACT)).unwrap()).unwrap();
+    let interactions = pact["interactions"].as_array().expect("interactions");
+    let mut missing = Vec::new();
+
+    // Every task state on a status read.
+    let states: BTreeSet<String> = data["components"]["schemas"]["TaskState"]["enum"]
+        .as_array()
+        .expect("TaskState is an enum")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    let read: BTreeSet<String> = interactions
+        .iter()
+        .filter(|i| {
+            i["request"]["method"] == "GET"
+                && template_matches(
+                    "/v1/tasks/{task_id}",
+                    i["request"]["path"].as_str().unwrap_or(""),
+                )
+                && i["response"]["status"] == 200
+        })
+        .filter_map(|i| {
+            i["response"]["body"]["content"]["state"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    missing.extend(
+        states
+            .difference(&read)
+            .map(|s| format!("a status read of a {s} task")),
+    );
+
+    // Every SSE event kind, as an explicit frame of a stream.
+    let kinds: BTreeSet<String> = contracts::StreamEvent::NAMES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let framed: BTreeSet<String> = interactions
+        .iter()
+        .filter_map(|i| i["response"]["body"]["content"].as_str())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("event: ").map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    missing.extend(
+        kinds
+            .difference(&framed)
+            .map(|k| format!("a stream with a `{k}` event")),
+    );
+
+    let admitted_submits = || {
+        interactions.iter().filter(|i| {
+            i["request"]["method"] == "POST"
+                && i["request"]["path"] == "/v1/tasks"
+                && i["response"]["status"] == 202
+        })
+    };
+    let knobs = ["seed", "sampler_profile_version", "determinism"];
+    if !admitted_submits().any(|i| {
+        knobs
+            .iter()
+            .all(|k| !i["request"]["body"]["content"][k].is_null())
+    }) {
+        missing
+            .push("an admitted submit with seed, sampler_profile_version and determinism".into());
+    }
+    if !admitted_submits().any(|i| {
+        !i["request"]["body"]["content"]["session_id"].is_null()
+            && state_params(i)
+                .get("turns")
+                .and_then(Value::as_u64)
+                .is_some_and(|t| t >= 1)
+    }) {
+        missing.push("an admitted second turn of a session".into());
+    }
+    if !interactions.iter().any(|i| {
+        i["request"]["method"] == "GET"
+            && i["request"]["path"] == "/v1/tasks"
+            && !i["request"]["query"]["cursor"].is_null()
+            && i["response"]["status"] == 200
+    }) {
+        missing.push("a list page asked with a cursor".into());
+    }
+    assert!(
+        missing.is_empty(),
+        "the pact does not pin:\n  {}\nadd a consumer test in consumer-tests/ and run cargo xtask regen-pacts",
         missing.join("\n  ")
     );
 }

@@ -12,7 +12,11 @@ use contracts::{
 };
 use futures::StreamExt;
 use orchctl::{Client, ListOptions};
+use pact_consumer::builders::HttpPartBuilder;
 use pact_consumer::prelude::*;
+use pact_models::expression_parser::DataType;
+use pact_models::generators::{Generator, GeneratorCategory};
+use pact_models::path_exp::DocPath;
 use serde_json::json;
 
 /// The token text of the builtin engine for prompt "tell me a story",
@@ -546,6 +550,62 @@ fn submit_on_expired_session() {
     });
 }
 
+/// An admitted submit of `request` in the provider state `given`.
+fn submit_admitted(description: &str, given: (&str, serde_json::Value), request: TaskRequest) {
+    let pact = interaction(description, |mut i| {
+        i.given_with_params(given.0, &given.1);
+        submit_expectation(&mut i, &request);
+        i.response
+            .status(202)
+            .header("content-type", "application/json")
+            .header("x-queue-position", term!("^[0-9]+$", "0"))
+            .header("x-queue-eta-ms", term!("^[0-9]+$", "0"))
+            .json_body(shape(
+                &json(&admission_example("t-0b9a4e1c")),
+                &[],
+                &[("task_id", "^[A-Za-z0-9._:-]{1,128}$")],
+            ));
+        i
+    });
+    run(&pact, async |url| {
+        client(&url).submit(request.clone()).await.unwrap();
+    });
+}
+
+// covers: ORCH-4031, ORCH-4032, ORCH-1009
+#[test]
+fn submit_with_every_determinism_knob() {
+    submit_admitted(
+        "submit with seed, sampler_profile_version and determinism is admitted [ORCH-4031, ORCH-4032, ORCH-1009]",
+        (
+            "pool {pool} runs sampler profile {sampler_profile_version}",
+            json!({"pool": "default", "sampler_profile_version": "sp-1"}),
+        ),
+        TaskRequest {
+            seed: Some(7),
+            sampler_profile_version: Some("sp-1".into()),
+            determinism: Some(contracts::Determinism::Strict),
+            ..task("the same words", 4)
+        },
+    );
+}
+
+// covers: ORCH-5010, ORCH-5012
+#[test]
+fn submit_second_session_turn() {
+    submit_admitted(
+        "submit of a second turn of a session is admitted [ORCH-5010, ORCH-5012]",
+        (
+            "session {session_id} in scope {scope} has {turns} completed turn",
+            json!({"session_id": "chat-1", "scope": SCOPE, "turns": 1}),
+        ),
+        TaskRequest {
+            session_id: Some("chat-1".into()),
+            ..task("and then", 2)
+        },
+    );
+}
+
 // covers: ORCH-6002, ORCH-2019
 #[test]
 fn data_plane_unauthorized() {
@@ -774,6 +834,59 @@ fn stream_resumed_after_last_event_id() {
             assert!(matches!(events.last(), Some(StreamEvent::End(_))));
         },
     );
+}
+
+// covers: ORCH-1101, ORCH-1103
+#[test]
+fn stream_with_metrics_events() {
+    let metrics = StreamEvent::Metrics(contracts::MetricsEvent {
+        tokens_out: 0,
+        elapsed_ms: 999_003,
+        // Before the first token the rate is exactly zero.
+        tokens_per_s: 0.0,
+    });
+    let vary = vary_all();
+    let events = [
+        started(STORY_SEED),
+        metrics,
+        any_token(0),
+        any_token(1),
+        any_token(2),
+        end(3, FinishReason::Length),
+    ];
+    let body = sse_body(&events, &vary);
+    let pact = interaction(
+        "stream with progress: a metrics event while the first token is awaited [ORCH-1101, ORCH-1103]",
+        |mut i| {
+            i.given_with_params(
+                "task {task_id} completed in scope {scope} with seed {seed} and a metrics event every {metrics_interval_ms} ms",
+                &json!({"scope": SCOPE, "seed": STORY_SEED, "metrics_interval_ms": 20}),
+            );
+            i.request
+                .get()
+                .path_from_provider_state(
+                    "/v1/tasks/${task_id}/stream",
+                    "/v1/tasks/t-stream/stream",
+                )
+                .query_param("scope", SCOPE)
+                .header("accept", "text/event-stream");
+            stream_response(&mut i, body);
+            i
+        },
+    );
+    run(&pact, async |url| {
+        let events: Vec<StreamEvent> = client(&url)
+            .stream("t-stream")
+            .await
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect()
+            .await;
+        assert!(
+            events.iter().any(|e| matches!(e, StreamEvent::Metrics(_))),
+            "{events:?}"
+        );
+    });
 }
 
 // covers: ORCH-2017, ORCH-5003
@@ -1087,6 +1200,111 @@ fn status_of_completed_task() {
     });
 }
 
+/// A status read of a task the provider state put in `state`; `example` is
+/// what the client reads, matched by type except the `exact` fields.
+fn status_read(
+    description: &str,
+    provider_state: &str,
+    params: serde_json::Value,
+    example: TaskStatus,
+    exact: &[&str],
+) {
+    let expected = example.state.clone();
+    let pact = interaction(description, |mut i| {
+        i.given_with_params(provider_state, &params);
+        i.request
+            .get()
+            .path_from_provider_state(
+                "/v1/tasks/${task_id}",
+                format!("/v1/tasks/{}", example.task_id),
+            )
+            .query_param("scope", SCOPE);
+        i.response
+            .status(200)
+            .header("content-type", "application/json")
+            .json_body(shape(&json(&example), exact, &[]));
+        i
+    });
+    let task_id = example.task_id.clone();
+    run(&pact, async |url| {
+        let status = client(&url).status(&task_id).await.unwrap();
+        assert_eq!(status.state, expected);
+    });
+}
+
+// covers: ORCH-1010
+#[test]
+fn status_of_queued_task() {
+    status_read(
+        "status of a queued task shows its queue position [ORCH-1010]",
+        "task {task_id} is queued in scope {scope} while dispatch of pool {pool} is held",
+        json!({"scope": SCOPE, "pool": "default"}),
+        TaskStatus {
+            queue_position: Some(0),
+            replica_id: None,
+            started_at_ms: None,
+            finished_at_ms: None,
+            tokens_out: 0,
+            finish_reason: None,
+            ..status_example("t-queued", TaskState::Queued)
+        },
+        &["state", "queue_position"],
+    );
+}
+
+// covers: ORCH-1010
+#[test]
+fn status_of_running_task() {
+    status_read(
+        "status of a running task names its replica [ORCH-1010]",
+        "task {task_id} is running in scope {scope} on replica {replica}",
+        json!({"scope": SCOPE, "replica": "r0"}),
+        TaskStatus {
+            finished_at_ms: None,
+            finish_reason: None,
+            ..status_example("t-running", TaskState::Running)
+        },
+        &["state", "replica_id"],
+    );
+}
+
+// covers: ORCH-1010, ORCH-2017
+#[test]
+fn status_of_failed_task() {
+    status_read(
+        "status of a failed task carries its error [ORCH-1010, ORCH-2017]",
+        "task {task_id} in scope {scope} lost its replica after {tokens} tokens",
+        json!({"scope": SCOPE, "tokens": 2}),
+        TaskStatus {
+            finish_reason: None,
+            tokens_out: 2,
+            error: Some(envelope(
+                ErrorCode::WorkerReset,
+                None,
+                "r0 was lost after 2 tokens",
+            )),
+            ..status_example("t-failed", TaskState::Failed)
+        },
+        &["state", "error.code"],
+    );
+}
+
+// covers: ORCH-1010, ORCH-1023
+#[test]
+fn status_of_canceled_task() {
+    status_read(
+        "status of a task canceled while running [ORCH-1010, ORCH-1023]",
+        "task {task_id} in scope {scope} was canceled after {tokens} tokens",
+        json!({"scope": SCOPE, "tokens": 1}),
+        TaskStatus {
+            tokens_out: 1,
+            finish_reason: Some(FinishReason::Canceled.into()),
+            ..status_example("t-canceled", TaskState::Canceled)
+        },
+        &["state", "finish_reason"],
+    );
+}
+
 // covers: ORCH-1012, ORCH-6011
 #[test]
 fn status_unknown() {
@@ -1152,6 +1370,55 @@ fn list_tasks() {
         };
         let list = client(&url).list(&options).await.unwrap();
         assert_eq!(list.items[0].state, TaskState::Completed);
+    });
+}
+
+// covers: ORCH-1011, ORCH-1013
+#[test]
+fn list_followed_through_its_cursor() {
+    // What the client sends back is the cursor the first page gave it.
+    let cursor = "c1.t-list.0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f";
+    let list = TaskList {
+        items: vec![status_example("t-list", TaskState::Completed)],
+        next_cursor: None,
+    };
+    let pact = interaction(
+        "the second page of a list, asked with the first page's cursor [ORCH-1011, ORCH-1013]",
+        |mut i| {
+            i.given_with_params(
+                "{count} tasks completed in scope {scope}",
+                &json!({"count": 2, "scope": SCOPE}),
+            );
+            i.request
+                .get()
+                .path("/v1/tasks")
+                .query_param("scope", SCOPE)
+                .query_param("limit", "1")
+                .query_param("cursor", cursor);
+            // The provider replays the cursor its own first page gave.
+            let mut query = DocPath::root();
+            query.push_field("cursor");
+            i.request.generators().add_generator_with_subcategory(
+                &GeneratorCategory::QUERY,
+                query,
+                Generator::ProviderStateGenerator("${cursor}".into(), Some(DataType::STRING)),
+            );
+            i.response
+                .status(200)
+                .header("content-type", "application/json")
+                .json_body(shape(&json(&list), &["items[].scope"], &[]));
+            i
+        },
+    );
+    run(&pact, async |url| {
+        let options = ListOptions {
+            state: None,
+            limit: Some(1),
+            cursor: Some(cursor.into()),
+        };
+        let page = client(&url).list(&options).await.unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.next_cursor, None, "the last page has no cursor");
     });
 }
 

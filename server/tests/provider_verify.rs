@@ -45,6 +45,8 @@ fn pact_files() -> Vec<PathBuf> {
 /// Sets up the states of one interaction on its own server.
 struct States {
     server: Running,
+    /// The parameters each state read while the config was shaped.
+    read_by_configure: HashMap<String, std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for States {
@@ -65,14 +67,29 @@ impl ProviderStateExecutor for States {
         if !setup {
             return Ok(HashMap::new());
         }
-        let params: states::Params = provider_state
-            .params
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        states::set_up(&self.server, &provider_state.name, &params)
+        let params = states::Params::new(
+            provider_state
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        );
+        let name = &provider_state.name;
+        let injected = states::set_up(&self.server, name, &params)
             .await
-            .map_err(|e| anyhow!("provider state {:?}: {e:#}", provider_state.name))
+            .map_err(|e| anyhow!("provider state {name:?}: {e:#}"))?;
+        let ignored = params.ignored(
+            self.read_by_configure
+                .get(name)
+                .unwrap_or(&Default::default()),
+        );
+        if !ignored.is_empty() {
+            let message = format!("provider state {name:?} ignores its parameter(s) {ignored:?}");
+            // The verifier reports only that a state failed: say which and why.
+            eprintln!("{message}");
+            anyhow::bail!(message);
+        }
+        Ok(injected)
     }
 
     fn teardown(&self) -> bool {
@@ -90,7 +107,10 @@ fn interaction_states(interaction: &Value) -> Vec<(String, states::Params)> {
                 .as_object()
                 .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
                 .unwrap_or_default();
-            (s["name"].as_str().unwrap_or_default().to_owned(), params)
+            (
+                s["name"].as_str().unwrap_or_default().to_owned(),
+                states::Params::new(params),
+            )
         })
         .collect()
 }
@@ -103,6 +123,25 @@ fn describe(mismatch: &VerificationMismatchResult) -> Vec<String> {
             .collect(),
         VerificationMismatchResult::Error { error, .. } => vec![format!("    - error: {error}")],
     }
+}
+
+// covers: ORCH-9006
+#[test]
+fn a_provider_state_that_ignores_a_parameter_is_named() {
+    let params = states::Params::new(HashMap::from([
+        ("pool".to_owned(), Value::from("default")),
+        ("sampler_profile_version".to_owned(), Value::from("sp-2")),
+        ("colour".to_owned(), Value::from("blue")),
+    ]));
+    let mut config = Config::default();
+    states::configure(
+        &mut config,
+        "pool {pool} runs sampler profile {sampler_profile_version}",
+        &params,
+    )
+    .unwrap();
+    assert_eq!(config.pools[0].sampler_profile_version, "sp-2");
+    assert_eq!(params.ignored(&Default::default()), vec!["colour".to_owned()]);
 }
 
 // covers: ORCH-9006
@@ -209,10 +248,12 @@ async fn verify(file: &Path, waived: &[String]) -> Verification {
         }
         let mut config = Config::default();
         let mut bad_state = None;
+        let mut read_by_configure = HashMap::new();
         for (name, params) in interaction_states(interaction) {
             if let Err(e) = states::configure(&mut config, &name, &params) {
                 bad_state = Some(format!("{e:#}"));
             }
+            read_by_configure.insert(name, params.read());
         }
         if let Some(error) = bad_state {
             outcome
@@ -235,6 +276,7 @@ async fn verify(file: &Path, waived: &[String]) -> Verification {
                 url: url.clone(),
                 handle: server.test_handle(),
             },
+            read_by_configure,
         });
         #[allow(deprecated)]
         let provider = ProviderInfo {

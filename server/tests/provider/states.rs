@@ -36,6 +36,7 @@ pub const KNOWN: &[&str] = &[
     "task {task_id} was admitted in scope {scope} with prompt {prompt} and max_tokens {max_tokens}",
     "task {task_id} completed in scope {scope} with prompt {prompt}, max_tokens {max_tokens} and seed {seed}",
     "task {task_id} in scope {scope} lost its replica after {tokens} tokens",
+    "task {task_id} completed in scope {scope} with seed {seed} and a metrics event every {metrics_interval_ms} ms",
     "task {task_id} in scope {scope} tripped the idle watchdog",
     "task {task_id} in scope {scope} was evicted from pool {pool} by policy drop-lru",
     "batch task {task_id} in scope {scope} was shed from pool {pool} by an interactive arrival",
@@ -51,7 +52,41 @@ pub const KNOWN: &[&str] = &[
     "scope {scope} holds {queued} queued and {completed} completed task",
 ];
 
-pub type Params = HashMap<String, Value>;
+/// The parameters of one provider state, remembering which ones the state read:
+/// a state that ignores a parameter it was given fails naming it.
+#[derive(Debug, Default)]
+pub struct Params {
+    values: HashMap<String, Value>,
+    read: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl Params {
+    pub fn new(values: HashMap<String, Value>) -> Self {
+        Self {
+            values,
+            read: Default::default(),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.read.lock().unwrap().insert(key.to_owned());
+        self.values.get(key)
+    }
+
+    pub fn read(&self) -> std::collections::BTreeSet<String> {
+        self.read.lock().unwrap().clone()
+    }
+
+    /// The parameters neither this nor the `also_read` of another phase read.
+    pub fn ignored(&self, also_read: &std::collections::BTreeSet<String>) -> Vec<String> {
+        let read = self.read();
+        self.values
+            .keys()
+            .filter(|k| !read.contains(*k) && !also_read.contains(*k))
+            .cloned()
+            .collect()
+    }
+}
 
 fn s<'a>(params: &'a Params, key: &str) -> Result<&'a str> {
     params
@@ -113,6 +148,31 @@ pub fn configure(config: &mut Config, state: &str, params: &Params) -> Result<()
             for pool in &mut config.pools {
                 pool.max_prompt_bytes = pool.max_prompt_bytes.min(limit as u32);
             }
+        }
+        "task {task_id} completed in scope {scope} with seed {seed} and a metrics event every {metrics_interval_ms} ms" =>
+        {
+            let every = n(params, "metrics_interval_ms")?;
+            for pool in &mut config.pools {
+                pool.metrics_interval_ms = every;
+            }
+            // The first token comes after several intervals, so the stream has a
+            // `metrics` event before it.
+            builtins(config, |e| e.ttft_ms = every * 5);
+        }
+        "pool {pool} has {replicas} Ready builtin replicas" => {
+            let count = n(params, "replicas")? as usize;
+            let pool = pool_mut(config, params)?;
+            let template = pool
+                .replicas
+                .first()
+                .cloned()
+                .ok_or_else(|| anyhow!("pool {:?} has no replica to copy", pool.id))?;
+            pool.replicas = (0..count)
+                .map(|i| contracts::config::ReplicaConfig {
+                    id: format!("r{i}"),
+                    ..template.clone()
+                })
+                .collect();
         }
         "pool {pool} does not exist" => {
             let pool = s(params, "pool")?;
@@ -324,6 +384,17 @@ pub async fn set_up(
             finish(&client, &admitted.task_id).await?;
             Ok(injected(&admitted.task_id))
         }
+        "task {task_id} completed in scope {scope} with seed {seed} and a metrics event every {metrics_interval_ms} ms" =>
+        {
+            let admitted = client
+                .submit(TaskRequest {
+                    seed: Some(n(params, "seed")? as u32),
+                    ..request("a slow story", 3)
+                })
+                .await?;
+            finish(&client, &admitted.task_id).await?;
+            Ok(injected(&admitted.task_id))
+        }
         "task {task_id} in scope {scope} lost its replica after {tokens} tokens" => {
             let admitted = client
                 .submit(TaskRequest {
@@ -445,7 +516,17 @@ pub async fn set_up(
                 let admitted = client.submit(request(&format!("listed {i}"), 2)).await?;
                 finish(&client, &admitted.task_id).await?;
             }
-            Ok(none)
+            // The cursor a client holds after reading the first page of one.
+            let first = client
+                .list(&orchctl::ListOptions {
+                    limit: Some(1),
+                    ..orchctl::ListOptions::default()
+                })
+                .await?;
+            Ok(first
+                .next_cursor
+                .map(|cursor| HashMap::from([("cursor".to_owned(), Value::from(cursor))]))
+                .unwrap_or_default())
         }
         "session {session_id} in scope {scope} has {turns} completed turn" => {
             for i in 0..n(params, "turns")? {
