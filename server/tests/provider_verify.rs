@@ -141,7 +141,10 @@ fn a_provider_state_that_ignores_a_parameter_is_named() {
     )
     .unwrap();
     assert_eq!(config.pools[0].sampler_profile_version, "sp-2");
-    assert_eq!(params.ignored(&Default::default()), vec!["colour".to_owned()]);
+    assert_eq!(
+        params.ignored(&Default::default()),
+        vec!["colour".to_owned()]
+    );
 }
 
 // covers: ORCH-9006

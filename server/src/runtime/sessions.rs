@@ -313,6 +313,26 @@ mod tests {
         assert_eq!(sessions.info(&s, 201).unwrap().turns, 1);
     }
 
+    // covers: ORCH-5014
+    #[test]
+    fn ending_a_session_forgets_it_and_an_unknown_one_is_not_found() {
+        let mut sessions = Sessions::new(SessionConfig::default());
+        let s = key("s");
+        sessions.begin_turn(&s, 0).unwrap();
+        sessions.complete_turn(&s, "r0", 10, 0);
+        sessions.remove(&s, 1).unwrap();
+        assert_eq!(sessions.info(&s, 1).unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(sessions.kv_usage("r0").0, 0, "its KV is evicted");
+        assert_eq!(
+            sessions.remove(&s, 1).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            sessions.remove(&key("never"), 1).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+    }
+
     // covers: ORCH-6013
     #[test]
     fn purging_a_scope_ends_only_that_tenants_sessions_in_it() {
