@@ -382,6 +382,14 @@ impl Documents {
     }
 }
 
+/// The committed documents, loaded once per process and shared by every proxy.
+pub fn committed_documents() -> Arc<Documents> {
+    static DOCUMENTS: std::sync::OnceLock<Arc<Documents>> = std::sync::OnceLock::new();
+    DOCUMENTS
+        .get_or_init(|| Arc::new(Documents::committed().expect("contracts/openapi loads")))
+        .clone()
+}
+
 /// The workspace root (this crate lives one level below it).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -188,25 +188,13 @@ fn reload_body_over_the_servers_limit() {
     let pact = interaction(
         "control: a reload whose body is over the server's max_body_bytes is 413 INVALID_PARAMS naming body [ORCH-2024]",
         |mut i| {
-            i.given_with_params(
-                "the server accepts request bodies of at most {max_body_bytes} bytes",
-                &serde_json::json!({"max_body_bytes": 1024}),
-            );
+            body_over_the_limit(&mut i);
             i.request
                 .post()
                 .path("/v1/pools/default/reload")
                 .header("content-type", "application/json")
                 .json_body(json(&request));
-            error_response(
-                &mut i,
-                413,
-                &envelope(
-                    ErrorCode::InvalidParams,
-                    None,
-                    "body: is larger than the server's limit (max_body_bytes in the config)",
-                ),
-                "^body: [\\s\\S]*$",
-            );
+            body_over_the_limit_response(&mut i);
             i
         },
     );

@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -30,7 +29,7 @@ impl TestServer {
         let server = orchestratord::start(config, "127.0.0.1:0", &dir.path().join("store.db"))
             .await
             .expect("server starts");
-        let proxy = conformance::Proxy::start(&server.url(), documents())
+        let proxy = conformance::Proxy::start(&server.url(), conformance::committed_documents())
             .await
             .expect("conformance proxy starts")
             .asserting_on_drop();
@@ -63,16 +62,6 @@ impl TestServer {
 }
 
 /// Scopes look like `cli-<pid>-<n>`; the snapshot filters replace them.
-/// The committed documents, loaded once per test binary.
-pub fn documents() -> std::sync::Arc<conformance::Documents> {
-    static DOCUMENTS: OnceLock<std::sync::Arc<conformance::Documents>> = OnceLock::new();
-    DOCUMENTS
-        .get_or_init(|| {
-            std::sync::Arc::new(conformance::Documents::committed().expect("documents load"))
-        })
-        .clone()
-}
-
 pub fn unique_scope() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(

@@ -160,6 +160,28 @@ pub fn error_shape(envelope: &ErrorEnvelope, message_regex: &str) -> JsonPattern
 
 /// Set a status-code error response: the envelope, and on `429`/`503` the
 /// numeric backoff headers.
+/// A server whose body limit is 1 KiB, and its `413` for a body over it
+/// (ORCH-2024): the state and the answer of the body-limit interactions.
+pub fn body_over_the_limit(i: &mut InteractionBuilder) {
+    i.given_with_params(
+        "the server accepts request bodies of at most {max_body_bytes} bytes",
+        &serde_json::json!({"max_body_bytes": 1024}),
+    );
+}
+
+pub fn body_over_the_limit_response(i: &mut InteractionBuilder) {
+    error_response(
+        i,
+        413,
+        &envelope(
+            ErrorCode::InvalidParams,
+            None,
+            "body: is larger than the server's limit (max_body_bytes in the config)",
+        ),
+        "^body: [\\s\\S]*$",
+    );
+}
+
 pub fn error_response(
     i: &mut InteractionBuilder,
     status: u16,

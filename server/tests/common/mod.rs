@@ -38,7 +38,7 @@ impl TestServer {
         let server = orchestratord::start(config, "127.0.0.1:0", &dir.path().join("store.db"))
             .await
             .expect("server starts");
-        let proxy = conformance::Proxy::start(&server.url(), documents())
+        let proxy = conformance::Proxy::start(&server.url(), conformance::committed_documents())
             .await
             .expect("conformance proxy starts")
             .asserting_on_drop();
@@ -62,16 +62,6 @@ impl TestServer {
     pub fn handle(&self) -> TestHandle {
         self.server.test_handle()
     }
-}
-
-/// The committed documents, loaded once per test binary.
-pub fn documents() -> std::sync::Arc<conformance::Documents> {
-    static DOCUMENTS: OnceLock<std::sync::Arc<conformance::Documents>> = OnceLock::new();
-    DOCUMENTS
-        .get_or_init(|| {
-            std::sync::Arc::new(conformance::Documents::committed().expect("documents load"))
-        })
-        .clone()
 }
 
 pub fn unique_scope() -> String {
@@ -170,7 +160,10 @@ fn shared() -> &'static Shared {
                     ))
                     .expect("shared server starts");
                 let proxy = runtime
-                    .block_on(conformance::Proxy::start(&server.url(), documents()))
+                    .block_on(conformance::Proxy::start(
+                        &server.url(),
+                        conformance::committed_documents(),
+                    ))
                     .expect("conformance proxy starts");
                 ready
                     .send(Shared {
