@@ -3,7 +3,7 @@
 //! major for a breaking change, minor for a compatible addition, patch otherwise.
 
 /// `contracts/openapi/data.yaml` (`info.version`).
-pub const DATA_API: &str = "1.2.0";
+pub const DATA_API: &str = "1.3.0";
 /// `contracts/openapi/control.yaml` (`info.version`).
 pub const CONTROL_API: &str = "1.1.0";
 /// `contracts/schemas/config.schema.json` (`x-version`).

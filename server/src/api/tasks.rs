@@ -75,7 +75,7 @@ fn task_key(tenant: &Tenant, task_id: String, scope: Option<String>) -> Result<T
             ),
             extensions(("x-req-id" = json!(["ORCH-1001", "ORCH-1005", "ORCH-7001"])))),
         (status = 400, description = "`INVALID_PARAMS`: a field is malformed or over its limit; the message names it.", body = ErrorEnvelope,
-            extensions(("x-req-id" = json!(["ORCH-1002", "ORCH-1003", "ORCH-1004", "ORCH-1009", "ORCH-2012", "ORCH-5012"])))),
+            extensions(("x-req-id" = json!(["ORCH-1002", "ORCH-1003", "ORCH-1004", "ORCH-1009", "ORCH-1015", "ORCH-2012", "ORCH-5012"])))),
         (status = 404, description = "`NOT_FOUND`: the request names a `session_id` whose session expired.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-5011", "ORCH-2021"])))),
         (status = 409, description = "`CONFLICT`: the `task_id` exists in this scope with a different body.", body = ErrorEnvelope,
@@ -169,7 +169,7 @@ pub async fn get_task(
         (status = 500, description = "`INTERNAL`.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-2018"])))),
     ),
-    extensions(("x-req-id" = json!(["ORCH-1011", "ORCH-6010"]))),
+    extensions(("x-req-id" = json!(["ORCH-1011", "ORCH-1013", "ORCH-6010"]))),
 )]
 pub async fn list_tasks(
     State(app): State<AppState>,
