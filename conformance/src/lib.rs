@@ -7,8 +7,10 @@
 //! [`Documents::check`] judges one [`Exchange`]; [`Proxy`] sits in front of
 //! a test server on loopback and judges all of its traffic, so the
 //! end-to-end suites validate every response they provoke, not only the pact
-//! examples.
+//! examples. An error code must come on a channel the spec's table marks for
+//! it (ORCH-2026).
 
+pub mod channels;
 pub mod deploy;
 mod proxy;
 
@@ -19,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
+pub use channels::{Channel, CodeChannels};
 pub use proxy::Proxy;
 
 /// Paths served beside the API documents, with the media type each answers
@@ -75,6 +78,7 @@ impl Exchange {
 /// place in the document.
 pub struct Documents {
     docs: Vec<(String, Value)>,
+    channels: CodeChannels,
     validators: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
 }
 
@@ -102,6 +106,7 @@ impl Documents {
         }
         Ok(Self {
             docs,
+            channels: CodeChannels::load(root)?,
             validators: Mutex::new(HashMap::new()),
         })
     }
@@ -177,7 +182,40 @@ impl Documents {
             }
         }
         problems.extend(self.check_response_body(doc_index, declared, &responses, exchange));
+        problems.extend(self.check_channel(exchange));
         Ok(problems)
+    }
+
+    /// The code of an error answer, or of a task status's `error`, must be one
+    /// the table marks for that channel (ORCH-2026).
+    fn check_channel(&self, exchange: &Exchange) -> Vec<String> {
+        if exchange.body_truncated
+            || exchange.response_media_type().as_deref() != Some("application/json")
+        {
+            return vec![];
+        }
+        let Ok(body) = serde_json::from_slice::<Value>(&exchange.response_body) else {
+            return vec![];
+        };
+        if exchange.status >= 400 {
+            body["code"]
+                .as_str()
+                .map_or_else(Vec::new, |code| self.allowed(code, Channel::Http))
+        } else {
+            body["error"]["code"]
+                .as_str()
+                .map_or_else(Vec::new, |code| self.allowed(code, Channel::Sse))
+        }
+    }
+
+    fn allowed(&self, code: &str, channel: Channel) -> Vec<String> {
+        if self.channels.get(code).is_some_and(|c| c.allows(channel)) {
+            vec![]
+        } else {
+            vec![format!(
+                "{code} reached the client over {channel}, which the spec's table of channels (ORCH-2026) does not mark"
+            )]
+        }
     }
 
     fn check_operational(&self, exchange: &Exchange, media_type: &str) -> Vec<String> {
@@ -320,12 +358,23 @@ impl Documents {
             problems.extend(self.validate(doc_index, &variant, &frame, &what));
             let data = frame.get("data").and_then(Value::as_str).unwrap_or("");
             match serde_json::from_str::<Value>(data) {
-                Ok(payload) => problems.extend(self.validate(
-                    doc_index,
-                    &format!("{variant}/properties/data/contentSchema"),
-                    &payload,
-                    &format!("{what} data"),
-                )),
+                Ok(payload) => {
+                    problems.extend(self.validate(
+                        doc_index,
+                        &format!("{variant}/properties/data/contentSchema"),
+                        &payload,
+                        &format!("{what} data"),
+                    ));
+                    if name == "error"
+                        && let Some(code) = payload["code"].as_str()
+                    {
+                        problems.extend(
+                            self.allowed(code, Channel::Sse)
+                                .into_iter()
+                                .map(|p| format!("{what}: {p}")),
+                        );
+                    }
+                }
                 Err(e) => problems.push(format!("{what}: data is not JSON: {e}")),
             }
         }

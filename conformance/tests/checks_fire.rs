@@ -40,6 +40,12 @@ async fn task(axum::extract::Path(id): axum::extract::Path<String>) -> axum::res
         )
         .into_response(),
         "plain" => (StatusCode::OK, "queued").into_response(),
+        // QUEUE_FULL_DROP_LRU only ever ends a stream (ORCH-2026).
+        "lru-over-http" => json(
+            StatusCode::NOT_FOUND,
+            r#"{"code":"QUEUE_FULL_DROP_LRU","message":"full","retriable":true,"correlation_id":"c1"}"#,
+        )
+        .into_response(),
         _ => StatusCode::NO_CONTENT.into_response(),
     }
 }
@@ -53,6 +59,10 @@ async fn stream(axum::extract::Path(id): axum::extract::Path<String>) -> axum::r
         )
         .into_response(),
         "bogus-event" => sse("event: bogus\ndata: {}\n\n").into_response(),
+        "conflict-on-stream" => sse(
+            "event: error\ndata: {\"code\":\"CONFLICT\",\"message\":\"x\",\"retriable\":false,\"correlation_id\":\"c1\"}\n\n",
+        )
+        .into_response(),
         "token-without-id" => sse("event: token\ndata: {\"t\":\"hi\",\"i\":0}\n\n").into_response(),
         _ => sse("id: 0\nevent: token\ndata: {\"text\":\"hi\"}\n\n").into_response(),
     }
@@ -243,4 +253,21 @@ async fn an_accepted_request_body_the_document_refuses_is_named() {
             .any(|p| p.contains("accepted request body") && p.contains("colour")),
         "{problems:?}"
     );
+}
+
+// covers: ORCH-2026, ORCH-9020
+#[tokio::test]
+async fn a_code_on_a_channel_the_spec_does_not_mark_is_named() {
+    assert_fires(
+        reqwest::Method::GET,
+        "/v1/tasks/lru-over-http",
+        "QUEUE_FULL_DROP_LRU reached the client over HTTP",
+    )
+    .await;
+    assert_fires(
+        reqwest::Method::GET,
+        "/v1/tasks/conflict-on-stream/stream",
+        "CONFLICT reached the client over SSE",
+    )
+    .await;
 }

@@ -138,7 +138,7 @@ fn state_params(interaction: &Value) -> serde_json::Map<String, Value> {
         .collect()
 }
 
-// covers: ORCH-9005
+// covers: ORCH-9005, ORCH-2026
 #[test]
 fn the_pacts_pin_what_the_client_reads() {
     if std::env::var_os("PACT_OUTPUT_DIR").is_some() {
@@ -232,6 +232,32 @@ fn the_pacts_pin_what_the_client_reads() {
             && i["response"]["status"] == 200
     }) {
         missing.push("a list page asked with a cursor".into());
+    }
+    // Every error code on every channel the spec's table marks for it (ORCH-2026).
+    let channels = conformance::CodeChannels::load(&root()).expect("the spec's table of channels");
+    let over_http: BTreeSet<&str> = interactions
+        .iter()
+        .filter(|i| i["response"]["status"].as_u64().is_some_and(|s| s >= 400))
+        .filter_map(|i| i["response"]["body"]["content"]["code"].as_str())
+        .collect();
+    let on_streams: BTreeSet<String> = interactions
+        .iter()
+        .filter_map(|i| i["response"]["body"]["content"].as_str())
+        .flat_map(conformance::sse_frames)
+        .filter(|f| f["event"] == "error")
+        .filter_map(|f| {
+            serde_json::from_str::<Value>(f["data"].as_str()?).ok()?["code"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    for (code, marks) in channels.iter() {
+        if marks.http && !over_http.contains(code) {
+            missing.push(format!("{code} in an error answer (HTTP)"));
+        }
+        if marks.sse && !on_streams.contains(code) {
+            missing.push(format!("{code} ending a stream (SSE)"));
+        }
     }
     assert!(
         missing.is_empty(),

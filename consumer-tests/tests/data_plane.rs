@@ -919,6 +919,43 @@ fn stream_decode_timeout() {
     );
 }
 
+// covers: ORCH-4025, ORCH-2026
+#[test]
+fn stream_rejected_by_the_engine() {
+    stream_interaction(
+        "stream of a task its engine rejected after admission ends INVALID_PARAMS [ORCH-4025, ORCH-2026]",
+        "task {task_id} in scope {scope} was rejected by its engine as invalid",
+        json!({"scope": SCOPE}),
+        None,
+        &[
+            started(STORY_SEED),
+            stream_error(ErrorCode::InvalidParams, None),
+        ],
+        |events| {
+            assert!(
+                matches!(events.last(), Some(StreamEvent::Error(e)) if e.code == ErrorCode::InvalidParams && !e.retriable)
+            );
+        },
+    );
+}
+
+// covers: ORCH-2018, ORCH-2026
+#[test]
+fn stream_internal_failure() {
+    stream_interaction(
+        "stream of a task whose start the store refused to record ends INTERNAL [ORCH-2018, ORCH-2026]",
+        "task {task_id} in scope {scope} failed because the store refused to record its start",
+        json!({"scope": SCOPE}),
+        None,
+        &[started(STORY_SEED), stream_error(ErrorCode::Internal, None)],
+        |events| {
+            assert!(
+                matches!(events.last(), Some(StreamEvent::Error(e)) if e.code == ErrorCode::Internal && !e.retriable)
+            );
+        },
+    );
+}
+
 // covers: ORCH-3005, ORCH-2011
 #[test]
 fn stream_drop_lru_victim() {

@@ -395,6 +395,9 @@ pub struct BuiltinFaults {
     pub slow_factor: Option<f64>,
     /// Generations are refused at start.
     pub refuse: bool,
+    /// Generations are rejected as invalid requests, as a remote engine rejects a
+    /// prompt it counts longer than the pool's context allows.
+    pub reject_as_invalid: bool,
     /// Health probes fail.
     pub fail_health: bool,
 }

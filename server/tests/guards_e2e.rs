@@ -258,3 +258,69 @@ async fn shutdown_stops_admission_and_lets_running_work_finish() {
     );
     stopping.await.unwrap();
 }
+
+// covers: ORCH-2018, ORCH-2005
+#[tokio::test]
+async fn a_task_whose_start_cannot_be_stored_ends_internal_on_its_stream() {
+    let server = TestServer::default().await;
+    let handle = server.handle();
+    let client = server.client();
+    handle.hold_dispatch("default", true);
+    let id = client.submit(task("unrecorded", 2)).await.unwrap().task_id;
+    handle.refuse_store_writes(true);
+    handle.hold_dispatch("default", false);
+    eventually(Duration::from_secs(5), "the task failed", async || {
+        client.status(&id).await.unwrap().state == TaskState::Failed
+    })
+    .await;
+    handle.refuse_store_writes(false);
+    let events = client.collect(&id).await.unwrap();
+    let Some(StreamEvent::Error(error)) = events.last() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(error.code, ErrorCode::Internal, "{error:?}");
+    assert!(!error.retriable);
+    assert!(tokens(&events).is_empty(), "{events:?}");
+    let status = client.status(&id).await.unwrap();
+    assert_eq!(
+        status.error.as_ref(),
+        Some(error),
+        "status and stream carry one envelope"
+    );
+}
+
+// covers: ORCH-4025, ORCH-2005
+#[tokio::test]
+async fn a_request_the_engine_rejects_ends_invalid_params_on_its_stream_without_a_retry() {
+    let server = TestServer::start(config_with(2, BuiltinEngineConfig::default(), |_| {})).await;
+    let handle = server.handle();
+    for replica in ["r0", "r1"] {
+        handle.set_faults("default", replica, faults(|f| f.reject_as_invalid = true));
+    }
+    let client = server.client();
+    let id = client.submit(task("too long", 2)).await.unwrap().task_id;
+    let events = client.collect(&id).await.unwrap();
+    let started = events
+        .iter()
+        .filter(|e| matches!(e, StreamEvent::Started(_)))
+        .count();
+    assert_eq!(
+        started, 1,
+        "an invalid request is not retried elsewhere: {events:?}"
+    );
+    let Some(StreamEvent::Error(error)) = events.last() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(error.code, ErrorCode::InvalidParams, "{error:?}");
+    assert!(error.message.starts_with("prompt:"), "{}", error.message);
+    assert!(!error.retriable);
+    assert_eq!(error.engine.as_deref(), Some("builtin"));
+    let status = client.status(&id).await.unwrap();
+    assert_eq!(status.state, TaskState::Failed);
+    assert_eq!(status.error.as_ref(), Some(error));
+    assert_eq!(
+        handle.replica_health("default", "r0"),
+        ReplicaHealth::Ready,
+        "the replica stays in placement"
+    );
+}

@@ -355,6 +355,9 @@ impl<'a> Diff<'a> {
                 if let Some([only]) = p.get("enum").and_then(Value::as_array).map(Vec::as_slice) {
                     return format!("{name}={only}");
                 }
+                if let Some(only) = p.get("const") {
+                    return format!("{name}={only}");
+                }
             }
         }
         if let Some(t) = v.get("type").and_then(Value::as_str) {
@@ -370,8 +373,18 @@ impl<'a> Diff<'a> {
                 .into_iter()
                 .flatten()
                 .enumerate()
-                .map(|(i, b)| (Self::variant_key(b, i), b))
-                .collect()
+                .fold(BTreeMap::new(), |mut keyed, (i, b)| {
+                    // Two branches with one key (`type=object` twice) must not
+                    // hide each other: the later one is keyed by its index.
+                    let key = Self::variant_key(b, i);
+                    let key = if keyed.contains_key(&key) {
+                        format!("#{i}")
+                    } else {
+                        key
+                    };
+                    keyed.insert(key, b);
+                    keyed
+                })
         };
         let (o, n) = (list(old), list(new));
         for (k, ov) in &o {

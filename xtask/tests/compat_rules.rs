@@ -428,6 +428,37 @@ fn json_schema_direction_decides() {
     assert_eq!(changes[0].rule, "response-property-removed");
 }
 
+// Tagged variants (serde's `kind` as a `const`) are matched by tag, and variants
+// whose keys collide are still all compared: a field removed from the first of
+// four `type: object` branches is found.
+// covers: ORCH-9014
+#[test]
+fn every_branch_of_a_one_of_is_compared() {
+    let branch = |kind: &str| {
+        json!({"type": "object", "properties": {
+            "kind": {"type": "string", "const": kind}, "slots": {"type": "integer"}}})
+    };
+    let old = json!({"oneOf": [branch("builtin"), branch("llamacpp"), branch("tgi")]});
+    let mut new = old.clone();
+    new["oneOf"][0]["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("slots");
+    let changes = compat::json_schema(&old, &new, Direction::Input);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].path, "/oneOf[kind=\"builtin\"]/properties/slots");
+    let untagged = |v: &Value| {
+        let mut v = v.clone();
+        for b in v["oneOf"].as_array_mut().unwrap() {
+            b["properties"].as_object_mut().unwrap().remove("kind");
+        }
+        v
+    };
+    let changes = compat::json_schema(&untagged(&old), &untagged(&new), Direction::Input);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].rule, "request-property-removed");
+}
+
 // covers: ORCH-9014
 #[test]
 fn bumps_follow_semver() {

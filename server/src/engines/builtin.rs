@@ -174,6 +174,11 @@ impl Engine for BuiltinEngine {
                 "injected fault: generation refused".into(),
             ));
         }
+        if faults.reject_as_invalid {
+            return Err(EngineError::InvalidRequest(
+                "injected fault: the prompt does not fit the model's context".into(),
+            ));
+        }
         if self.faults.down_since_crash() {
             return Err(EngineError::Lost("replica is restarting".into()));
         }

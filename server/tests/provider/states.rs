@@ -38,6 +38,8 @@ pub const KNOWN: &[&str] = &[
     "task {task_id} in scope {scope} lost its replica after {tokens} tokens",
     "task {task_id} completed in scope {scope} with seed {seed} and a metrics event every {metrics_interval_ms} ms",
     "task {task_id} in scope {scope} tripped the idle watchdog",
+    "task {task_id} in scope {scope} was rejected by its engine as invalid",
+    "task {task_id} in scope {scope} failed because the store refused to record its start",
     "task {task_id} in scope {scope} was evicted from pool {pool} by policy drop-lru",
     "batch task {task_id} in scope {scope} was shed from pool {pool} by an interactive arrival",
     "task {task_id} in scope {scope} was still queued at its deadline of {deadline_ms} ms",
@@ -260,6 +262,14 @@ pub fn configure(config: &mut Config, state: &str, params: &Params) -> Result<()
                 }
             });
         }
+        "task {task_id} in scope {scope} was rejected by its engine as invalid" => {
+            builtins(config, |e| {
+                e.faults = BuiltinFaults {
+                    reject_as_invalid: true,
+                    ..Default::default()
+                }
+            });
+        }
         "task {task_id} in scope {scope} was canceled after {tokens} tokens" => {
             builtins(config, |e| e.tokens_per_s = 2.0);
         }
@@ -403,6 +413,35 @@ pub async fn set_up(
                 })
                 .await?;
             finish(&client, &admitted.task_id).await?;
+            Ok(injected(&admitted.task_id))
+        }
+        "task {task_id} in scope {scope} was rejected by its engine as invalid" => {
+            let admitted = client
+                .submit(TaskRequest {
+                    seed: Some(7),
+                    ..request("a prompt the engine counts longer", 4)
+                })
+                .await?;
+            finish(&client, &admitted.task_id).await?;
+            Ok(injected(&admitted.task_id))
+        }
+        "task {task_id} in scope {scope} failed because the store refused to record its start" => {
+            server.handle.hold_dispatch(pool, true);
+            let admitted = client
+                .submit(TaskRequest {
+                    seed: Some(7),
+                    ..request("unrecorded", 2)
+                })
+                .await?;
+            server.handle.refuse_store_writes(true);
+            server.handle.hold_dispatch(pool, false);
+            let failed = server
+                .until(&client, &admitted.task_id, "failed", |s| {
+                    s == TaskState::Failed
+                })
+                .await;
+            server.handle.refuse_store_writes(false);
+            failed?;
             Ok(injected(&admitted.task_id))
         }
         "task {task_id} in scope {scope} tripped the idle watchdog" => {
