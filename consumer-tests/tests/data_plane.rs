@@ -62,7 +62,7 @@ fn status_example(task_id: &str, state: TaskState) -> TaskStatus {
 
 // ---------------------------------------------------------------- admission
 
-// covers: ORCH-1001, ORCH-1007, ORCH-1018
+// covers: ORCH-1001, ORCH-1007
 #[test]
 fn submit_accepted() {
     let request = task("hello world", 4);
@@ -477,12 +477,12 @@ fn submit_pool_draining() {
     );
 }
 
-// covers: ORCH-7001, ORCH-2018
+// covers: ORCH-2018
 #[test]
 fn submit_store_refuses_write() {
     let request = task("not stored", 2);
     let pact = interaction(
-        "submit while the store refuses writes is 500 INTERNAL [ORCH-7001, ORCH-2018]",
+        "submit while the store refuses writes is 500 INTERNAL [ORCH-2018]",
         |mut i| {
             i.given("the store refuses writes");
             submit_expectation(&mut i, &request);
@@ -560,11 +560,11 @@ fn submit_admitted(description: &str, given: (&str, serde_json::Value), request:
     });
 }
 
-// covers: ORCH-4031, ORCH-4032, ORCH-1009
+// covers: ORCH-4032, ORCH-1009
 #[test]
 fn submit_with_every_determinism_knob() {
     submit_admitted(
-        "submit with seed, sampler_profile_version and determinism is admitted [ORCH-4031, ORCH-4032, ORCH-1009]",
+        "submit with seed, sampler_profile_version and determinism is admitted [ORCH-4032, ORCH-1009]",
         (
             "pool {pool} runs sampler profile {sampler_profile_version}",
             json!({"pool": "default", "sampler_profile_version": "sp-1"}),
@@ -779,7 +779,7 @@ fn story_params() -> serde_json::Value {
     json!({"scope": SCOPE, "prompt": STORY_PROMPT, "max_tokens": 4, "seed": STORY_SEED})
 }
 
-// covers: ORCH-1101, ORCH-1102, ORCH-1107, ORCH-4030
+// covers: ORCH-1101, ORCH-1102, ORCH-1107
 #[test]
 fn stream_happy_path() {
     stream_interaction(
@@ -1574,11 +1574,11 @@ fn session_error(description: &str, method: &str, session_id: &str, status: u16,
     });
 }
 
-// covers: ORCH-5014, ORCH-2021
+// covers: ORCH-5013, ORCH-2021
 #[test]
 fn session_get_unknown() {
     session_error(
-        "session get of an unknown session is 404 NOT_FOUND [ORCH-5014, ORCH-2021]",
+        "session get of an unknown session is 404 NOT_FOUND [ORCH-5013, ORCH-2021]",
         "GET",
         "nobody",
         404,

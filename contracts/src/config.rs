@@ -115,6 +115,9 @@ pub struct PoolConfig {
     pub sampler_profile_version: String,
     /// Health probe period of each replica (ORCH-4013).
     pub health_interval_ms: u64,
+    /// Longest wait between probes of a down replica: the wait doubles from
+    /// `health_interval_ms` with each failed probe, up to this (ORCH-4013).
+    pub health_backoff_cap_ms: u64,
     pub replicas: Vec<ReplicaConfig>,
 }
 
@@ -129,6 +132,7 @@ impl Default for PoolConfig {
             max_prompt_bytes: 1 << 20,
             sampler_profile_version: "sp-1".into(),
             health_interval_ms: 250,
+            health_backoff_cap_ms: 5_000,
             replicas: Vec::new(),
         }
     }

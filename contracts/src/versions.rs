@@ -7,7 +7,7 @@ pub const DATA_API: &str = "1.3.0";
 /// `contracts/openapi/control.yaml` (`info.version`).
 pub const CONTROL_API: &str = "1.1.0";
 /// `contracts/schemas/config.schema.json` (`x-version`).
-pub const CONFIG_SCHEMA: &str = "1.2.0";
+pub const CONFIG_SCHEMA: &str = "1.3.0";
 /// `contracts/schemas/error.schema.json` (`x-version`).
 pub const ERROR_SCHEMA: &str = "1.0.0";
 /// `contracts/schemas/sse-event.schema.json` (`x-version`).

@@ -7,8 +7,9 @@
 # tests (`cargo test -p orchestratord --no-fail-fast`: end-to-end, property,
 # model-based, determinism and, when present, pact provider verification),
 # restores the file, and prints `mutant | caught by | result`. A mutant with a
-# `run` line is judged by that command instead (run in the copy; it must fail),
-# for breakages only a gate sees, such as a breaking contract change whose
+# `run` line is judged by that command instead (run in the copy; it must fail
+# under the mutant and pass without it, which the baseline checks), for
+# breakages only a gate sees, such as a breaking contract change whose
 # documents were regenerated. Exits non-zero
 # if any mutant survives (or no longer applies, or does not build).
 #
@@ -101,19 +102,6 @@ elapsed() { echo "$(( $(date +%s) - $1 ))s"; }
 echo "mutation proof: $source_desc"
 echo "copy: $ws   target: $target_dir"
 
-# --- 2. baseline --------------------------------------------------------------
-if [ "$baseline" = 1 ]; then
-    t0=$(date +%s)
-    if ! run_suite "$logs/baseline.log" "$logs/baseline.failed"; then
-        echo "the unmutated suite fails ($(elapsed "$t0")); see $logs/baseline.log:" >&2
-        sed 's/^/  /' "$logs/baseline.failed" >&2
-        tail -n 30 "$logs/baseline.log" >&2
-        exit 2
-    fi
-    echo "baseline: suite passes ($(elapsed "$t0"))"
-fi
-
-# --- 3. mutants ---------------------------------------------------------------
 # Parse mutants.txt into parallel arrays (one entry per substitution).
 names=() whys=() runs=() m_name=() m_file=() m_from=() m_to=()
 current="" file="" from=""
@@ -136,6 +124,45 @@ while IFS= read -r line || [ -n "$line" ]; do
     esac
 done <"$list"
 
+# Runs a mutant's `run` command in the copy, logging to $2; the command may
+# regenerate the documents, which are restored afterwards. Returns its status.
+run_command() {
+    local command=$1 log=$2 status=0
+    rm -rf "$work/generated" && mkdir -p "$work/generated"
+    cp -a "$ws/contracts/openapi" "$ws/contracts/schemas" "$work/generated/"
+    (cd "$ws" && timeout "$timeout_s" bash -c "$command" >"$log" 2>&1) || status=$?
+    rm -rf "$ws/contracts/openapi" "$ws/contracts/schemas"
+    cp -a "$work/generated/openapi" "$work/generated/schemas" "$ws/contracts/"
+    return $status
+}
+
+selected() { [ ${#only[@]} -eq 0 ] || [[ " ${only[*]} " == *" $1 "* ]]; }
+
+# --- 2. baseline --------------------------------------------------------------
+if [ "$baseline" = 1 ]; then
+    t0=$(date +%s)
+    if ! run_suite "$logs/baseline.log" "$logs/baseline.failed"; then
+        echo "the unmutated suite fails ($(elapsed "$t0")); see $logs/baseline.log:" >&2
+        sed 's/^/  /' "$logs/baseline.failed" >&2
+        tail -n 30 "$logs/baseline.log" >&2
+        exit 2
+    fi
+    echo "baseline: suite passes ($(elapsed "$t0"))"
+    # A `run` judge must pass unmutated, or its failure under a mutant proves nothing.
+    for i in "${!names[@]}"; do
+        [ -n "${runs[$i]}" ] && selected "${names[$i]}" || continue
+        t0=$(date +%s)
+        if ! run_command "${runs[$i]}" "$logs/${names[$i]}.baseline.log"; then
+            echo "the judge of ${names[$i]} fails unmutated ($(elapsed "$t0")): ${runs[$i]}" >&2
+            tail -n 30 "$logs/${names[$i]}.baseline.log" >&2
+            exit 2
+        fi
+        echo "baseline: the judge of ${names[$i]} passes ($(elapsed "$t0"))"
+    done
+fi
+
+# --- 3. mutants ---------------------------------------------------------------
+
 # Replace the single occurrence of FROM by TO in a file (fresh mtime).
 substitute() {
     FROM=$2 TO=$3 perl -0777 -i -pe '
@@ -152,9 +179,7 @@ survived=0
 total0=$(date +%s)
 for i in "${!names[@]}"; do
     name=${names[$i]}
-    if [ ${#only[@]} -gt 0 ] && [[ ! " ${only[*]} " == *" $name "* ]]; then
-        continue
-    fi
+    selected "$name" || continue
     t0=$(date +%s)
     backups=()
     applied=1
@@ -175,19 +200,14 @@ for i in "${!names[@]}"; do
         status=0
         if [ -n "${runs[$i]}" ]; then
             : >"$logs/$name.failed"
-            # The command may regenerate the documents: keep them to restore.
-            rm -rf "$work/generated" && mkdir -p "$work/generated"
-            cp -a "$ws/contracts/openapi" "$ws/contracts/schemas" "$work/generated/"
-            (cd "$ws" && timeout "$timeout_s" bash -c "${runs[$i]}" >"$logs/$name.log" 2>&1) || status=$?
-            rm -rf "$ws/contracts/openapi" "$ws/contracts/schemas"
-            cp -a "$work/generated/openapi" "$work/generated/schemas" "$ws/contracts/"
+            run_command "${runs[$i]}" "$logs/$name.log" || status=$?
         else
             run_suite "$logs/$name.log" "$logs/$name.failed" || status=$?
         fi
         if [ -n "${runs[$i]}" ] && [ "$status" != 0 ] && [ "$status" != 124 ]; then
             result="caught"
             # The first line that names a problem: a BREAKING rule, or an error.
-            caught="$(grep -m1 -E '^ *BREAKING|^error' "$logs/$name.log" | sed 's/^ *//' | cut -c1-160 || true)"
+            caught="$(grep -m1 -E '^ *BREAKING|^error|^- \[ \]' "$logs/$name.log" | sed 's/^ *//' | cut -c1-160 || true)"
             caught="\`${runs[$i]}\` failed: ${caught:-see $logs/$name.log}"
         elif grep -q '^error\(\[E[0-9]*\]\)\?: could not compile\|^error\[E' "$logs/$name.log"; then
             result="BUILD FAILED"; caught="(see $logs/$name.log)"; survived=$((survived + 1))

@@ -292,6 +292,15 @@ pub fn semantic_issues(config: &Config) -> Vec<ConfigIssue> {
                 ));
             }
         }
+        if pool.health_backoff_cap_ms < pool.health_interval_ms {
+            issues.push(ConfigIssue::new(
+                format!("{at}.health_backoff_cap_ms"),
+                format!(
+                    "must be at least health_interval_ms ({}): the wait between probes only grows",
+                    pool.health_interval_ms
+                ),
+            ));
+        }
         if pool.queue.capacity == 0 {
             issues.push(ConfigIssue::new(
                 format!("{at}.queue.capacity"),

@@ -181,7 +181,7 @@ async fn starting_replicas_make_the_pool_unready() {
     assert!(!health.ready);
 }
 
-// covers: ORCH-2014, ORCH-4013, ORCH-4012, ORCH-4015
+// covers: ORCH-2014, ORCH-4012, ORCH-4015
 #[tokio::test]
 async fn a_pool_whose_replicas_are_all_down_is_unavailable_until_one_recovers() {
     let engine = BuiltinEngineConfig {
@@ -246,5 +246,36 @@ async fn a_task_still_queued_at_its_deadline_ends_replica_exhausted() {
     assert_eq!(
         client.status(&patient).await.unwrap().state,
         TaskState::Queued
+    );
+}
+
+// The admission's backoff_ms is the hint a 429 would give for the task's own
+// depth ahead: its predicted start, never below 50 ms, growing with the queue.
+// covers: ORCH-1018
+#[tokio::test]
+async fn the_admission_backoff_is_the_predicted_wait_of_the_tasks_own_position() {
+    let engine = BuiltinEngineConfig {
+        slots: 1,
+        ..Default::default()
+    };
+    let server = TestServer::start(config_with(1, engine, |_| {})).await;
+    server.handle().hold_dispatch("default", true);
+    let client = server.client();
+    let mut admissions = Vec::new();
+    for n in 0..4 {
+        admissions.push(client.submit(task(&format!("wait {n}"), 2)).await.unwrap());
+    }
+    for a in &admissions {
+        assert_eq!(a.backoff_ms, a.predicted_start_ms.max(50), "{a:?}");
+    }
+    assert_eq!(
+        admissions[0].backoff_ms, 50,
+        "a free slot is left: only the floor"
+    );
+    assert!(
+        admissions
+            .windows(2)
+            .all(|w| w[0].backoff_ms < w[1].backoff_ms),
+        "one more task ahead, a longer wait: {admissions:?}"
     );
 }

@@ -306,6 +306,8 @@ pools:
     replicas:
       - {id: r0, engine: {kind: builtin}}
   - id: 'has space'
+    health_interval_ms: 500
+    health_backoff_cap_ms: 100
     replicas:
       - {id: r1, engine: {kind: builtin}}
 ";
@@ -327,6 +329,7 @@ fn a_config_the_server_cannot_serve_is_refused_with_every_path() {
         "pools[0].timeouts.wall_ms",
         "pools[0].timeouts.idle_ms",
         "pools[1].id",
+        "pools[1].health_backoff_cap_ms",
     ] {
         assert!(found.contains(&expected), "{expected} in {issues:#?}");
     }

@@ -278,3 +278,58 @@ async fn a_replica_set_mixing_engine_versions_is_refused_at_start() {
         "{message}"
     );
 }
+
+// The adapter's properties are what the API reports, and a canceled task's
+// generation ends when the runner drops the adapter's stream: the slot frees
+// long before the 1 000 tokens at 20 tokens/s would have.
+// covers: ORCH-4010
+#[tokio::test]
+async fn the_adapters_properties_reach_the_api_and_dropping_its_stream_ends_the_generation() {
+    let engine = BuiltinEngineConfig {
+        engine_version: "builtin-9.9.9".into(),
+        model_ref: "builtin:other-model".into(),
+        ctx_limit: 2_048,
+        slots: 3,
+        tokens_per_s: 20.0,
+        ..Default::default()
+    };
+    let server = TestServer::start(config_with(1, engine, |_| {})).await;
+    let client = server.client();
+    let sets = client.replica_sets().await.unwrap().replica_sets;
+    let set = &sets[0];
+    assert_eq!(
+        (
+            set.engine.as_str(),
+            set.engine_version.as_str(),
+            set.model_ref.as_str()
+        ),
+        ("builtin", "builtin-9.9.9", "builtin:other-model")
+    );
+    assert!(
+        set.model_digest.starts_with("sha256:"),
+        "{}",
+        set.model_digest
+    );
+    assert_eq!(set.load.slots, 3);
+    let capabilities = client.capabilities().await.unwrap();
+    assert_eq!(
+        (capabilities.pools[0].ctx_limit, capabilities.pools[0].slots),
+        (2_048, 3)
+    );
+
+    let id = client
+        .submit(task("a long story", 1_000))
+        .await
+        .unwrap()
+        .task_id;
+    let handle = server.handle();
+    eventually(Duration::from_secs(2), "the generation runs", async || {
+        handle.replica_active("default", "r0") == 1
+    })
+    .await;
+    client.cancel(&id).await.unwrap();
+    eventually(Duration::from_secs(2), "the slot is free", async || {
+        handle.replica_active("default", "r0") == 0
+    })
+    .await;
+}

@@ -78,7 +78,7 @@ async fn the_wall_watchdog_ends_a_long_generation() {
     .await;
 }
 
-// covers: ORCH-2017, ORCH-5003, ORCH-4013, ORCH-4012, ORCH-4015, ORCH-4010
+// covers: ORCH-2017, ORCH-5003, ORCH-4012, ORCH-4015
 #[tokio::test]
 async fn a_replica_lost_mid_stream_gives_worker_reset_and_comes_back() {
     let engine = BuiltinEngineConfig {
@@ -137,10 +137,11 @@ async fn a_failure_before_the_first_token_is_retried_once_on_another_replica() {
     );
 }
 
-// covers: ORCH-2018, ORCH-2002, ORCH-2001
+// covers: ORCH-2018, ORCH-2001, ORCH-7001
 #[tokio::test]
 async fn a_store_refusing_writes_answers_internal_with_a_correlation_id() {
     let server = TestServer::default().await;
+    server.handle().hold_dispatch("default", true);
     server.handle().refuse_store_writes(true);
     let response = reqwest::Client::new()
         .post(format!("{}/v1/tasks", server.url()))
@@ -162,8 +163,16 @@ async fn a_store_refusing_writes_answers_internal_with_a_correlation_id() {
         "{}",
         envelope.message
     );
+    assert_eq!(
+        server.handle().queue_len("default"),
+        0,
+        "a task the store refused is not queued"
+    );
     server.handle().refuse_store_writes(false);
+    let listed = server.client().list(&Default::default()).await.unwrap();
+    assert!(listed.items.is_empty(), "{listed:?}");
     server.client().submit(task("p", 1)).await.unwrap();
+    assert_eq!(server.handle().queue_len("default"), 1);
 }
 
 // covers: ORCH-7002, ORCH-7004, ORCH-7007
@@ -323,4 +332,31 @@ async fn a_request_the_engine_rejects_ends_invalid_params_on_its_stream_without_
         ReplicaHealth::Ready,
         "the replica stays in placement"
     );
+}
+
+// A down replica is probed ever less often, but never less often than the
+// configured cap: after 3.5 s down, the default cap (5 s) would leave the next
+// probe almost 3 s away; a cap of 200 ms sees the recovery within a second.
+// covers: ORCH-4013
+#[tokio::test]
+async fn a_down_replica_is_probed_with_backoff_up_to_the_configured_cap() {
+    let server = TestServer::start(config_with(1, BuiltinEngineConfig::default(), |pool| {
+        pool.health_interval_ms = 100;
+        pool.health_backoff_cap_ms = 200;
+    }))
+    .await;
+    let handle = server.handle();
+    handle.set_faults("default", "r0", faults(|f| f.fail_health = true));
+    eventually(Duration::from_secs(2), "replica down", async || {
+        handle.replica_health("default", "r0") == ReplicaHealth::Down
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    handle.set_faults("default", "r0", BuiltinFaults::default());
+    eventually(
+        Duration::from_secs(1),
+        "replica Ready within a second of recovering",
+        async || handle.replica_health("default", "r0") == ReplicaHealth::Ready,
+    )
+    .await;
 }

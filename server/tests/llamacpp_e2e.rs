@@ -25,7 +25,7 @@ use contracts::config::{
     Config, EngineConfig, LlamaCppEngineConfig, OpenAiApi, OpenAiEngineConfig, PoolConfig,
     ReplicaConfig, TimeoutConfig,
 };
-use contracts::{ErrorCode, FinishReason, StreamEvent, TaskRequest};
+use contracts::{Determinism, ErrorCode, FinishReason, StreamEvent, TaskRequest};
 use futures::StreamExt;
 use orchctl::Client;
 use orchestratord::runtime::ReplicaHealth;
@@ -488,7 +488,7 @@ async fn killed_replica_is_worker_reset_and_the_pool_keeps_serving(adapter: Adap
     }
 }
 
-// covers: ORCH-4025, ORCH-5003, ORCH-4013, ORCH-4028
+// covers: ORCH-4020, ORCH-4025, ORCH-5003, ORCH-4028
 #[tokio::test]
 async fn llamacpp_killed_replica_mid_stream_is_worker_reset_and_the_pool_keeps_serving() {
     killed_replica_is_worker_reset_and_the_pool_keeps_serving(Adapter::LlamaCpp).await;
@@ -710,10 +710,17 @@ async fn a_real_model_writes_a_haiku_with_the_nonce() {
     assert!(haiku.contains(&nonce), "the nonce {nonce} is in: {haiku}");
 }
 
-/// Run one session turn; its events.
-async fn session_turn(client: &Client, session: &str, prompt: &str) -> Vec<StreamEvent> {
+/// Run one session turn; its events. Only `best_effort` lets llama-server
+/// reuse its cached prompt (ORCH-4032).
+async fn session_turn(
+    client: &Client,
+    session: &str,
+    prompt: &str,
+    determinism: Determinism,
+) -> Vec<StreamEvent> {
     let task = TaskRequest {
         session_id: Some(session.into()),
+        determinism: Some(determinism),
         ..request(prompt, 16, 11)
     };
     let admitted = client.submit(task).await.unwrap();
@@ -722,14 +729,14 @@ async fn session_turn(client: &Client, session: &str, prompt: &str) -> Vec<Strea
     events
 }
 
-// covers: ORCH-4004, ORCH-5015, ORCH-4020, ORCH-4028
+// covers: ORCH-4004, ORCH-5015, ORCH-4020, ORCH-4028, ORCH-4032
 #[tokio::test]
 async fn a_sessions_second_turn_reuses_its_replicas_prompt_cache_and_failover_is_cold() {
     let _serial = SERIAL.lock().await;
     let mut rig = Rig::start(Adapter::LlamaCpp).await;
     let client = rig.client();
     let mut conversation = "A long conversation about queues and replicas. ".repeat(20);
-    let first = session_turn(&client, "chat", &conversation).await;
+    let first = session_turn(&client, "chat", &conversation, Determinism::BestEffort).await;
     let warm_replica = started(&first).replica_id.clone();
     assert!(!started(&first).kv_warmth, "the first turn has no KV yet");
     conversation.push_str(&text(&first));
@@ -740,7 +747,7 @@ async fn a_sessions_second_turn_reuses_its_replicas_prompt_cache_and_failover_is
     // (at least most of) the first turn's prompt.
     let warm_llama = rig.llama(&warm_replica);
     let cached_before = warm_llama.metric("prompt_tokens_cached_total").await;
-    let second = session_turn(&client, "chat", &conversation).await;
+    let second = session_turn(&client, "chat", &conversation, Determinism::BestEffort).await;
     assert_eq!(started(&second).replica_id, warm_replica);
     assert!(started(&second).kv_warmth);
     let cached = warm_llama.metric("prompt_tokens_cached_total").await - cached_before;
@@ -751,6 +758,15 @@ async fn a_sessions_second_turn_reuses_its_replicas_prompt_cache_and_failover_is
     eprintln!("session turn two: {cached} prompt tokens served from llama-server's cache");
     conversation.push_str(&text(&second));
     conversation.push_str(" More.");
+
+    // A strict turn (the default) is placed warm too, but llama-server is told
+    // not to reuse its cache, which can change the output: nothing is cached.
+    let strict_before = warm_llama.metric("prompt_tokens_cached_total").await;
+    let strict = session_turn(&client, "chat", &conversation, Determinism::Strict).await;
+    assert_eq!(started(&strict).replica_id, warm_replica);
+    let strict_cached = warm_llama.metric("prompt_tokens_cached_total").await - strict_before;
+    assert_eq!(strict_cached, 0.0, "a strict turn reuses no cached prompt");
+    conversation.push_str(&text(&strict));
 
     // The warm replica dies: turn three fails over cold, and the other
     // llama-server computes the whole prompt (no cached tokens).
@@ -763,7 +779,7 @@ async fn a_sessions_second_turn_reuses_its_replicas_prompt_cache_and_failover_is
         async || handle.replica_health("default", &warm_replica) != ReplicaHealth::Ready,
     )
     .await;
-    let third = session_turn(&client, "chat", &conversation).await;
+    let third = session_turn(&client, "chat", &conversation, Determinism::BestEffort).await;
     let cold = &started(&third).replica_id;
     assert_ne!(cold, &warm_replica);
     assert!(!started(&third).kv_warmth, "failover is cold");

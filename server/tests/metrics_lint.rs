@@ -609,3 +609,47 @@ async fn a_task_end_is_logged_once_with_its_timing_fields() {
     assert_eq!(started.len(), 1, "{started:#?}");
     assert!(started[0]["fields"]["queue_time_ms"].is_u64());
 }
+
+// covers: ORCH-2002
+#[tokio::test]
+async fn every_error_answer_has_its_own_correlation_id_and_a_log_record_under_it() {
+    captured_logs();
+    let server = TestServer::default().await;
+    let client = server.client();
+    let invalid = || client.submit(task("", 1));
+    let (first, second) = (invalid().await.unwrap_err(), invalid().await.unwrap_err());
+    server.handle().refuse_store_writes(true);
+    let internal = client.submit(task("p", 1)).await.unwrap_err();
+    server.handle().refuse_store_writes(false);
+    let envelopes: Vec<_> = [first, second, internal]
+        .iter()
+        .map(|e| e.envelope().expect("an envelope").clone())
+        .collect();
+    let ids: BTreeSet<_> = envelopes.iter().map(|e| &e.correlation_id).collect();
+    assert_eq!(
+        ids.len(),
+        3,
+        "one correlation id per occurrence: {envelopes:?}"
+    );
+    let logs = captured_logs().lock().unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&logs)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    for envelope in &envelopes {
+        let logged: Vec<_> = lines
+            .iter()
+            .filter(|l| l["fields"]["correlation_id"] == envelope.correlation_id.as_str())
+            .collect();
+        let [line] = logged.as_slice() else {
+            panic!("one log record for {envelope:?}: {logged:#?}")
+        };
+        assert_eq!(line["fields"]["code"], envelope.code.to_string(), "{line}");
+        let level = if envelope.code == contracts::ErrorCode::Internal {
+            "ERROR"
+        } else {
+            "INFO"
+        };
+        assert_eq!(line["level"], level, "{line}");
+    }
+}

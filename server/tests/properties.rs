@@ -30,6 +30,7 @@ fn live_task() -> LiveTask {
             temperature: 0.8,
             top_p: 1.0,
             top_k: 0,
+            reuse_prompt_cache: false,
         },
         0,
         Vec::new(),

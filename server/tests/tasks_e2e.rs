@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{TestServer, config_with, eventually, shared_client, shared_url, task, text, tokens};
 use contracts::config::BuiltinEngineConfig;
-use contracts::{ErrorCode, FinishReason, Priority, StreamEvent, TaskRequest, TaskState};
+use contracts::{EndEvent, ErrorCode, FinishReason, Priority, StreamEvent, TaskRequest, TaskState};
 use futures::StreamExt;
 use orchctl::{ClientError, ListOptions};
 
@@ -46,6 +46,18 @@ async fn a_task_streams_started_tokens_and_end_identically_on_both_replicas() {
     );
     assert_eq!(tokens(&a).len(), 24);
     assert_eq!(tokens(&a), tokens(&b), "same inputs, byte-identical tokens");
+    let end_without_timing = |events: &[StreamEvent]| match events.last() {
+        Some(StreamEvent::End(end)) => EndEvent {
+            decode_ms: 0,
+            ..end.clone()
+        },
+        e => panic!("stream did not end with `end`: {e:?}"),
+    };
+    assert_eq!(
+        end_without_timing(&a),
+        end_without_timing(&b),
+        "the same end event but for its timing"
+    );
     assert_ne!(text(&a), text(&other), "another seed gives another stream");
     for (i, token) in tokens(&a).iter().enumerate() {
         assert_eq!(token.i as usize, i, "token indexes count from 0");

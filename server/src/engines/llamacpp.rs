@@ -163,7 +163,9 @@ impl LlamaCppEngine {
 }
 
 /// The request body of `POST /completion`: OrchQueue's parameters mapped
-/// one to one, nothing added that changes sampling.
+/// one to one, nothing added that changes sampling. llama-server reuses a
+/// cached prompt prefix by default, which its documentation says can change
+/// the output; only `best_effort` tasks allow it (ORCH-4032).
 pub fn completion_body(request: &GenerateRequest) -> Value {
     json!({
         "prompt": request.prompt,
@@ -172,6 +174,7 @@ pub fn completion_body(request: &GenerateRequest) -> Value {
         "temperature": request.temperature,
         "top_p": request.top_p,
         "top_k": request.top_k,
+        "cache_prompt": request.reuse_prompt_cache,
         "stream": true,
     })
 }
@@ -304,6 +307,30 @@ impl Engine for LlamaCppEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // covers: ORCH-4032
+    #[test]
+    fn only_best_effort_lets_llama_server_reuse_its_prompt_cache() {
+        let request = |reuse_prompt_cache| GenerateRequest {
+            prompt: "p".into(),
+            max_tokens: 3,
+            seed: 7,
+            temperature: 0.5,
+            top_p: 0.9,
+            top_k: 10,
+            reuse_prompt_cache,
+        };
+        let strict = completion_body(&request(false));
+        assert_eq!(
+            strict["cache_prompt"], false,
+            "llama-server's default is true"
+        );
+        assert_eq!(completion_body(&request(true))["cache_prompt"], true);
+        assert_eq!(
+            (&strict["seed"], &strict["n_predict"], &strict["top_k"]),
+            (&json!(7), &json!(3), &json!(10))
+        );
+    }
 
     // covers: ORCH-4020
     #[test]

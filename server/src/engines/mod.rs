@@ -38,6 +38,10 @@ pub struct GenerateRequest {
     pub temperature: f32,
     pub top_p: f32,
     pub top_k: u32,
+    /// Whether the engine may reuse a cached prompt prefix, which some engines
+    /// say can change the output: only under `determinism: best_effort`
+    /// (ORCH-4032).
+    pub reuse_prompt_cache: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

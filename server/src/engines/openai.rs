@@ -334,6 +334,7 @@ mod tests {
                 temperature: 0.8,
                 top_p: 1.0,
                 top_k: 40,
+                reuse_prompt_cache: false,
             },
         );
         assert_eq!(body["messages"][0]["content"], "p");

@@ -173,7 +173,7 @@ impl Orchestrator {
                 if let Health::Refused(why) = &health {
                     refused.push(format!("{}: {why}", replica.id));
                 }
-                replica.record_health(health, interval);
+                replica.record_health(health);
                 let state = replica.state();
                 if state.health != ReplicaHealth::Ready {
                     let why = state

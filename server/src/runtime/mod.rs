@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use contracts::config::Config;
 use contracts::{
-    AdmissionResponse, ErrorCode, RejectPolicy, StreamEvent, TaskList, TaskRequest, TaskState,
-    TaskStatus,
+    AdmissionResponse, Determinism, ErrorCode, RejectPolicy, StreamEvent, TaskList, TaskRequest,
+    TaskState, TaskStatus,
 };
 use futures::Stream;
 
@@ -89,7 +89,7 @@ impl Orchestrator {
         for pool in orchestrator.pools.values() {
             for replica in pool.replicas() {
                 let health = replica.engine.health().await;
-                replica.record_health(health, Duration::ZERO);
+                replica.record_health(health);
             }
         }
         orchestrator
@@ -682,6 +682,7 @@ impl Orchestrator {
                 temperature: request.temperature.unwrap_or(0.8),
                 top_p: request.top_p.unwrap_or(1.0),
                 top_k: request.top_k.unwrap_or(40),
+                reuse_prompt_cache: request.determinism == Some(Determinism::BestEffort),
             },
             record.submitted_at_ms,
             events,
@@ -841,12 +842,13 @@ pub(super) async fn health_loop(
     replica: Arc<Replica>,
 ) {
     let interval = Duration::from_millis(pool.config.health_interval_ms.max(10));
+    let cap = Duration::from_millis(pool.config.health_backoff_cap_ms);
     let mut next = interval;
     while !orchestrator.is_stopped() && !replica.retired.load(Ordering::SeqCst) {
         tokio::time::sleep(next).await;
         let health = replica.engine.health().await;
-        let (delay, became_ready) = replica.record_health(health, interval);
-        next = delay;
+        let (became_ready, failures) = replica.record_health(health);
+        next = pool::probe_delay(interval, cap, failures);
         if became_ready {
             tracing::info!(pool = %pool.id(), replica = %replica.id, "replica Ready");
             pool.wake.notify_one();

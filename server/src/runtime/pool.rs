@@ -65,9 +65,9 @@ impl Replica {
         tracing::warn!(replica = %self.id, reason, "replica marked down");
     }
 
-    /// Apply one health probe; returns the delay before the next probe
-    /// (exponential backoff while the replica is not Ready).
-    pub fn record_health(&self, health: Health, interval: Duration) -> (Duration, bool) {
+    /// Apply one health probe; returns whether the replica just became Ready
+    /// and how many probes in a row have now failed.
+    pub fn record_health(&self, health: Health) -> (bool, u32) {
         let mut state = self.state();
         let was_ready = state.health == ReplicaHealth::Ready;
         match health {
@@ -78,6 +78,7 @@ impl Replica {
             Health::Starting(reason) => {
                 state.health = ReplicaHealth::Starting;
                 state.last_error = Some(reason);
+                state.consecutive_failures = 0;
             }
             Health::Down(reason) | Health::Refused(reason) => {
                 state.health = ReplicaHealth::Down;
@@ -86,10 +87,15 @@ impl Replica {
             }
         }
         let became_ready = !was_ready && state.health == ReplicaHealth::Ready;
-        let backoff = 2u32.saturating_pow(state.consecutive_failures.min(5));
-        let next = (interval * backoff).min(Duration::from_secs(5));
-        (next, became_ready)
+        (became_ready, state.consecutive_failures)
     }
+}
+
+/// The wait before the next health probe (ORCH-4013): the interval while the
+/// replica answers, doubled for each failed probe in a row up to `cap`.
+pub fn probe_delay(interval: Duration, cap: Duration, consecutive_failures: u32) -> Duration {
+    let factor = 2u32.saturating_pow(consecutive_failures);
+    interval.saturating_mul(factor).min(cap.max(interval))
 }
 
 /// One completed task, for the SLO snapshot of `GET /v1/replicasets`.
@@ -309,5 +315,26 @@ impl Pool {
 
     pub fn is_held(&self) -> bool {
         self.held.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // covers: ORCH-4013
+    #[test]
+    fn the_probe_delay_doubles_per_failed_probe_up_to_the_cap() {
+        let ms = Duration::from_millis;
+        let delays: Vec<u64> = (0..8)
+            .map(|failures| probe_delay(ms(100), ms(1_000), failures).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1_000, 1_000, 1_000, 1_000]);
+        assert_eq!(probe_delay(ms(100), ms(1_000), u32::MAX), ms(1_000));
+        assert_eq!(
+            probe_delay(ms(300), ms(100), 3),
+            ms(300),
+            "a cap below the interval never shortens it"
+        );
     }
 }
