@@ -86,6 +86,20 @@ async fn drain_closes_admission_lets_work_finish_and_ends_the_rest_at_the_deadli
             .message
             .starts_with("deadline_ms:")
     );
+    // A positional body is not a drain request, however serde would read it.
+    let positional = reqwest::Client::new()
+        .post(format!("{}/v1/pools/default/drain", server.url()))
+        .json(&serde_json::json!([1000]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(positional.status(), 400);
+    let envelope: contracts::ErrorEnvelope = positional.json().await.unwrap();
+    assert!(
+        envelope.message.starts_with("body: must be a JSON object"),
+        "{}",
+        envelope.message
+    );
     let drained = client.drain_pool("default", 60_000).await.unwrap();
     assert!(drained.draining);
     let refused = client.submit(task("too late", 1)).await.unwrap_err();

@@ -296,6 +296,11 @@ async fn every_validated_field_is_named_with_its_limit() {
         ),
         (serde_json::json!({"max_tokens": 1}), "body", "prompt"),
         (
+            serde_json::json!(["positional", "p", 1]),
+            "body",
+            "must be a JSON object, not an array",
+        ),
+        (
             serde_json::json!({"prompt": "p", "max_tokens": 0}),
             "max_tokens",
             "at least 1",
@@ -388,7 +393,7 @@ async fn every_validated_field_is_named_with_its_limit() {
     ];
     for (mut body, field, detail) in cases {
         // Every valid-looking body stays in this test's scope.
-        if body.get("scope").is_none() {
+        if body.is_object() && body.get("scope").is_none() {
             body["scope"] = client.scope_name().into();
         }
         let response = http

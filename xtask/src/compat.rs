@@ -344,11 +344,16 @@ impl<'a> Diff<'a> {
         }
     }
 
-    /// A stable key for each branch of a `oneOf`/`anyOf`: its `$ref`, or the single
-    /// enum value of a discriminating property (`event: started`), or its index.
+    /// A stable key for each branch of a `oneOf`/`anyOf`: its `$ref`, its `const`, or
+    /// the single enum value or const of a discriminating property (`event: started`),
+    /// or its index.
     fn variant_key(v: &Value, index: usize) -> String {
         if let Some(r) = v.get("$ref").and_then(Value::as_str) {
             return r.rsplit('/').next().unwrap_or(r).to_string();
+        }
+        // A documented enum value is a branch of its own (schemars: `{const, description}`).
+        if let Some(only) = v.get("const") {
+            return format!("const={only}");
         }
         if let Some(props) = v.get("properties").and_then(Value::as_object) {
             for (name, p) in props {

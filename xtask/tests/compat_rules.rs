@@ -457,6 +457,16 @@ fn every_branch_of_a_one_of_is_compared() {
     let changes = compat::json_schema(&untagged(&old), &untagged(&new), Direction::Input);
     assert_eq!(changes.len(), 1, "{changes:?}");
     assert_eq!(changes[0].rule, "request-property-removed");
+    // Documented enum values (one `const` branch each): the removed value is named.
+    let values = |v: &[&str]| json!({"oneOf": v.iter().map(|c| json!({"type": "string", "const": c})).collect::<Vec<_>>()});
+    let changes = compat::json_schema(
+        &values(&["stop", "length", "canceled"]),
+        &values(&["length", "canceled"]),
+        Direction::Output,
+    );
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].path, "/oneOf[const=\"stop\"]");
+    assert!(changes[0].breaking, "{changes:?}");
 }
 
 // covers: ORCH-9014

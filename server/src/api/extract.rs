@@ -9,6 +9,14 @@ use crate::error::OrchError;
 
 /// JSON body parsed with the path of the failing field in the message.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, OrchError> {
+    // serde reads a struct from a JSON array too, field by position; every body
+    // the documents declare is an object, so an array is refused unread.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(OrchError::invalid(
+            "body",
+            "must be a JSON object, not an array",
+        ));
+    }
     let deserializer = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let inner = error.inner();
