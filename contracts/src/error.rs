@@ -92,6 +92,8 @@ pub enum RejectPolicy {
     DropLru,
 }
 
+/// The body of every non-2xx answer and of every SSE `error` event (ORCH-2001); which
+/// codes come on which channel is the spec's table (ORCH-2026).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, JsonSchema)]
 pub struct ErrorEnvelope {
     #[schema(value_type = ErrorCode)]

@@ -73,7 +73,7 @@ fn task_key(tenant: &Tenant, task_id: String, scope: Option<String>) -> Result<T
                 ("X-Queue-Position" = u32, description = "Same as `queue_position`."),
                 ("X-Queue-ETA-Ms" = u64, description = "Same as `predicted_start_ms`."),
             ),
-            extensions(("x-req-id" = json!(["ORCH-1001", "ORCH-1005", "ORCH-7001"])))),
+            extensions(("x-req-id" = json!(["ORCH-1001", "ORCH-1005", "ORCH-1007", "ORCH-1018", "ORCH-7001"])))),
         (status = 400, description = "`INVALID_PARAMS`: a field is malformed or over its limit; the message names it.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-1002", "ORCH-1003", "ORCH-1004", "ORCH-1009", "ORCH-1015", "ORCH-2012", "ORCH-5012"])))),
         (status = 404, description = "`NOT_FOUND`: the request names a `session_id` whose session expired.", body = ErrorEnvelope,
@@ -130,7 +130,7 @@ pub async fn create_task(
     params(("task_id" = String, Path, description = "The task's id."), ScopeQuery),
     responses(
         (status = 200, description = "The task's state, position while queued, timestamps and outcome.", body = TaskStatus,
-            extensions(("x-req-id" = json!(["ORCH-1010"])))),
+            extensions(("x-req-id" = json!(["ORCH-1010", "ORCH-2005"])))),
         (status = 400, description = "`INVALID_PARAMS`: malformed id or scope.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-2012"])))),
         (status = 404, description = "`NOT_FOUND`: no such task in this scope.", body = ErrorEnvelope,
@@ -218,7 +218,7 @@ pub async fn list_tasks(
     responses(
         (status = 200, description = "`text/event-stream` of `started` (one per placement: a retry before the first token adds a second, ORCH-4014), `token` (`id:` = index), `metrics`, then `end` or `error`; each `data:` is the JSON of `StreamEvent.data` (see `contracts/schemas/sse-event.schema.json`).",
             content_type = "text/event-stream", body = String,
-            extensions(("x-req-id" = json!(["ORCH-1101", "ORCH-1102", "ORCH-1103", "ORCH-1104", "ORCH-1107"])))),
+            extensions(("x-req-id" = json!(["ORCH-1101", "ORCH-1102", "ORCH-1103", "ORCH-1104", "ORCH-1107", "ORCH-2005", "ORCH-2011", "ORCH-2015", "ORCH-2016", "ORCH-2017", "ORCH-2026"])))),
         (status = 400, description = "`INVALID_PARAMS`: malformed id, scope or `Last-Event-ID`.", body = ErrorEnvelope,
             extensions(("x-req-id" = json!(["ORCH-2012"])))),
         (status = 404, description = "`NOT_FOUND`: no such task in this scope.", body = ErrorEnvelope,
