@@ -20,7 +20,7 @@ pub const EQUIVALENT_LIST: &str = "ci/mutants-equivalent.txt";
 /// The version `scripts/tools/setup.sh` installs.
 pub const CARGO_MUTANTS_VERSION: &str = "27.1.0";
 /// `--shard auto` splits the mutants in this many shards.
-pub const AUTO_SHARDS: u32 = 3;
+pub const AUTO_SHARDS: u32 = 4;
 const OUT: &str = "target/cargo-mutants";
 
 /// Which mutants to run: all, or shard `index` of `count`.
