@@ -71,8 +71,7 @@ impl TestHandle {
         self.pool(pool)
             .replica(replica)
             .expect("known replica")
-            .state()
-            .active
+            .active()
     }
 
     pub fn queue_len(&self, pool: &str) -> usize {

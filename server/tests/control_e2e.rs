@@ -347,3 +347,60 @@ async fn the_adapters_properties_reach_the_api_and_dropping_its_stream_ends_the_
     })
     .await;
 }
+
+// A task started before a reload still holds its engine slot afterwards: the
+// new replica set counts it, so a one-slot replica takes nothing else until it
+// ends (issue: a reload used to count every slot a second time).
+// covers: ORCH-6023
+#[tokio::test]
+async fn a_reload_counts_the_slots_its_predecessors_tasks_still_hold() {
+    let engine = BuiltinEngineConfig {
+        slots: 1,
+        tokens_per_s: 20.0,
+        ..Default::default()
+    };
+    let server = TestServer::start(config_with(1, engine, |_| {})).await;
+    let client = server.client();
+    let handle = server.handle();
+    let long = client
+        .submit(task("a long story", 1_000))
+        .await
+        .unwrap()
+        .task_id;
+    eventually(Duration::from_secs(2), "the long task runs", async || {
+        client.status(&long).await.unwrap().state == TaskState::Running
+    })
+    .await;
+    client
+        .reload_pool(
+            "default",
+            &ReloadRequest {
+                model_ref: "builtin:other-model".into(),
+                ready_timeout_ms: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        handle.replica_active("default", "r0"),
+        1,
+        "the running task holds the slot"
+    );
+    let next = client.submit(task("after the reload", 2)).await.unwrap();
+    assert_eq!(next.queue_position, 0);
+    assert!(next.predicted_start_ms > 0, "no free slot: {next:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        client.status(&next.task_id).await.unwrap().state,
+        TaskState::Queued
+    );
+    client.cancel(&long).await.unwrap();
+    let events = client.collect(&next.task_id).await.unwrap();
+    assert_eq!(tokens(&events).len(), 2);
+    eventually(
+        Duration::from_secs(2),
+        "the slot is free again",
+        async || handle.replica_active("default", "r0") == 0,
+    )
+    .await;
+}

@@ -860,3 +860,66 @@ async fn the_openai_chat_api_streams_through_llama_servers_v1_chat() {
     assert_eq!(end(&events).finish_reason, FinishReason::Length);
     assert!(!tokens(&events).is_empty());
 }
+
+// llama-server serves the model it was started with: a reload re-probes the
+// replicas and accepts that model only; any other is refused at once, not
+// after the ready timeout, and nothing is swapped.
+// covers: ORCH-6023, ORCH-4020, ORCH-4028
+#[tokio::test]
+async fn a_llamacpp_reload_re_probes_the_served_model_and_refuses_another_at_once() {
+    let _serial = SERIAL.lock().await;
+    let rig = Rig::start(Adapter::LlamaCpp).await;
+    let client = rig.client();
+    let served = client.replica_sets().await.unwrap().replica_sets[0].clone();
+    let reload = |model_ref: String| {
+        let client = client.clone();
+        async move {
+            client
+                .reload_pool(
+                    "default",
+                    &contracts::ReloadRequest {
+                        model_ref,
+                        ready_timeout_ms: Some(30_000),
+                    },
+                )
+                .await
+        }
+    };
+    let again = reload(served.model_ref.clone()).await.unwrap();
+    assert_eq!(again.model_ref, served.model_ref);
+    let after = client.replica_sets().await.unwrap().replica_sets[0].clone();
+    assert_eq!(
+        after.load.slots, served.load.slots,
+        "the same slots, counted once"
+    );
+    let asked = Instant::now();
+    let refused = reload("gguf:another-model.gguf".into()).await.unwrap_err();
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(refused.status(), Some(400));
+    let envelope = refused.envelope().unwrap();
+    assert!(!envelope.retriable);
+    assert!(
+        envelope.message.starts_with("model_ref: ")
+            && envelope
+                .message
+                .contains(&format!("r0 serves {:?}", served.model_ref))
+            && envelope.message.contains("llama-server -m"),
+        "{}",
+        envelope.message
+    );
+    let events = client
+        .collect(
+            &client
+                .submit(request("still served", 4, 1))
+                .await
+                .unwrap()
+                .task_id,
+        )
+        .await
+        .unwrap();
+    assert_eq!(end(&events).finish_reason, FinishReason::Length);
+}

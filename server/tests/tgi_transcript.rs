@@ -107,13 +107,23 @@ async fn generate_stream(
 }
 
 async fn start_fake_tgi() -> (String, FakeTgi) {
+    start_fake_tgi_reporting("2.4.1").await
+}
+
+/// A fake TGI whose `/info` reports `version` (the recorded one is 2.4.1).
+async fn start_fake_tgi_reporting(version: &'static str) -> (String, FakeTgi) {
     let fake = FakeTgi::default();
     let app = axum::Router::new()
         .route("/health", get(|| async { "" }))
         .route(
             "/info",
-            get(|| async {
-                let info = std::fs::read_to_string(fixtures().join("info.json")).unwrap();
+            get(move || async move {
+                let info = std::fs::read_to_string(fixtures().join("info.json"))
+                    .unwrap()
+                    .replace(
+                        "\"version\":\"2.4.1\"",
+                        &format!("\"version\":\"{version}\""),
+                    );
                 ([(header::CONTENT_TYPE, "application/json")], info)
             }),
         )
@@ -321,4 +331,121 @@ async fn a_replica_whose_engine_reports_another_version_than_the_pin_stays_out()
         server.handle().replica_health("default", "r0"),
         ReplicaHealth::Down
     );
+}
+
+// TGI serves the model it was started with (`--model-id`): a reload to it
+// re-probes, a reload to another is refused at once naming what it serves.
+// covers: ORCH-6023, ORCH-4022
+#[tokio::test]
+async fn a_tgi_reload_accepts_only_the_model_tgi_reports() {
+    let (url, _fake) = start_fake_tgi().await;
+    let pool = PoolConfig {
+        id: "default".into(),
+        health_interval_ms: 50,
+        replicas: vec![ReplicaConfig {
+            id: "r0".into(),
+            engine: EngineConfig::Tgi(TgiEngineConfig::new(&url)),
+        }],
+        ..PoolConfig::default()
+    };
+    let server = TestServer::start(Config {
+        pools: vec![pool],
+        ..Config::default()
+    })
+    .await;
+    let handle = server.handle();
+    let ready = async || handle.replica_health("default", "r0") == ReplicaHealth::Ready;
+    eventually(Duration::from_secs(5), "TGI Ready", ready).await;
+    let client = server.client();
+    let served = client.pool_health("default").await.unwrap().replicas[0]
+        .model_ref
+        .clone();
+    let reload = |model_ref: &str| contracts::ReloadRequest {
+        model_ref: model_ref.into(),
+        ready_timeout_ms: Some(30_000),
+    };
+    let again = client
+        .reload_pool("default", &reload(&served))
+        .await
+        .unwrap();
+    assert_eq!(again.model_ref, served);
+    let refused = client
+        .reload_pool("default", &reload("another/model"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(400));
+    let message = refused.envelope().unwrap().message.clone();
+    assert!(
+        message.contains(&format!("r0 serves {served:?}")) && message.contains("TGI --model-id"),
+        "{message}"
+    );
+}
+
+// Two unpinned replicas of one set whose engines report different builds: the
+// first one Ready fixes the set, the other stays out saying why, and every task
+// runs on the first.
+// covers: ORCH-4003, ORCH-4026
+#[tokio::test]
+async fn unpinned_replicas_reporting_different_builds_are_not_both_admitted() {
+    let (old, _old_fake) = start_fake_tgi_reporting("2.4.1").await;
+    let (new, _new_fake) = start_fake_tgi_reporting("3.0.0").await;
+    let replica = |id: &str, url: &str| ReplicaConfig {
+        id: id.into(),
+        engine: EngineConfig::Tgi(TgiEngineConfig::new(url)),
+    };
+    let pool = PoolConfig {
+        id: "default".into(),
+        health_interval_ms: 50,
+        replicas: vec![replica("r0", &old), replica("r1", &new)],
+        ..PoolConfig::default()
+    };
+    let server = TestServer::start(Config {
+        pools: vec![pool],
+        ..Config::default()
+    })
+    .await;
+    let handle = server.handle();
+    let one_ready = async || {
+        [
+            handle.replica_health("default", "r0"),
+            handle.replica_health("default", "r1"),
+        ]
+        .iter()
+        .filter(|h| **h == ReplicaHealth::Ready)
+        .count()
+            == 1
+    };
+    eventually(
+        Duration::from_secs(5),
+        "exactly one replica Ready",
+        one_ready,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(one_ready().await, "the other stays out, probe after probe");
+    let client = server.client();
+    let health = client.pool_health("default").await.unwrap();
+    let ready = health
+        .replicas
+        .iter()
+        .find(|r| r.state == contracts::control::ReplicaState::Ready)
+        .unwrap();
+    let out = health
+        .replicas
+        .iter()
+        .find(|r| r.replica_id != ready.replica_id)
+        .unwrap();
+    let why = out.last_error.clone().unwrap_or_default();
+    assert!(
+        why.contains("2.4.1") && why.contains("3.0.0") && why.contains("must not mix"),
+        "{why}"
+    );
+    for n in 0..4 {
+        let admitted = client.submit(task(&format!("length: {n}"))).await.unwrap();
+        let events = client.collect(&admitted.task_id).await.unwrap();
+        let StreamEvent::Started(started) = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(started.replica_id, ready.replica_id);
+    }
 }

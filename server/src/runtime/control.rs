@@ -14,7 +14,7 @@ use contracts::{
 
 use contracts::limits::{DEADLINE_MAX_MS, READY_TIMEOUT_MAX_MS};
 
-use super::pool::{Drain, ReplicaHealth};
+use super::pool::{self, Drain, ReplicaHealth};
 use super::{Orchestrator, Pool, Replica, health_loop};
 use crate::engines;
 use crate::engines::Health;
@@ -37,7 +37,7 @@ fn replica_status(replica: &Replica) -> ReplicaStatus {
         engine: properties.engine.clone(),
         engine_version: properties.engine_version.clone(),
         model_ref: properties.model_ref.clone(),
-        active: state.active,
+        active: replica.active(),
         slots: properties.slots,
         last_error: state.last_error.clone(),
     }
@@ -146,13 +146,18 @@ impl Orchestrator {
             return Err(OrchError::invalid("model_ref", "must not be empty"));
         }
         let _one_at_a_time = pool.reloading.lock().await;
+        let current = pool.replicas();
         let fresh: Vec<Arc<Replica>> = pool
             .config
             .replicas
             .iter()
             .map(|config| {
                 let engine = engines::build(&config.engine.with_model_ref(model_ref));
-                Arc::new(Replica::new(config.id.clone(), engine))
+                let replica = match current.iter().find(|r| r.id == config.id) {
+                    Some(old) => old.successor(engine),
+                    None => Replica::new(config.id.clone(), engine),
+                };
+                Arc::new(replica)
             })
             .collect();
         let ready_timeout_ms = ready_timeout_ms.unwrap_or(DEFAULT_READY_TIMEOUT_MS);
@@ -165,6 +170,7 @@ impl Orchestrator {
         let timeout = Duration::from_millis(ready_timeout_ms);
         let interval = Duration::from_millis(pool.config.health_interval_ms.max(10));
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut identity = None;
         loop {
             let mut not_ready = Vec::new();
             let mut refused = Vec::new();
@@ -173,7 +179,13 @@ impl Orchestrator {
                 if let Health::Refused(why) = &health {
                     refused.push(format!("{}: {why}", replica.id));
                 }
-                replica.record_health(health);
+                let properties = replica.engine.properties();
+                replica.record_health(pool::vet_identity(
+                    &mut identity,
+                    &replica.id,
+                    properties,
+                    health,
+                ));
                 let state = replica.state();
                 if state.health != ReplicaHealth::Ready {
                     let why = state
@@ -184,6 +196,24 @@ impl Orchestrator {
                 }
             }
             if not_ready.is_empty() {
+                // llama.cpp and TGI serve the model they were started with: a reload
+                // re-probes them and accepts only that model (ORCH-6023).
+                let serving_another: Vec<String> = fresh
+                    .iter()
+                    .filter(|r| r.engine.properties().model_ref != model_ref)
+                    .map(|r| format!("{} serves {:?}", r.id, r.engine.properties().model_ref))
+                    .collect();
+                if !serving_another.is_empty() {
+                    return Err(OrchError::invalid(
+                        "model_ref",
+                        format!(
+                            "pool {pool_id} cannot switch to {model_ref:?}, the old replicas keep serving: {}; \
+                             a llamacpp or tgi engine's model is the one it was started with (llama-server -m, \
+                             TGI --model-id): restart the engine with the new model, then reload to re-probe it",
+                            serving_another.join("; ")
+                        ),
+                    ));
+                }
                 break;
             }
             if !refused.is_empty() {
@@ -209,6 +239,7 @@ impl Orchestrator {
             tokio::time::sleep(interval).await;
         }
         pool.replace_replicas(fresh.clone());
+        pool.set_identity(identity);
         pool.set_drain(None);
         for replica in fresh {
             tokio::spawn(health_loop(Arc::clone(self), Arc::clone(&pool), replica));
@@ -228,7 +259,7 @@ impl Orchestrator {
                 let replicas = pool.replicas();
                 let properties = replicas.first()?.engine.properties().clone();
                 let (active, slots) = replicas.iter().fold((0, 0), |(a, s), r| {
-                    (a + r.state().active, s + r.engine.properties().slots)
+                    (a + r.active(), s + r.engine.properties().slots)
                 });
                 let recent = pool.recent_completions();
                 let mut ttfts: Vec<u64> = recent.iter().map(|c| c.ttft_ms).collect();

@@ -89,7 +89,7 @@ impl Orchestrator {
         for pool in orchestrator.pools.values() {
             for replica in pool.replicas() {
                 let health = replica.engine.health().await;
-                replica.record_health(health);
+                replica.record_health(pool.vet(&replica, health));
             }
         }
         orchestrator
@@ -846,7 +846,7 @@ pub(super) async fn health_loop(
     let mut next = interval;
     while !orchestrator.is_stopped() && !replica.retired.load(Ordering::SeqCst) {
         tokio::time::sleep(next).await;
-        let health = replica.engine.health().await;
+        let health = pool.vet(&replica, replica.engine.health().await);
         let (became_ready, failures) = replica.record_health(health);
         next = pool::probe_delay(interval, cap, failures);
         if became_ready {

@@ -2,14 +2,14 @@
 //! and the observed service time behind every wait prediction.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use contracts::config::{PoolConfig, TimeoutConfig};
 use tokio::sync::Notify;
 
-use crate::engines::{Engine, Health};
+use crate::engines::{Engine, EngineProperties, Health};
 use crate::placement::{self, ReplicaLoad};
 use crate::queue::{self, PoolQueue};
 use crate::store::TaskKey;
@@ -24,7 +24,6 @@ pub enum ReplicaHealth {
 #[derive(Debug)]
 pub struct ReplicaState {
     pub health: ReplicaHealth,
-    pub active: u32,
     pub last_error: Option<String>,
     pub consecutive_failures: u32,
 }
@@ -33,23 +32,42 @@ pub struct Replica {
     pub id: String,
     pub engine: Arc<dyn Engine>,
     state: Mutex<ReplicaState>,
+    /// Tasks running on this replica's engine slots. A reload's successor of
+    /// the same replica shares the counter: the engine's slots are the same
+    /// slots, whichever replica object started the task (ORCH-6023).
+    active: Arc<AtomicU32>,
     /// Replaced by a reload: its health monitor stops, nothing new lands on it.
     pub retired: AtomicBool,
 }
 
 impl Replica {
     pub fn new(id: String, engine: Arc<dyn Engine>) -> Self {
+        Self::with_slots_in_use(id, engine, Arc::new(AtomicU32::new(0)))
+    }
+
+    /// The replica a reload puts in this one's place: same id, new engine
+    /// handle, the same count of slots in use.
+    pub fn successor(&self, engine: Arc<dyn Engine>) -> Self {
+        Self::with_slots_in_use(self.id.clone(), engine, Arc::clone(&self.active))
+    }
+
+    fn with_slots_in_use(id: String, engine: Arc<dyn Engine>, active: Arc<AtomicU32>) -> Self {
         Self {
             id,
             engine,
             state: Mutex::new(ReplicaState {
                 health: ReplicaHealth::Starting,
-                active: 0,
                 last_error: None,
                 consecutive_failures: 0,
             }),
+            active,
             retired: AtomicBool::new(false),
         }
+    }
+
+    /// Tasks running on the replica's slots.
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::SeqCst)
     }
 
     pub fn state(&self) -> MutexGuard<'_, ReplicaState> {
@@ -91,6 +109,59 @@ impl Replica {
     }
 }
 
+/// What every replica of a set must share (ORCH-4003): the first replica
+/// found Ready fixes it; until a reload, a replica reporting another build or
+/// model stays out of placement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetIdentity {
+    engine_version: String,
+    model_ref: String,
+    model_digest: String,
+}
+
+impl SetIdentity {
+    fn of(properties: &EngineProperties) -> Self {
+        Self {
+            engine_version: properties.engine_version.clone(),
+            model_ref: properties.model_ref.clone(),
+            model_digest: properties.model_digest.clone(),
+        }
+    }
+}
+
+/// A probe's verdict once the set is considered: a Ready replica that
+/// reports another identity than the set's is down, saying why.
+pub fn vet_identity(
+    identity: &mut Option<(String, SetIdentity)>,
+    replica_id: &str,
+    properties: &EngineProperties,
+    health: Health,
+) -> Health {
+    if health != Health::Ready {
+        return health;
+    }
+    let found = SetIdentity::of(properties);
+    match identity {
+        None => {
+            *identity = Some((replica_id.to_owned(), found));
+            Health::Ready
+        }
+        Some((first, known)) if *known == found || first == replica_id => Health::Ready,
+        Some((first, known)) => Health::Down(format!(
+            "reports {} {} with model {} ({}), but its replica set runs {} with model {} ({}) as \
+             {first} reports; a replica set must not mix engine versions or models: run the same \
+             build and model on every replica, then reload the pool",
+            properties.engine,
+            found.engine_version,
+            found.model_ref,
+            found.model_digest,
+            known.engine_version,
+            known.model_ref,
+            known.model_digest,
+        )),
+    }
+}
+
 /// The wait before the next health probe (ORCH-4013): the interval while the
 /// replica answers, doubled for each failed probe in a row up to `cap`.
 pub fn probe_delay(interval: Duration, cap: Duration, consecutive_failures: u32) -> Duration {
@@ -124,6 +195,8 @@ pub struct Pool {
     deadlines: Mutex<Vec<(u64, TaskKey)>>,
     /// Serializes reloads of this pool.
     pub reloading: tokio::sync::Mutex<()>,
+    /// The replica that first reported the set's identity, and that identity.
+    identity: Mutex<Option<(String, SetIdentity)>>,
     pub sampler_profile_version: String,
     queue: Mutex<PoolQueue<TaskKey>>,
     pub wake: Notify,
@@ -169,7 +242,24 @@ impl Pool {
             wake: Notify::new(),
             mean_service_ms: Mutex::new(initial_service_ms),
             held: AtomicBool::new(false),
+            identity: Mutex::new(None),
         }
+    }
+
+    /// [`vet_identity`] against this set.
+    pub fn vet(&self, replica: &Replica, health: Health) -> Health {
+        let mut identity = self.identity.lock().unwrap();
+        vet_identity(
+            &mut identity,
+            &replica.id,
+            replica.engine.properties(),
+            health,
+        )
+    }
+
+    /// A reload's new set brings its own identity.
+    pub fn set_identity(&self, identity: Option<(String, SetIdentity)>) {
+        *self.identity.lock().unwrap() = identity;
     }
 
     pub fn id(&self) -> &str {
@@ -257,7 +347,7 @@ impl Pool {
                 ReplicaHealth::Ready => {
                     capacity.ready_replicas += 1;
                     capacity.total_slots += slots;
-                    capacity.free_slots += slots.saturating_sub(state.active);
+                    capacity.free_slots += slots.saturating_sub(replica.active());
                 }
                 ReplicaHealth::Starting => capacity.starting_replicas += 1,
                 ReplicaHealth::Down => {}
@@ -290,26 +380,28 @@ impl Pool {
     /// take the task, `avoid` last (ORCH-4001, ORCH-4002, ORCH-4004, ORCH-4014).
     pub fn reserve_slot(&self, prefer: Option<&str>, avoid: Option<&str>) -> Option<Arc<Replica>> {
         let replicas = self.replicas();
-        let mut states: Vec<_> = replicas.iter().map(|r| r.state()).collect();
+        let states: Vec<_> = replicas.iter().map(|r| r.state()).collect();
         let loads: Vec<ReplicaLoad<'_>> = replicas
             .iter()
             .zip(&states)
             .map(|(replica, state)| ReplicaLoad {
                 id: &replica.id,
                 ready: state.health == ReplicaHealth::Ready,
-                active: state.active,
+                active: replica.active(),
                 slots: replica.engine.properties().slots,
             })
             .collect();
         let chosen = placement::choose(&loads, prefer, avoid)?;
-        states[chosen].active += 1;
+        // The dispatcher is the only one adding; releases only subtract.
+        replicas[chosen].active.fetch_add(1, Ordering::SeqCst);
+        drop(states);
         Some(Arc::clone(&replicas[chosen]))
     }
 
     pub fn release_slot(&self, replica: &Replica) {
-        let mut state = replica.state();
-        state.active = state.active.saturating_sub(1);
-        drop(state);
+        let _ = replica
+            .active
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         self.wake.notify_one();
     }
 
@@ -321,6 +413,63 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn properties(version: &str, model: &str) -> EngineProperties {
+        EngineProperties {
+            engine: "llamacpp".into(),
+            engine_version: version.into(),
+            model_ref: model.into(),
+            model_digest: format!("sha256:{model}"),
+            ctx_limit: 4096,
+            slots: 4,
+        }
+    }
+
+    // covers: ORCH-4003
+    #[test]
+    fn the_first_ready_replica_fixes_the_sets_identity() {
+        let mut identity = None;
+        let b1 = properties("b1", "m");
+        assert_eq!(
+            vet_identity(&mut identity, "r0", &b1, Health::Starting("loading".into())),
+            Health::Starting("loading".into())
+        );
+        assert!(
+            identity.is_none(),
+            "only a Ready replica speaks for the set"
+        );
+        assert_eq!(
+            vet_identity(&mut identity, "r1", &b1, Health::Ready),
+            Health::Ready
+        );
+        assert_eq!(
+            vet_identity(&mut identity, "r0", &b1, Health::Ready),
+            Health::Ready
+        );
+        let Health::Down(why) =
+            vet_identity(&mut identity, "r0", &properties("b2", "m"), Health::Ready)
+        else {
+            panic!("another build must stay out")
+        };
+        assert!(
+            why.contains("b2") && why.contains("b1") && why.contains("as r1 reports"),
+            "{why}"
+        );
+        assert!(matches!(
+            vet_identity(
+                &mut identity,
+                "r2",
+                &properties("b1", "other"),
+                Health::Ready
+            ),
+            Health::Down(_)
+        ));
+        assert_eq!(
+            vet_identity(&mut identity, "r1", &properties("b9", "x"), Health::Ready),
+            Health::Ready,
+            "the first replica's own changes are its discovery's to judge (ORCH-4026)"
+        );
+    }
 
     // covers: ORCH-4013
     #[test]
