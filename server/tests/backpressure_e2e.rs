@@ -279,3 +279,25 @@ async fn the_admission_backoff_is_the_predicted_wait_of_the_tasks_own_position()
         "one more task ahead, a longer wait: {admissions:?}"
     );
 }
+
+// Before any task completes, the wait prediction comes from the engine's own
+// speed: a 10 tokens/s builtin replica takes 20 ms + 128 tokens × 100 ms for the
+// half-budget task the estimate assumes (the old constant said 690 ms whatever
+// the engine).
+// covers: ORCH-3007
+#[tokio::test]
+async fn the_first_wait_prediction_comes_from_the_engines_speed() {
+    let engine = BuiltinEngineConfig {
+        slots: 1,
+        tokens_per_s: 10.0,
+        ttft_ms: 20,
+        ..Default::default()
+    };
+    let server = TestServer::start(config_with(1, engine, |_| {})).await;
+    server.handle().hold_dispatch("default", true);
+    let client = server.client();
+    let first = client.submit(task("first", 2)).await.unwrap();
+    let second = client.submit(task("second", 2)).await.unwrap();
+    assert_eq!(first.predicted_start_ms, 0, "a free slot is left for it");
+    assert_eq!(second.predicted_start_ms, 20 + 128 * 100, "{second:?}");
+}

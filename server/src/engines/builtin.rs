@@ -141,6 +141,13 @@ impl Engine for BuiltinEngine {
         &self.properties
     }
 
+    fn expected_speed(&self) -> Option<super::Speed> {
+        Some(super::Speed {
+            ttft_ms: self.config.ttft_ms as f64,
+            tokens_per_s: self.config.tokens_per_s,
+        })
+    }
+
     async fn health(&self) -> Health {
         let faults = self.faults.get();
         if faults.fail_health {

@@ -92,6 +92,35 @@ pub trait Engine: Send + Sync + 'static {
     fn faults(&self) -> Option<&builtin::FaultSwitch> {
         None
     }
+
+    /// How fast the engine generates, when it says so before any task has run
+    /// (builtin: its configuration); the first service-time estimate of a
+    /// pool comes from it (ORCH-3007).
+    fn expected_speed(&self) -> Option<Speed> {
+        None
+    }
+}
+
+/// An engine's generation speed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Speed {
+    pub ttft_ms: f64,
+    pub tokens_per_s: f64,
+}
+
+impl Speed {
+    /// What a remote engine is assumed to do before its first task completes:
+    /// a small model on one GPU slot, rather slow than fast, so that early
+    /// hints err towards waiting.
+    pub const UNKNOWN: Speed = Speed {
+        ttft_ms: 200.0,
+        tokens_per_s: 20.0,
+    };
+
+    /// Time of a task generating `tokens`.
+    pub fn service_ms(self, tokens: u32) -> f64 {
+        self.ttft_ms + f64::from(tokens) * 1_000.0 / self.tokens_per_s.max(0.001)
+    }
 }
 
 /// The adapter a replica's config asks for.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use contracts::config::{PoolConfig, TimeoutConfig};
 use tokio::sync::Notify;
 
-use crate::engines::{Engine, EngineProperties, Health};
+use crate::engines::{Engine, EngineProperties, Health, Speed};
 use crate::placement::{self, ReplicaLoad};
 use crate::queue::{self, PoolQueue};
 use crate::store::TaskKey;
@@ -223,12 +223,13 @@ impl Pool {
             config.queue.full_policy,
             config.queue.batch_starvation_bound,
         );
-        // Before anything completes, assume a task takes the engine's time
-        // for half the token budget.
-        let initial_service_ms = replicas
+        // Before anything completes, assume a task generates half of a typical
+        // budget (at most 256 tokens) at the speed the engine states.
+        let speed = replicas
             .first()
-            .map(|_| 50.0 + f64::from(config.max_tokens_limit.min(256)) * 5.0 / 2.0)
-            .unwrap_or(1_000.0);
+            .and_then(|r| r.engine.expected_speed())
+            .unwrap_or(Speed::UNKNOWN);
+        let initial_service_ms = speed.service_ms(config.max_tokens_limit.min(256) / 2);
         Self {
             sampler_profile_version: config.sampler_profile_version.clone(),
             timeouts: Mutex::new(config.timeouts.clone()),
