@@ -423,3 +423,139 @@ async fn sigkill_mid_burst_loses_no_admitted_task() {
     let Daemon { mut child, .. } = daemon;
     let _ = child.kill().await;
 }
+
+/// One replica at a known speed, for a stream killed in the middle.
+const STREAM_CONFIG: &str = r#"
+shutdown_grace_ms: 0
+keepalive_ms: 1000
+pools:
+  - id: default
+    metrics_interval_ms: 0
+    replicas:
+      - id: r0
+        engine: { kind: builtin, tokens_per_s: 100.0, ttft_ms: 5, slots: 1 }
+"#;
+
+/// The crash bound of ORCH-7010 at 100 tokens/s: the 200 ms flush interval is
+/// 20 tokens; 10 more allow for a runner that a loaded 2-core machine delays by
+/// 100 ms and that then handles the engine's backlog of ready tokens at once.
+const CRASH_BOUND_TOKENS: usize = 30;
+
+/// The `data` of every `event: token` frame, and the last frame's event and data.
+fn frames(text: &str) -> (Vec<Value>, Option<(String, Value)>) {
+    let mut tokens = Vec::new();
+    let mut last = None;
+    for block in text.split("\n\n") {
+        let field = |name: &str| {
+            block
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+        };
+        let (Some(event), Some(data)) = (field("event:"), field("data:")) else {
+            continue;
+        };
+        let data: Value = serde_json::from_str(&data).expect("JSON data");
+        if event == "token" {
+            tokens.push(data.clone());
+        }
+        last = Some((event, data));
+    }
+    (tokens, last)
+}
+
+// A SIGKILL loses at most the events of the last flush interval: the store
+// keeps every token but the last ~200 ms of what readers saw (and always the
+// first, ORCH-7009); after the restart the task ends WORKER_RESET naming the
+// durable count, and a reader resuming past it gets that error at once.
+// covers: ORCH-7010, ORCH-7003, ORCH-7009
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_at_most_the_last_flush_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("orchqueue.db");
+    let config = dir.path().join("stream.yaml");
+    std::fs::write(&config, STREAM_CONFIG).unwrap();
+    let mut daemon = spawn_daemon(&config, &store).await;
+    let http = reqwest::Client::new();
+    let submitted = http
+        .post(format!("{}/v1/tasks", daemon.url))
+        .json(&json!({"task_id": "killed", "scope": "crash", "prompt": "a long story", "max_tokens": 2000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submitted.status(), 202);
+    let mut response = http
+        .get(format!("{}/v1/tasks/killed/stream?scope=crash", daemon.url))
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while frames(&text).0.len() < 60 {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+            .await
+            .expect("tokens keep coming")
+            .unwrap()
+            .expect("the stream is open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    // `Child::kill` sends SIGKILL on unix: no shutdown path runs.
+    daemon.child.kill().await.expect("SIGKILL orchestratord");
+    let seen = frames(&text).0.len();
+
+    let daemon = spawn_daemon(&config, &store).await;
+    let stored = http
+        .get(format!("{}/v1/tasks/killed/stream?scope=crash", daemon.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (durable, last) = frames(&stored);
+    let Some((event, error)) = last else {
+        panic!("no events after the restart: {stored}")
+    };
+    assert_eq!(event, "error", "{stored}");
+    assert_eq!(error["code"], "WORKER_RESET");
+    let k = durable.len();
+    eprintln!(
+        "sigkill mid-stream: the reader saw {seen} tokens, {k} were durable, {} lost (bound {CRASH_BOUND_TOKENS})",
+        seen.saturating_sub(k)
+    );
+    assert!(k >= 1, "the first token is always durable");
+    assert_eq!(
+        durable[..k.min(seen)],
+        frames(&text).0[..k.min(seen)],
+        "durable tokens are what was streamed"
+    );
+    assert!(
+        seen.saturating_sub(k) <= CRASH_BOUND_TOKENS,
+        "lost {} tokens, more than the last flush interval",
+        seen - k
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("its first {k} token(s)")),
+        "{error}"
+    );
+    let resumed = tokio::time::timeout(
+        Duration::from_secs(5),
+        http.get(format!("{}/v1/tasks/killed/stream?scope=crash", daemon.url))
+            .header("last-event-id", (seen + 100).to_string())
+            .send(),
+    )
+    .await
+    .expect("no hang")
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let (none, terminal) = frames(&resumed);
+    assert!(none.is_empty(), "{resumed}");
+    assert_eq!(
+        terminal.map(|(e, d)| (e, d["message"].clone())),
+        Some(("error".into(), error["message"].clone()))
+    );
+}

@@ -360,3 +360,104 @@ async fn a_down_replica_is_probed_with_backoff_up_to_the_configured_cap() {
     )
     .await;
 }
+
+// A shutdown whose grace ends with a task still streaming: readers' streams
+// end there, the store gets every event they saw, and after the restart the
+// task ends WORKER_RESET saying how many tokens are durable; a reader who
+// resumes beyond them gets that error at once.
+// covers: ORCH-7007, ORCH-7010, ORCH-7003
+#[tokio::test]
+async fn a_shutdown_past_its_grace_persists_exactly_what_readers_saw() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.db");
+    let mut config = config_with(
+        1,
+        BuiltinEngineConfig {
+            tokens_per_s: 100.0,
+            ..Default::default()
+        },
+        |_| {},
+    );
+    config.shutdown_grace_ms = 150;
+    let first = orchestratord::start(config.clone(), "127.0.0.1:0", &store)
+        .await
+        .unwrap();
+    let client = orchctl::Client::new(first.url()).with_scope("grace");
+    let id = client
+        .submit(task("a long story", 2_000))
+        .await
+        .unwrap()
+        .task_id;
+    let reader = tokio::spawn({
+        let (client, id) = (client.clone(), id.clone());
+        async move {
+            let mut seen = Vec::new();
+            let mut stream = Box::pin(client.stream(&id).await.unwrap());
+            while let Some(Ok(event)) = futures::StreamExt::next(&mut stream).await {
+                seen.push(event);
+            }
+            seen
+        }
+    });
+    eventually(
+        Duration::from_secs(2),
+        "a few tokens streamed",
+        async || client.status(&id).await.unwrap().tokens_out >= 5,
+    )
+    .await;
+    let stopping = tokio::time::Instant::now();
+    first.shutdown().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "the frozen stream does not hold the shutdown: {:?}",
+        stopping.elapsed()
+    );
+    let seen = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .expect("the reader's stream ends with the shutdown")
+        .unwrap();
+    let seen_tokens = tokens(&seen);
+    assert!(seen_tokens.len() >= 5, "{seen:?}");
+
+    let second = orchestratord::start(config, "127.0.0.1:0", &store)
+        .await
+        .unwrap();
+    let client = orchctl::Client::new(second.url()).with_scope("grace");
+    let after = client.collect(&id).await.unwrap();
+    assert_eq!(
+        tokens(&after),
+        seen_tokens,
+        "the store has every token a reader saw, and no other"
+    );
+    let Some(StreamEvent::Error(error)) = after.last() else {
+        panic!("{after:?}")
+    };
+    assert_eq!(error.code, ErrorCode::WorkerReset);
+    let durable = seen_tokens.len();
+    assert!(
+        error
+            .message
+            .contains(&format!("its first {durable} token(s)")),
+        "{}",
+        error.message
+    );
+    let resumed = async {
+        let stream = client
+            .stream_after(&id, Some(durable as u32 + 10))
+            .await
+            .unwrap();
+        futures::StreamExt::collect::<Vec<_>>(stream).await
+    };
+    let beyond: Vec<StreamEvent> = tokio::time::timeout(Duration::from_secs(5), resumed)
+        .await
+        .expect("no hang past the durable log")
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        beyond,
+        [StreamEvent::Error(error.clone())],
+        "only the terminal outcome"
+    );
+    second.shutdown().await;
+}

@@ -643,9 +643,17 @@ impl Orchestrator {
             let task = Arc::new(self.live_task_from(&record, events));
             self.live().insert(record.key.clone(), Arc::clone(&task));
             if record.state == TaskState::Running && record.first_token {
+                // A reader who saw more than this resumes onto this error
+                // and learns where the durable log ends (ORCH-7010).
+                let durable = task.tokens_out();
                 let envelope = OrchError::new(
                     ErrorCode::WorkerReset,
-                    "the daemon restarted while the task was streaming",
+                    format!(
+                        "the daemon stopped while the task was streaming; its first {durable} \
+                         token(s) (ids 0 to {}) are durable, any later one was lost: resubmit \
+                         to generate the rest",
+                        durable.saturating_sub(1)
+                    ),
                 )
                 .envelope();
                 self.finish(&task, Outcome::Error(envelope)).await;
@@ -690,7 +698,9 @@ impl Orchestrator {
     }
 
     /// Stop admitting, let running tasks finish within `grace`, and stop
-    /// dispatching; queued tasks stay queued in the store (ORCH-7007).
+    /// dispatching; queued tasks stay queued in the store. A task still
+    /// running when the grace ends is frozen and its whole log written, so a
+    /// restart ends it after exactly the events its readers saw (ORCH-7007).
     pub async fn shutdown(&self, grace: Duration) {
         self.accepting.store(false, Ordering::SeqCst);
         self.stopped.store(true, Ordering::SeqCst);
@@ -698,9 +708,15 @@ impl Orchestrator {
         while self.running_tasks() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let live: Vec<Arc<LiveTask>> = self.live().values().cloned().collect();
+        let mut frozen = 0;
+        for task in live.iter().filter(|t| t.freeze()) {
+            self.flush_events(task).await;
+            frozen += 1;
+        }
         tracing::info!(
-            still_running = self.running_tasks(),
-            "shutdown: admission stopped, in-flight work settled"
+            frozen,
+            "shutdown: admission stopped; finished work settled, the rest persisted as far as it streamed"
         );
     }
 

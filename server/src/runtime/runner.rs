@@ -16,7 +16,8 @@ use crate::error::OrchError;
 /// How often a running task checks its watchdogs and metrics timer.
 const TICK: Duration = Duration::from_millis(20);
 
-/// How often a running task's new events are written to the store.
+/// How often a running task's new events are written to the store: what a crash
+/// may lose (ORCH-7010).
 const FLUSH_EVERY_MS: u64 = 200;
 
 pub(super) async fn dispatch_loop(orchestrator: Arc<Orchestrator>, pool: Arc<Pool>) {
@@ -309,6 +310,12 @@ async fn decode(
                     last_progress = orchestrator.clock.now_ms();
                     metered.token(i, last_progress);
                     ttft_ms.get_or_insert(last_progress.saturating_sub(now));
+                    // Checked here too, not only on the ticker: a backlog of ready
+                    // tokens must not starve the flush (the crash bound, ORCH-7010).
+                    if last_progress >= next_flush {
+                        orchestrator.flush_events(task).await;
+                        next_flush = last_progress + FLUSH_EVERY_MS;
+                    }
                 }
                 Some(Ok(EngineEvent::Finished(reason))) => return Step::Done(Outcome::End(reason)),
                 Some(Err(error)) => return failure(error, task.tokens_out()),

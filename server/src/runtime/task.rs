@@ -53,6 +53,16 @@ struct Inner {
     admitted: (u32, u64),
     /// Replica to avoid on the retry after a failure (ORCH-4014).
     avoid_replica: Option<String>,
+    /// Set when a shutdown's grace ran out with the task still running: no
+    /// reader gets another event, so the log written then is all they saw
+    /// (ORCH-7007).
+    frozen: bool,
+}
+
+impl Inner {
+    fn is_streaming(&self) -> bool {
+        self.state == TaskState::Running && !self.frozen
+    }
 }
 
 /// How a terminal transition ended the task.
@@ -110,6 +120,7 @@ impl LiveTask {
                 persisted,
                 admitted: (0, 0),
                 avoid_replica: None,
+                frozen: false,
             }),
             log_len,
             stopped: Notify::new(),
@@ -179,7 +190,7 @@ impl LiveTask {
     /// follows an acknowledged cancel.
     pub fn push_token(&self, text: String) -> Option<u32> {
         let mut inner = self.lock();
-        if inner.state != TaskState::Running {
+        if !inner.is_streaming() {
             return None;
         }
         let i = inner.tokens_out;
@@ -190,7 +201,7 @@ impl LiveTask {
 
     pub fn push_metrics(&self, now_ms: u64) {
         let mut inner = self.lock();
-        if inner.state != TaskState::Running {
+        if !inner.is_streaming() {
             return;
         }
         let elapsed_ms = now_ms.saturating_sub(inner.decode_started_ms.unwrap_or(now_ms));
@@ -214,7 +225,7 @@ impl LiveTask {
     /// the task had already ended (the first terminal event wins).
     pub fn finish(&self, outcome: Outcome, now_ms: u64) -> Option<Finish> {
         let mut inner = self.lock();
-        if inner.state.is_terminal() {
+        if inner.state.is_terminal() || inner.frozen {
             return None;
         }
         let decode_ms = now_ms.saturating_sub(inner.decode_started_ms.unwrap_or(now_ms));
@@ -263,7 +274,7 @@ impl LiveTask {
     /// be stored before any reader sees it; `None` once the task stopped.
     pub fn tail_with_next_token(&self, text: &str) -> Option<LogTail> {
         let inner = self.lock();
-        if inner.state != TaskState::Running {
+        if !inner.is_streaming() {
             return None;
         }
         let mut tail = Self::tail(&inner);
@@ -273,6 +284,17 @@ impl LiveTask {
         }));
         tail.tokens_out += 1;
         Some(tail)
+    }
+
+    /// Stop the stream where it is, for a shutdown whose grace ran out; true
+    /// when the task was running.
+    pub fn freeze(&self) -> bool {
+        let mut inner = self.lock();
+        let running = inner.state == TaskState::Running;
+        inner.frozen |= running;
+        // Wake the readers: their streams end here.
+        self.log_len.send_replace(inner.events.len());
+        running
     }
 
     /// What the store does not have yet, if anything.
@@ -292,11 +314,12 @@ impl LiveTask {
         self.stopped.notified().await;
     }
 
-    /// Events from `cursor` on, and whether the log is complete.
+    /// Events from `cursor` on, and whether the log is complete (or frozen by
+    /// a shutdown: nothing more will come).
     pub fn events_from(&self, cursor: usize) -> (Vec<StreamEvent>, bool) {
         let inner = self.lock();
         let events = inner.events.get(cursor..).unwrap_or_default().to_vec();
-        (events, inner.state.is_terminal())
+        (events, inner.state.is_terminal() || inner.frozen)
     }
 
     pub fn subscribe(&self) -> watch::Receiver<usize> {
