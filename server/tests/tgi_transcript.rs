@@ -159,6 +159,37 @@ fn task(prompt: &str) -> TaskRequest {
     }
 }
 
+/// A config with one pool whose replicas `r0`, `r1`, … are TGI engines at `urls`.
+fn tgi_pool(urls: &[&str]) -> Config {
+    let pool = PoolConfig {
+        id: "default".into(),
+        health_interval_ms: 50,
+        metrics_interval_ms: 0,
+        replicas: urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| ReplicaConfig {
+                id: format!("r{i}"),
+                engine: EngineConfig::Tgi(TgiEngineConfig::new(*url)),
+            })
+            .collect(),
+        ..PoolConfig::default()
+    };
+    Config {
+        pools: vec![pool],
+        ..Config::default()
+    }
+}
+
+/// A server whose one replica is the TGI at `url`, once that replica is Ready.
+async fn serving_tgi(url: &str) -> TestServer {
+    let server = TestServer::start(tgi_pool(&[url])).await;
+    let handle = server.handle();
+    let ready = async || handle.replica_health("default", "r0") == ReplicaHealth::Ready;
+    eventually(Duration::from_secs(5), "the TGI replica is Ready", ready).await;
+    server
+}
+
 fn last(events: &[StreamEvent]) -> &StreamEvent {
     events.last().expect("events")
 }
@@ -167,24 +198,7 @@ fn last(events: &[StreamEvent]) -> &StreamEvent {
 #[tokio::test]
 async fn the_tgi_adapter_streams_a_transcript_end_to_end_and_maps_its_error_events() {
     let (url, fake) = start_fake_tgi().await;
-    let pool = PoolConfig {
-        id: "default".into(),
-        health_interval_ms: 50,
-        metrics_interval_ms: 0,
-        replicas: vec![ReplicaConfig {
-            id: "r0".into(),
-            engine: EngineConfig::Tgi(TgiEngineConfig::new(&url)),
-        }],
-        ..PoolConfig::default()
-    };
-    let server = TestServer::start(Config {
-        pools: vec![pool],
-        ..Config::default()
-    })
-    .await;
-    let handle = server.handle();
-    let ready = async || handle.replica_health("default", "r0") == ReplicaHealth::Ready;
-    eventually(Duration::from_secs(5), "the TGI replica is Ready", ready).await;
+    let server = serving_tgi(&url).await;
     let client = server.client();
 
     let run = async |prompt: &str| {
@@ -339,23 +353,7 @@ async fn a_replica_whose_engine_reports_another_version_than_the_pin_stays_out()
 #[tokio::test]
 async fn a_tgi_reload_accepts_only_the_model_tgi_reports() {
     let (url, _fake) = start_fake_tgi().await;
-    let pool = PoolConfig {
-        id: "default".into(),
-        health_interval_ms: 50,
-        replicas: vec![ReplicaConfig {
-            id: "r0".into(),
-            engine: EngineConfig::Tgi(TgiEngineConfig::new(&url)),
-        }],
-        ..PoolConfig::default()
-    };
-    let server = TestServer::start(Config {
-        pools: vec![pool],
-        ..Config::default()
-    })
-    .await;
-    let handle = server.handle();
-    let ready = async || handle.replica_health("default", "r0") == ReplicaHealth::Ready;
-    eventually(Duration::from_secs(5), "TGI Ready", ready).await;
+    let server = serving_tgi(&url).await;
     let client = server.client();
     let served = client.pool_health("default").await.unwrap().replicas[0]
         .model_ref
@@ -389,21 +387,7 @@ async fn a_tgi_reload_accepts_only_the_model_tgi_reports() {
 async fn unpinned_replicas_reporting_different_builds_are_not_both_admitted() {
     let (old, _old_fake) = start_fake_tgi_reporting("2.4.1").await;
     let (new, _new_fake) = start_fake_tgi_reporting("3.0.0").await;
-    let replica = |id: &str, url: &str| ReplicaConfig {
-        id: id.into(),
-        engine: EngineConfig::Tgi(TgiEngineConfig::new(url)),
-    };
-    let pool = PoolConfig {
-        id: "default".into(),
-        health_interval_ms: 50,
-        replicas: vec![replica("r0", &old), replica("r1", &new)],
-        ..PoolConfig::default()
-    };
-    let server = TestServer::start(Config {
-        pools: vec![pool],
-        ..Config::default()
-    })
-    .await;
+    let server = TestServer::start(tgi_pool(&[&old, &new])).await;
     let handle = server.handle();
     let one_ready = async || {
         [
