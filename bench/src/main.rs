@@ -32,9 +32,13 @@ use contracts::config::{
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+mod backoff;
+
 #[derive(Debug, Parser)]
 #[command(about = "Load generator for orchestratord (durable admission, baseline, SSE relay)")]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Admission requests per target (after a warm-up of requests/10, at most 500).
     #[arg(long, default_value_t = 5000)]
     requests: usize,
@@ -50,6 +54,12 @@ struct Args {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// How well the 429 backoff hint predicts, at a pinned overload (ORCH-2003, ORCH-3012).
+    Backoff(backoff::BackoffArgs),
 }
 
 #[derive(Debug, Clone)]
@@ -498,6 +508,9 @@ fn print_table(args: &Args, admission: &LoadFigures, baseline: &LoadFigures, sse
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Backoff(backoff)) = args.command {
+        return backoff::main(backoff).await;
+    }
     ensure!(
         args.requests > 0 && args.concurrency > 0 && args.tasks > 0,
         "counts must be > 0"

@@ -69,6 +69,9 @@ pub struct QueueConfig {
     /// Consecutive interactive dispatches after which a waiting batch task
     /// goes next (ORCH-3003).
     pub batch_starvation_bound: u32,
+    /// Under `reject`, hold a place for a refused task's retry (ORCH-3012).
+    /// Off, a refusal holds none and its hint is the wait for one place.
+    pub retry_line: bool,
 }
 
 impl Default for QueueConfig {
@@ -77,6 +80,7 @@ impl Default for QueueConfig {
             capacity: 256,
             full_policy: FullPolicy::Reject,
             batch_starvation_bound: 4,
+            retry_line: true,
         }
     }
 }

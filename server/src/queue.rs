@@ -1,6 +1,8 @@
-//! Pure per-pool queue logic (ORCH-3001..ORCH-3007): bounded capacity, FIFO
-//! within a priority, interactive first with a batch-starvation bound, and the
-//! three full policies. No I/O, no clocks: the runtime drives it under a lock.
+//! Pure per-pool queue logic (ORCH-3001..ORCH-3007, ORCH-3012): bounded
+//! capacity, FIFO within a priority, interactive first with a batch-starvation
+//! bound, the three full policies, the retry line of places promised to
+//! refused tasks, and the forecast behind every backoff hint (ORCH-2003). No
+//! I/O, no clocks: the runtime drives it under a lock and passes the time in.
 
 use std::collections::VecDeque;
 
@@ -33,6 +35,18 @@ pub enum Admission<K> {
     },
 }
 
+/// A place promised to a task refused on a full `reject` queue, kept for its
+/// retry until `expires_ms` (ORCH-3012).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hold<K> {
+    key: K,
+    expires_ms: u64,
+}
+
+/// The most places a pool's retry line holds; a refusal beyond it still gets
+/// its hint, without a place (ORCH-3012).
+pub const RETRY_LINE_MAX: usize = 16_384;
+
 #[derive(Debug, Clone)]
 pub struct PoolQueue<K> {
     capacity: usize,
@@ -43,6 +57,10 @@ pub struct PoolQueue<K> {
     /// Interactive dispatches in a row while a batch task was waiting.
     streak: u32,
     next_seq: u64,
+    /// Places promised to refused tasks, oldest refusal first: under
+    /// `reject` they come before any arrival that holds none.
+    retry_line: VecDeque<Hold<K>>,
+    keeps_retry_line: bool,
 }
 
 impl<K: Clone + PartialEq> PoolQueue<K> {
@@ -55,7 +73,15 @@ impl<K: Clone + PartialEq> PoolQueue<K> {
             batch: VecDeque::new(),
             streak: 0,
             next_seq: 0,
+            retry_line: VecDeque::new(),
+            keeps_retry_line: true,
         }
+    }
+
+    /// A queue that holds no place for a refused task's retry (ORCH-3012).
+    pub fn without_retry_line(mut self) -> Self {
+        self.keeps_retry_line = false;
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -70,6 +96,54 @@ impl<K: Clone + PartialEq> PoolQueue<K> {
         self.len() >= self.capacity
     }
 
+    /// Places in the retry line ahead of `key`: all of them when it holds none.
+    fn holds_ahead(&self, key: &K) -> usize {
+        self.retry_line
+            .iter()
+            .position(|hold| &hold.key == key)
+            .unwrap_or(self.retry_line.len())
+    }
+
+    /// Queue places that must free before `key` is admitted (0: now). Under
+    /// `reject` the places held for earlier refusals come first (ORCH-3012);
+    /// the other policies make room by evicting, so one place is the most an
+    /// arrival they refuse waits for.
+    pub fn places_needed(&self, key: &K) -> u32 {
+        let ahead = match self.policy {
+            FullPolicy::Reject => self.holds_ahead(key),
+            FullPolicy::DropLru | FullPolicy::ShedLowPriority => 0,
+        };
+        (self.len() + ahead + 1).saturating_sub(self.capacity) as u32
+    }
+
+    /// Keep a place in the retry line for `key`'s retry until `expires_ms`:
+    /// its own place if it holds one, else the back of the line. Only the
+    /// `reject` policy keeps a line, unless turned off, and at most
+    /// [`RETRY_LINE_MAX`] places.
+    pub fn hold(&mut self, key: K, expires_ms: u64) -> bool {
+        if self.policy != FullPolicy::Reject || !self.keeps_retry_line {
+            return false;
+        }
+        if let Some(hold) = self.retry_line.iter_mut().find(|hold| hold.key == key) {
+            hold.expires_ms = expires_ms;
+            return true;
+        }
+        if self.retry_line.len() >= RETRY_LINE_MAX {
+            return false;
+        }
+        self.retry_line.push_back(Hold { key, expires_ms });
+        true
+    }
+
+    /// Give up the places whose retry did not come by their expiry.
+    pub fn expire_holds(&mut self, now_ms: u64) {
+        self.retry_line.retain(|hold| hold.expires_ms > now_ms);
+    }
+
+    pub fn holds(&self) -> usize {
+        self.retry_line.len()
+    }
+
     fn lane(&mut self, priority: Priority) -> &mut VecDeque<Entry<K>> {
         match priority {
             Priority::Interactive => &mut self.interactive,
@@ -77,48 +151,52 @@ impl<K: Clone + PartialEq> PoolQueue<K> {
         }
     }
 
-    /// Admit `key` at the back of its priority lane, applying the full policy.
+    /// Admit `key` at the back of its priority lane, applying the full policy;
+    /// under `reject`, a place held for `key` is redeemed and the places held
+    /// ahead of it count as taken (ORCH-3012).
     pub fn admit(&mut self, key: K, priority: Priority) -> Admission<K> {
         let mut evicted = None;
-        if self.is_full() {
-            match self.policy {
-                FullPolicy::Reject => {
+        match self.policy {
+            FullPolicy::Reject => {
+                if self.places_needed(&key) > 0 {
                     return Admission::Rejected {
                         policy: RejectPolicy::Reject,
                     };
                 }
-                FullPolicy::DropLru => match self.pop_oldest() {
+                self.retry_line.retain(|hold| hold.key != key);
+            }
+            _ if !self.is_full() => {}
+            FullPolicy::DropLru => match self.pop_oldest() {
+                Some(victim) => {
+                    evicted = Some(Eviction {
+                        key: victim,
+                        code: ErrorCode::QueueFullDropLru,
+                        policy: RejectPolicy::DropLru,
+                    })
+                }
+                None => {
+                    return Admission::Rejected {
+                        policy: RejectPolicy::DropLru,
+                    };
+                }
+            },
+            FullPolicy::ShedLowPriority => {
+                let victim = match priority {
+                    Priority::Interactive => self.batch.pop_back(),
+                    Priority::Batch => None,
+                };
+                match victim {
                     Some(victim) => {
                         evicted = Some(Eviction {
-                            key: victim,
-                            code: ErrorCode::QueueFullDropLru,
-                            policy: RejectPolicy::DropLru,
+                            key: victim.key,
+                            code: ErrorCode::AdmissionReject,
+                            policy: RejectPolicy::ShedLowPriority,
                         })
                     }
                     None => {
                         return Admission::Rejected {
-                            policy: RejectPolicy::DropLru,
+                            policy: RejectPolicy::ShedLowPriority,
                         };
-                    }
-                },
-                FullPolicy::ShedLowPriority => {
-                    let victim = match priority {
-                        Priority::Interactive => self.batch.pop_back(),
-                        Priority::Batch => None,
-                    };
-                    match victim {
-                        Some(victim) => {
-                            evicted = Some(Eviction {
-                                key: victim.key,
-                                code: ErrorCode::AdmissionReject,
-                                policy: RejectPolicy::ShedLowPriority,
-                            })
-                        }
-                        None => {
-                            return Admission::Rejected {
-                                policy: RejectPolicy::ShedLowPriority,
-                            };
-                        }
                     }
                 }
             }
@@ -133,14 +211,12 @@ impl<K: Clone + PartialEq> PoolQueue<K> {
         Admission::Admitted { position, evicted }
     }
 
-    /// The policy that would refuse a `priority` arrival right now, checked
-    /// before the task is written to the store.
-    pub fn would_reject(&self, priority: Priority) -> Option<RejectPolicy> {
-        if !self.is_full() {
-            return None;
-        }
+    /// The policy that would refuse `key` arriving at `priority` right now,
+    /// checked before the task is written to the store.
+    pub fn would_reject(&self, key: &K, priority: Priority) -> Option<RejectPolicy> {
         match self.policy {
-            FullPolicy::Reject => Some(RejectPolicy::Reject),
+            FullPolicy::Reject => (self.places_needed(key) > 0).then_some(RejectPolicy::Reject),
+            _ if !self.is_full() => None,
             FullPolicy::DropLru => self.is_empty().then_some(RejectPolicy::DropLru),
             FullPolicy::ShedLowPriority => (priority == Priority::Batch || self.batch.is_empty())
                 .then_some(RejectPolicy::ShedLowPriority),
@@ -280,6 +356,65 @@ pub fn predicted_start_ms(
     }
     let waits_for = f64::from(position - free_slots + 1);
     (waits_for * mean_service_ms / f64::from(total_slots.max(1))).ceil() as u64
+}
+
+/// What the wait for queue places is forecast from (ORCH-2003): the live
+/// state of the pool's slots and its observed pace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceForecast {
+    /// Expected remaining service of each running task: the observed mean
+    /// service time less what it has run, at least 0.
+    pub remaining_ms: Vec<u64>,
+    /// Ready slots with no task on them.
+    pub free_slots: u32,
+    /// Observed time between two completions while tasks were waiting (so
+    /// every slot was busy), or the mean service time / Ready slots before
+    /// enough were seen.
+    pub completion_interval_ms: f64,
+}
+
+impl ServiceForecast {
+    /// Time until the `n`-th dispatch from now (n ≥ 1), each of which frees a
+    /// queue place: free slots take a task at once; then each running task's
+    /// slot frees at its expected end, and again every cycle after that (a
+    /// cycle: busy slots × the completion interval).
+    pub fn nth_dispatch_ms(&self, n: u32) -> u64 {
+        if n <= self.free_slots {
+            return 0;
+        }
+        let completions = (n - self.free_slots) as usize;
+        let mut remaining = self.remaining_ms.clone();
+        remaining.sort_unstable();
+        if remaining.is_empty() {
+            return (completions as f64 * self.completion_interval_ms).ceil() as u64;
+        }
+        let rounds = (completions - 1) / remaining.len();
+        let first = remaining[(completions - 1) % remaining.len()];
+        let cycle_ms = remaining.len() as f64 * self.completion_interval_ms;
+        first + (rounds as f64 * cycle_ms).ceil() as u64
+    }
+
+    /// The wait for a task that needs `places` queue places to free
+    /// (ORCH-2003): until the last of them frees, plus a margin for the
+    /// retry's round trip and the forecast's error, which grows with its
+    /// horizon: one completion interval and 1% of the forecast.
+    pub fn wait_for_places_ms(&self, places: u32) -> u64 {
+        let forecast_ms = self.nth_dispatch_ms(places.max(1));
+        forecast_ms + forecast_ms / 100 + self.completion_interval_ms.ceil() as u64
+    }
+
+    /// Until every running task is expected to be done.
+    pub fn until_idle_ms(&self) -> u64 {
+        self.remaining_ms.iter().copied().max().unwrap_or(0)
+    }
+}
+
+/// How long past its hint a refused task's place stays held (ORCH-3012):
+/// the second that rounding `Retry-After` up may add, and a tenth of the
+/// hint for a client's timer and round trip. No longer: a place whose
+/// client went away stays empty that long.
+pub fn hold_grace_ms(backoff_ms: u64) -> u64 {
+    1_000 + backoff_ms / 10
 }
 
 /// Client backoff derived from a predicted wait (ORCH-2003): never below
@@ -447,5 +582,58 @@ mod tests {
         assert_eq!(predicted_start_ms(1, 2, 4, 400.0), 0);
         assert_eq!(backoff_hint(0), (50, 1));
         assert_eq!(backoff_hint(2_500), (2_500, 3));
+    }
+
+    // covers: ORCH-2003
+    #[test]
+    fn the_forecast_walks_each_busy_slot_through_its_cycles() {
+        let forecast = ServiceForecast {
+            remaining_ms: vec![300, 100],
+            free_slots: 1,
+            completion_interval_ms: 250.0,
+        };
+        // The free slot takes the first dispatch at once; then the running
+        // tasks end in order, then every cycle of 2 × 250 ms after.
+        let dispatches: Vec<u64> = (1..=6).map(|n| forecast.nth_dispatch_ms(n)).collect();
+        assert_eq!(dispatches, vec![0, 100, 300, 600, 800, 1_100]);
+        assert_eq!(forecast.wait_for_places_ms(3), 553);
+        assert_eq!(forecast.wait_for_places_ms(6), 1_100 + 11 + 250);
+        assert_eq!(
+            forecast.wait_for_places_ms(0),
+            250,
+            "at least the first place"
+        );
+        assert_eq!(forecast.until_idle_ms(), 300);
+        let idle = ServiceForecast {
+            remaining_ms: vec![],
+            free_slots: 0,
+            completion_interval_ms: 40.5,
+        };
+        assert_eq!(idle.nth_dispatch_ms(2), 81);
+        assert_eq!(idle.until_idle_ms(), 0);
+        assert_eq!(hold_grace_ms(4_000), 1_400);
+    }
+
+    // covers: ORCH-3012
+    #[test]
+    fn only_reject_keeps_a_retry_line_and_it_is_bounded() {
+        let mut q = queue(1, FullPolicy::DropLru);
+        assert!(!q.hold(7, 100), "drop-lru makes room by evicting");
+        assert_eq!(q.holds(), 0);
+        let mut q = queue(1, FullPolicy::Reject).without_retry_line();
+        assert!(!q.hold(7, 100), "the line is turned off");
+        assert_eq!(q.places_needed(&8), 0);
+        let mut q = queue(1, FullPolicy::Reject);
+        q.admit(0, Priority::Interactive);
+        for key in 1..=RETRY_LINE_MAX as u32 {
+            assert!(q.hold(key, 100));
+        }
+        assert!(!q.hold(u32::MAX, 100), "the line is full");
+        assert!(q.hold(1, 200), "a holder renews its own place");
+        assert_eq!(q.places_needed(&1), 1);
+        assert_eq!(q.places_needed(&2), 2);
+        assert_eq!(q.places_needed(&u32::MAX), RETRY_LINE_MAX as u32 + 1);
+        q.expire_holds(100);
+        assert_eq!(q.holds(), 1, "only the renewed place is left");
     }
 }

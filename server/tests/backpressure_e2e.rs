@@ -78,6 +78,179 @@ async fn a_full_reject_queue_answers_429_with_backoff_from_the_predicted_wait() 
     client.collect(&second.task_id).await.unwrap();
 }
 
+/// A pool of one slot held by a 10 s task, with a queue of one.
+async fn one_busy_slot_and_a_full_queue() -> (TestServer, orchctl::Client, String) {
+    let engine = BuiltinEngineConfig {
+        slots: 1,
+        tokens_per_s: 10.0,
+        ..Default::default()
+    };
+    let server = TestServer::start(config_with(1, engine, |pool| {
+        pool.queue.capacity = 1;
+    }))
+    .await;
+    let client = server.client();
+    let running = client.submit(task("runs ten seconds", 100)).await.unwrap();
+    common::eventually(Duration::from_secs(5), "the first task runs", async || {
+        client.status(&running.task_id).await.unwrap().state == TaskState::Running
+    })
+    .await;
+    let queued = client.submit(task("waits", 2)).await.unwrap().task_id;
+    (server, client, queued)
+}
+
+fn task_with_id(id: &str) -> TaskRequest {
+    TaskRequest {
+        task_id: Some(id.into()),
+        ..task(id, 2)
+    }
+}
+
+fn with_id(id: &str) -> serde_json::Value {
+    serde_json::json!({"task_id": id, "prompt": id, "max_tokens": 2})
+}
+
+// covers: ORCH-3012, ORCH-2003, ORCH-3004
+#[tokio::test]
+async fn a_refused_task_keeps_its_place_for_its_retry_and_nobody_overtakes_it() {
+    let (server, client, queued) = one_busy_slot_and_a_full_queue().await;
+    let url = server.url();
+    let scoped = |mut body: serde_json::Value| {
+        body["scope"] = serde_json::json!(client.scope().unwrap());
+        body
+    };
+
+    let (status, first_headers, first) = raw_submit(&url, scoped(with_id("first"))).await;
+    assert_eq!(
+        (status, first.known_policy()),
+        (429, Some(RejectPolicy::Reject))
+    );
+    assert!(
+        first.message.contains("1 queue place(s) must free first")
+            && first.message.contains("a place is held for task_id first"),
+        "{}",
+        first.message
+    );
+    let (_, second_headers, second) = raw_submit(&url, scoped(with_id("second"))).await;
+    assert!(
+        second.message.contains("2 queue place(s)"),
+        "{}",
+        second.message
+    );
+    // The second waits for a cycle of the slot more than the first.
+    let (first_ms, second_ms) = (
+        numeric_header(&first_headers, "x-backoff-ms"),
+        numeric_header(&second_headers, "x-backoff-ms"),
+    );
+    assert!(second_ms > first_ms, "{second_ms} ms after {first_ms} ms");
+    let (_, _, anonymous) = raw_submit(
+        &url,
+        scoped(serde_json::json!({"prompt": "no id", "max_tokens": 2})),
+    )
+    .await;
+    assert!(
+        anonymous
+            .message
+            .contains("send a task_id to have a place held"),
+        "{}",
+        anonymous.message
+    );
+
+    // A place frees: it is the first refusal's, not a newcomer's, not the second's.
+    client.cancel(&queued).await.unwrap();
+    let (status, _, overtaking) = raw_submit(&url, scoped(with_id("newcomer"))).await;
+    assert_eq!(status, 429, "a newcomer queues behind the held places");
+    assert!(
+        overtaking.message.contains("2 queue place(s)"),
+        "{}",
+        overtaking.message
+    );
+    let (status, _, _) = raw_submit(&url, scoped(with_id("second"))).await;
+    assert_eq!(status, 429, "the second's place comes after the first's");
+    let first = client.submit(task_with_id("first")).await;
+    assert!(
+        first.is_ok(),
+        "the first refusal's retry takes the place held for it: {first:?}"
+    );
+    client.cancel("first").await.unwrap();
+    let second = client.submit(task_with_id("second")).await;
+    assert!(second.is_ok(), "then the second's: {second:?}");
+}
+
+// covers: ORCH-2003, ORCH-6022
+#[tokio::test]
+async fn a_draining_pool_hints_the_wait_until_its_deadline() {
+    let server = TestServer::start(queue_of(4, FullPolicy::Reject)).await;
+    server.client().drain_pool("default", 60_000).await.unwrap();
+    let (status, headers, envelope) = raw_submit(
+        &server.url(),
+        serde_json::json!({"prompt": "late", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(envelope.code, ErrorCode::PoolUnavailable);
+    let backoff_ms = numeric_header(&headers, "x-backoff-ms");
+    assert!((55_000..=60_000).contains(&backoff_ms), "{backoff_ms}");
+    assert_eq!(
+        numeric_header(&headers, "retry-after"),
+        backoff_ms.div_ceil(1000)
+    );
+}
+
+// covers: ORCH-2003, ORCH-7007
+#[tokio::test]
+async fn a_stopping_server_hints_the_wait_until_its_running_work_is_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_with(
+        1,
+        BuiltinEngineConfig {
+            tokens_per_s: 50.0,
+            ttft_ms: 0,
+            ..Default::default()
+        },
+        |_| {},
+    );
+    config.shutdown_grace_ms = 10_000;
+    let server = orchestratord::start(config, "127.0.0.1:0", &dir.path().join("s.db"))
+        .await
+        .unwrap();
+    let url = server.url();
+    let client = orchctl::Client::new(url.clone());
+    // Before any completion the pool expects 128 tokens at 50/s: 2 560 ms.
+    let id = client
+        .submit(task("two seconds", 100))
+        .await
+        .unwrap()
+        .task_id;
+    common::eventually(Duration::from_secs(5), "the task runs", async || {
+        client.status(&id).await.unwrap().state == TaskState::Running
+    })
+    .await;
+    let stopping = tokio::spawn(server.shutdown());
+    let mut refused = None;
+    for _ in 0..200 {
+        let (status, headers, envelope) =
+            raw_submit(&url, serde_json::json!({"prompt": "late", "max_tokens": 1})).await;
+        if status == 503 {
+            refused = Some((headers, envelope));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (headers, envelope) = refused.expect("admission closes at once");
+    assert!(
+        envelope.message.contains("shutting down"),
+        "{}",
+        envelope.message
+    );
+    let backoff_ms = numeric_header(&headers, "x-backoff-ms");
+    assert!(
+        (1_000..=2_560).contains(&backoff_ms),
+        "the running task's expected rest, not the 10 s grace: {backoff_ms}"
+    );
+    stopping.await.unwrap();
+}
+
 // covers: ORCH-2011, ORCH-3005
 #[tokio::test]
 async fn drop_lru_evicts_the_oldest_queued_task_onto_its_stream() {
@@ -156,12 +329,12 @@ async fn starting_replicas_make_the_pool_unready() {
         start_unready_ms: 60_000,
         ..Default::default()
     };
-    let server = TestServer::start(config_with(2, engine, |_| {})).await;
-    let (status, headers, envelope) = raw_submit(
-        &server.url(),
-        serde_json::json!({"prompt": "early", "max_tokens": 1}),
-    )
+    let server = TestServer::start(config_with(2, engine, |pool| {
+        pool.health_interval_ms = 5_000;
+    }))
     .await;
+    let early = serde_json::json!({"prompt": "early", "max_tokens": 1});
+    let (status, headers, envelope) = raw_submit(&server.url(), early.clone()).await;
     assert_eq!(status, 503);
     assert_eq!(envelope.code, ErrorCode::PoolUnready);
     assert!(
@@ -169,8 +342,21 @@ async fn starting_replicas_make_the_pool_unready() {
         "{}",
         envelope.message
     );
-    assert!(numeric_header(&headers, "retry-after") >= 1);
-    assert!(numeric_header(&headers, "x-backoff-ms") >= 50);
+    // The hint is the time left until the next probe, which can find a
+    // replica Ready: it shrinks as that probe comes nearer.
+    let first_ms = numeric_header(&headers, "x-backoff-ms");
+    assert!((50..=5_000).contains(&first_ms), "{first_ms}");
+    assert_eq!(
+        numeric_header(&headers, "retry-after"),
+        first_ms.div_ceil(1000)
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (_, headers, _) = raw_submit(&server.url(), early).await;
+    let later_ms = numeric_header(&headers, "x-backoff-ms");
+    assert!(
+        later_ms + 300 <= first_ms,
+        "{later_ms} ms, 400 ms after {first_ms} ms"
+    );
     let health = server.client().pool_health("default").await.unwrap();
     assert!(
         health

@@ -186,7 +186,7 @@ proptest! {
                             }
                         }
                     };
-                    prop_assert_eq!(q.would_reject(p), expected.err(), "would_reject agrees with admit");
+                    prop_assert_eq!(q.would_reject(&key, p), expected.err(), "would_reject agrees with admit");
                     let before = q.dispatch_order();
                     match q.admit(key, p) {
                         Admission::Admitted { evicted, .. } => {
@@ -271,4 +271,78 @@ proptest! {
         }
     }
 
+    // covers: ORCH-3012, ORCH-3001, ORCH-3004
+    #[test]
+    fn the_retry_line_admits_holders_in_refusal_order_and_no_one_past_them(
+        capacity in 1u32..6,
+        ops in proptest::collection::vec(line_op(), 1..80),
+    ) {
+        let mut q = PoolQueue::new(capacity, FullPolicy::Reject, 2);
+        // Reference model: queue length, and the line of (key, expiry).
+        let mut queued = 0usize;
+        let mut line: Vec<(u32, u64)> = Vec::new();
+        let (mut next, mut now) = (0u32, 0u64);
+        for op in ops {
+            let arrival = match op {
+                LineOp::Fresh => { next += 1; Some(next) }
+                LineOp::Retry(n) if !line.is_empty() => Some(line[n % line.len()].0),
+                LineOp::Retry(_) => None,
+                LineOp::Pop => {
+                    if q.pop_next().is_some() { queued -= 1; }
+                    None
+                }
+                LineOp::Tick(ms) => {
+                    now += ms;
+                    q.expire_holds(now);
+                    line.retain(|(_, expires)| *expires > now);
+                    None
+                }
+            };
+            if let Some(key) = arrival {
+                let ahead = line.iter().position(|(k, _)| *k == key).unwrap_or(line.len());
+                let needed = (queued + ahead + 1).saturating_sub(capacity as usize) as u32;
+                prop_assert_eq!(q.places_needed(&key), needed);
+                prop_assert_eq!(q.would_reject(&key, Priority::Interactive).is_some(), needed > 0);
+                match q.admit(key, Priority::Interactive) {
+                    Admission::Admitted { .. } => {
+                        prop_assert_eq!(needed, 0, "admitted past {} places held ahead", ahead);
+                        queued += 1;
+                        line.retain(|(k, _)| *k != key);
+                    }
+                    Admission::Rejected { policy } => {
+                        prop_assert_eq!(policy, RejectPolicy::Reject);
+                        prop_assert!(needed > 0, "refused with a place free for it");
+                        prop_assert!(q.hold(key, now + 10));
+                        match line.iter_mut().find(|(k, _)| *k == key) {
+                            Some(hold) => hold.1 = now + 10,
+                            None => line.push((key, now + 10)),
+                        }
+                    }
+                }
+            }
+            prop_assert!(q.len() <= capacity as usize, "the queue never exceeds its capacity");
+            prop_assert_eq!(q.len(), queued);
+            prop_assert_eq!(q.holds(), line.len());
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum LineOp {
+    /// An arrival holding no place.
+    Fresh,
+    /// The retry of the n-th (mod len) task holding a place.
+    Retry(usize),
+    Pop,
+    /// Time passes: holds expire 10 ms after their refusal.
+    Tick(u64),
+}
+
+fn line_op() -> impl Strategy<Value = LineOp> {
+    prop_oneof![
+        3 => Just(LineOp::Fresh),
+        3 => any::<usize>().prop_map(LineOp::Retry),
+        3 => Just(LineOp::Pop),
+        1 => (1u64..8).prop_map(LineOp::Tick),
+    ]
 }

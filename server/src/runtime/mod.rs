@@ -15,7 +15,7 @@ pub use task::{LiveTask, Outcome};
 pub use tenants::{Auth, DEFAULT_TENANT, Tenant, Tenants, key_hash};
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,8 @@ pub struct Orchestrator {
     sessions: Mutex<Sessions>,
     accepting: AtomicBool,
     stopped: AtomicBool,
+    /// When a shutdown's grace ends (epoch ms), once one began.
+    grace_ends_ms: AtomicU64,
     retention_ms: u64,
     /// This server's Prometheus registry (ORCH-7101).
     pub metrics: crate::metrics::Metrics,
@@ -83,6 +85,7 @@ impl Orchestrator {
             sessions: Mutex::new(Sessions::new(config.sessions.clone())),
             accepting: AtomicBool::new(true),
             stopped: AtomicBool::new(false),
+            grace_ends_ms: AtomicU64::new(0),
             retention_ms: config.retention_ms,
             metrics: crate::metrics::Metrics::new(config.pools.iter().map(|p| p.id.as_str())),
         });
@@ -192,8 +195,13 @@ impl Orchestrator {
         }
         self.check_pool_available(&pool)?;
         let priority = request.priority.unwrap_or_default();
-        if let Some(policy) = pool.queue().would_reject(priority) {
-            return Err(self.rejection(&pool, policy));
+        let refused = {
+            let mut queue = pool.queue();
+            queue.expire_holds(self.clock.now_ms());
+            queue.would_reject(&key, priority)
+        };
+        if let Some(policy) = refused {
+            return Err(self.rejection(&pool, &key, request.task_id.is_some(), policy));
         }
         if let Err(wait_ms) = tenant.admit(self.clock.now_ms()) {
             return Err(OrchError::new(
@@ -270,7 +278,7 @@ impl Orchestrator {
             Admission::Rejected { policy } => {
                 self.live().remove(&key);
                 self.store.delete(&key).await?;
-                return Err(self.rejection(pool, policy));
+                return Err(self.rejection(pool, &key, record.request.task_id.is_some(), policy));
             }
             Admission::Admitted { position, evicted } => {
                 if let Some(eviction) = evicted {
@@ -345,27 +353,42 @@ impl Orchestrator {
         })
     }
 
-    /// `503` when no replica can take work (ORCH-2013, ORCH-2014, ORCH-7007).
+    /// `503` when no replica can take work (ORCH-2013, ORCH-2014, ORCH-7007),
+    /// each with the wait until that may change (ORCH-2003): a stopping
+    /// server until it has stopped (its running tasks done, at most the
+    /// grace), a draining pool until its deadline, an unready pool until the
+    /// next health probe of a replica that is not Ready.
     fn check_pool_available(&self, pool: &Pool) -> Result<(), OrchError> {
+        let now = self.clock.now_ms();
         if !self.accepting.load(Ordering::SeqCst) {
+            let grace_left = self
+                .grace_ends_ms
+                .load(Ordering::SeqCst)
+                .saturating_sub(now);
+            let running_left = self
+                .pools
+                .values()
+                .map(|p| p.forecast(now).until_idle_ms())
+                .max()
+                .unwrap_or(0);
             return Err(OrchError::new(
                 ErrorCode::PoolUnavailable,
                 "the server is shutting down and admits no new tasks",
             )
-            .with_backoff(queue::backoff_hint(1_000).0));
+            .with_backoff(queue::backoff_hint(grace_left.min(running_left)).0));
         }
-        if pool.drain().is_some() {
+        if let Some(drain) = pool.drain() {
             return Err(OrchError::new(
                 ErrorCode::PoolUnavailable,
                 format!("pool {} is draining and admits no new tasks", pool.id()),
             )
-            .with_backoff(queue::backoff_hint(pool.mean_service_ms() as u64).0));
+            .with_backoff(queue::backoff_hint(drain.deadline_ms.saturating_sub(now)).0));
         }
         let capacity = pool.capacity();
         if capacity.ready_replicas > 0 {
             return Ok(());
         }
-        let wait = queue::backoff_hint(pool.config.health_interval_ms).0;
+        let wait = queue::backoff_hint(pool.until_next_probe_ms(now)).0;
         if capacity.starting_replicas > 0 {
             return Err(OrchError::new(
                 ErrorCode::PoolUnready,
@@ -400,25 +423,51 @@ impl Orchestrator {
         .with_backoff(wait))
     }
 
-    /// `429 ADMISSION_REJECT` with a backoff from the predicted wait for one
-    /// queued task to start (ORCH-2003, ORCH-2010).
-    fn rejection(&self, pool: &Pool, policy: RejectPolicy) -> OrchError {
-        let capacity = pool.capacity();
-        let wait = queue::predicted_start_ms(0, 0, capacity.total_slots, pool.mean_service_ms());
+    /// `429 ADMISSION_REJECT` whose backoff is the forecast wait for the queue
+    /// places this task needs (ORCH-2003, ORCH-2010); under `reject`, a task
+    /// that names its `task_id` keeps a place in the retry line (ORCH-3012).
+    fn rejection(
+        &self,
+        pool: &Pool,
+        key: &TaskKey,
+        names_its_id: bool,
+        policy: RejectPolicy,
+    ) -> OrchError {
+        let now = self.clock.now_ms();
+        let forecast = pool.forecast(now);
+        let mut queue = pool.queue();
+        let places = queue.places_needed(key);
+        let (wait_ms, _) = queue::backoff_hint(forecast.wait_for_places_ms(places));
+        let held_for_ms = wait_ms + queue::hold_grace_ms(wait_ms);
+        let held = names_its_id && queue.hold(key.clone(), now + held_for_ms);
+        drop(queue);
+        let policy_name = serde_json::to_value(policy)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let place = match (policy, held, names_its_id) {
+            (RejectPolicy::Reject, true, _) => format!(
+                "{places} queue place(s) must free first; a place is held for task_id {} for {held_for_ms} ms: resubmit it after X-Backoff-Ms",
+                key.task_id
+            ),
+            (RejectPolicy::Reject, false, true) => format!(
+                "{places} queue place(s) must free first; the retry line is full, no place is held"
+            ),
+            (RejectPolicy::Reject, false, false) => format!(
+                "{places} queue place(s) must free first; send a task_id to have a place held for the retry"
+            ),
+            _ => "retry later".to_owned(),
+        };
         OrchError::new(
             ErrorCode::AdmissionReject,
             format!(
-                "pool {} queue is full ({} tasks, policy {}); retry later",
+                "pool {} queue is full ({} tasks, policy {policy_name}); {place}",
                 pool.id(),
                 pool.config.queue.capacity,
-                serde_json::to_value(policy)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
             ),
         )
         .with_policy(policy)
-        .with_backoff(queue::backoff_hint(wait).0)
+        .with_backoff(wait_ms)
     }
 
     async fn evict(&self, eviction: queue::Eviction<TaskKey>) {
@@ -702,6 +751,10 @@ impl Orchestrator {
     /// running when the grace ends is frozen and its whole log written, so a
     /// restart ends it after exactly the events its readers saw (ORCH-7007).
     pub async fn shutdown(&self, grace: Duration) {
+        self.grace_ends_ms.store(
+            self.clock.now_ms().saturating_add(grace.as_millis() as u64),
+            Ordering::SeqCst,
+        );
         self.accepting.store(false, Ordering::SeqCst);
         self.stopped.store(true, Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + grace;
@@ -861,6 +914,7 @@ pub(super) async fn health_loop(
     let cap = Duration::from_millis(pool.config.health_backoff_cap_ms);
     let mut next = interval;
     while !orchestrator.is_stopped() && !replica.retired.load(Ordering::SeqCst) {
+        replica.set_next_probe_ms(orchestrator.clock.now_ms() + next.as_millis() as u64);
         tokio::time::sleep(next).await;
         let health = pool.vet(&replica, replica.engine.health().await);
         let (became_ready, failures) = replica.record_health(health);

@@ -2,7 +2,7 @@
 //! and the observed service time behind every wait prediction.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use crate::engines::{Engine, EngineProperties, Health, Speed};
 use crate::placement::{self, ReplicaLoad};
-use crate::queue::{self, PoolQueue};
+use crate::queue::{self, PoolQueue, ServiceForecast};
 use crate::store::TaskKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +38,9 @@ pub struct Replica {
     active: Arc<AtomicU32>,
     /// Replaced by a reload: its health monitor stops, nothing new lands on it.
     pub retired: AtomicBool,
+    /// When its health monitor probes next (epoch ms): the earliest it can
+    /// turn Ready, behind the hint of an unready pool (ORCH-2003).
+    next_probe_ms: AtomicU64,
 }
 
 impl Replica {
@@ -62,7 +65,16 @@ impl Replica {
             }),
             active,
             retired: AtomicBool::new(false),
+            next_probe_ms: AtomicU64::new(0),
         }
+    }
+
+    pub fn set_next_probe_ms(&self, at_ms: u64) {
+        self.next_probe_ms.store(at_ms, Ordering::SeqCst);
+    }
+
+    pub fn next_probe_ms(&self) -> u64 {
+        self.next_probe_ms.load(Ordering::SeqCst)
     }
 
     /// Tasks running on the replica's slots.
@@ -179,6 +191,49 @@ pub struct Completion {
 
 const RECENT_COMPLETIONS: usize = 256;
 
+/// Completion intervals averaged for the pool's pace (ORCH-2003): recent
+/// enough to follow a change of workload, enough to smooth the phase of slots.
+const PACE_WINDOW: usize = 64;
+/// Below this many, the pace is the mean service time / Ready slots.
+const PACE_MIN_SAMPLES: usize = 8;
+
+/// The pool's observed pace: the intervals between slot releases that each
+/// found a task waiting, so that every slot was busy in between.
+#[derive(Debug, Default)]
+struct Pace {
+    last_release: Option<(u64, bool)>,
+    intervals: VecDeque<u64>,
+    sum_ms: u64,
+}
+
+impl Pace {
+    fn release(&mut self, at_ms: u64, task_waiting: bool) {
+        if let Some((last_ms, last_waiting)) = self.last_release
+            && last_waiting
+            && task_waiting
+        {
+            if self.intervals.len() == PACE_WINDOW {
+                self.sum_ms -= self.intervals.pop_front().unwrap_or(0);
+            }
+            let interval = at_ms.saturating_sub(last_ms);
+            self.intervals.push_back(interval);
+            self.sum_ms += interval;
+        }
+        self.last_release = Some((at_ms, task_waiting));
+    }
+
+    fn completion_interval_ms(&self) -> Option<f64> {
+        (self.intervals.len() >= PACE_MIN_SAMPLES)
+            .then(|| self.sum_ms as f64 / self.intervals.len() as f64)
+    }
+}
+
+/// A task's hold on a slot from its start (ORCH-2003 forecasts its end).
+#[derive(Debug)]
+pub struct Service {
+    ticket: u64,
+}
+
 /// A drain in progress: admission is closed; at `deadline_ms` whatever is
 /// left ends with `POOL_UNAVAILABLE` (ORCH-6022).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +257,10 @@ pub struct Pool {
     pub wake: Notify,
     /// EWMA of observed task service time (ORCH-3007).
     mean_service_ms: Mutex<f64>,
+    /// Start times of the tasks on this pool's slots, by ticket.
+    running: Mutex<Vec<(u64, u64)>>,
+    next_ticket: AtomicU64,
+    pace: Mutex<Pace>,
     timeouts: Mutex<TimeoutConfig>,
     /// Test hook: hold dispatch so a queue can be filled deterministically.
     pub held: AtomicBool,
@@ -218,11 +277,14 @@ pub struct Capacity {
 
 impl Pool {
     pub fn new(config: PoolConfig, replicas: Vec<Arc<Replica>>) -> Self {
-        let queue = PoolQueue::new(
+        let mut queue = PoolQueue::new(
             config.queue.capacity,
             config.queue.full_policy,
             config.queue.batch_starvation_bound,
         );
+        if !config.queue.retry_line {
+            queue = queue.without_retry_line();
+        }
         // Before anything completes, assume a task generates half of a typical
         // budget (at most 256 tokens) at the speed the engine states.
         let speed = replicas
@@ -242,6 +304,9 @@ impl Pool {
             queue: Mutex::new(queue),
             wake: Notify::new(),
             mean_service_ms: Mutex::new(initial_service_ms),
+            running: Mutex::new(Vec::new()),
+            next_ticket: AtomicU64::new(0),
+            pace: Mutex::new(Pace::default()),
             held: AtomicBool::new(false),
             identity: Mutex::new(None),
         }
@@ -399,11 +464,64 @@ impl Pool {
         Some(Arc::clone(&replicas[chosen]))
     }
 
-    pub fn release_slot(&self, replica: &Replica) {
+    /// A task began its service at `started_ms` on a reserved slot.
+    pub fn begin_service(&self, started_ms: u64) -> Service {
+        let ticket = self.next_ticket.fetch_add(1, Ordering::SeqCst);
+        self.running.lock().unwrap().push((ticket, started_ms));
+        Service { ticket }
+    }
+
+    /// The task's slot is free again at `now_ms`.
+    pub fn release_slot(&self, replica: &Replica, service: Service, now_ms: u64) {
         let _ = replica
             .active
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        self.running
+            .lock()
+            .unwrap()
+            .retain(|(ticket, _)| *ticket != service.ticket);
+        let task_waiting = !self.queue().is_empty();
+        self.pace.lock().unwrap().release(now_ms, task_waiting);
         self.wake.notify_one();
+    }
+
+    /// The live state behind the wait for queue places (ORCH-2003).
+    pub fn forecast(&self, now_ms: u64) -> ServiceForecast {
+        let capacity = self.capacity();
+        let mean_ms = self.mean_service_ms();
+        let remaining_ms = self
+            .running
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, started)| {
+                (mean_ms - now_ms.saturating_sub(*started) as f64)
+                    .max(0.0)
+                    .ceil() as u64
+            })
+            .collect();
+        let completion_interval_ms = self
+            .pace
+            .lock()
+            .unwrap()
+            .completion_interval_ms()
+            .unwrap_or(mean_ms / f64::from(capacity.total_slots.max(1)));
+        ServiceForecast {
+            remaining_ms,
+            free_slots: capacity.free_slots,
+            completion_interval_ms,
+        }
+    }
+
+    /// Until the earliest next health probe of a replica that is not Ready:
+    /// no sooner can the pool take work (ORCH-2003).
+    pub fn until_next_probe_ms(&self, now_ms: u64) -> u64 {
+        self.replicas()
+            .iter()
+            .filter(|r| r.state().health != ReplicaHealth::Ready)
+            .map(|r| r.next_probe_ms().saturating_sub(now_ms))
+            .min()
+            .unwrap_or(self.config.health_interval_ms)
     }
 
     pub fn is_held(&self) -> bool {
@@ -485,6 +603,34 @@ mod tests {
             probe_delay(ms(300), ms(100), 3),
             ms(300),
             "a cap below the interval never shortens it"
+        );
+    }
+
+    // covers: ORCH-2003
+    #[test]
+    fn the_pace_counts_only_intervals_in_which_a_task_was_waiting() {
+        let mut pace = Pace::default();
+        pace.release(0, true);
+        for at in 1..PACE_MIN_SAMPLES as u64 {
+            pace.release(at * 30, true);
+        }
+        assert_eq!(pace.completion_interval_ms(), None, "too few intervals yet");
+        // An idle gap (nothing waiting at one end) is not the pool's pace.
+        pace.release(10_000, false);
+        pace.release(10_030, true);
+        assert_eq!(pace.completion_interval_ms(), None);
+        pace.release(10_090, true);
+        assert_eq!(
+            pace.completion_interval_ms(),
+            Some((7.0 * 30.0 + 60.0) / 8.0)
+        );
+        for at in 0..=PACE_WINDOW as u64 {
+            pace.release(20_000 + at * 10, true);
+        }
+        assert_eq!(
+            pace.completion_interval_ms(),
+            Some(10.0),
+            "only the last {PACE_WINDOW} intervals count"
         );
     }
 }

@@ -130,10 +130,11 @@ async fn run_task(
     kv_warmth: bool,
 ) {
     let started_ms = orchestrator.clock.now_ms();
+    let service = pool.begin_service(started_ms);
     let run = drive(&orchestrator, &pool, &replica, &task, kv_warmth).await;
-    pool.release_slot(&replica);
-    orchestrator.tenant_stopped(&task.key.tenant);
     let now = orchestrator.clock.now_ms();
+    pool.release_slot(&replica, service, now);
+    orchestrator.tenant_stopped(&task.key.tenant);
     match run.step {
         Step::Done(outcome) => {
             let completed =
