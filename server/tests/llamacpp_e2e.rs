@@ -280,7 +280,6 @@ fn request(prompt: &str, max_tokens: u32, seed: u32) -> TaskRequest {
 /// parameters, asked directly (non-streaming) with a body written here,
 /// independently of the adapter.
 async fn direct_output(adapter: Adapter, url: &str, task: &TaskRequest) -> String {
-    let http = reqwest::Client::new();
     let (path, body) = match adapter {
         Adapter::LlamaCpp => (
             "/completion",
@@ -298,21 +297,26 @@ async fn direct_output(adapter: Adapter, url: &str, task: &TaskRequest) -> Strin
             }),
         ),
     };
-    let answer: Value = http
-        .post(format!("{url}{path}"))
-        .json(&body)
-        .send()
-        .await
-        .expect("direct call")
-        .json()
-        .await
-        .expect("JSON");
+    let answer = post_direct(url, path, &body).await;
     match adapter {
         Adapter::LlamaCpp => answer["content"].as_str(),
         Adapter::OpenAi => answer["choices"][0]["text"].as_str(),
     }
     .unwrap_or_else(|| panic!("no text in {answer}"))
     .to_owned()
+}
+
+/// One non-streaming call straight to llama-server, past the orchestrator.
+async fn post_direct(url: &str, path: &str, body: &Value) -> Value {
+    reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .json(body)
+        .send()
+        .await
+        .expect("direct call")
+        .json()
+        .await
+        .expect("JSON")
 }
 
 fn started(events: &[StreamEvent]) -> &contracts::StartedEvent {
@@ -696,19 +700,12 @@ const NONCE_FLOOR: usize = 12;
 
 /// llama-server's own `/v1/chat/completions` answer to one user message.
 async fn direct_chat(url: &str, task: &TaskRequest) -> (String, u64) {
-    let answer: Value = reqwest::Client::new()
-        .post(format!("{url}/v1/chat/completions"))
-        .json(&json!({
-            "model": "any", "messages": [{"role": "user", "content": task.prompt}],
-            "max_tokens": task.max_tokens, "seed": task.seed, "temperature": task.temperature,
-            "top_p": task.top_p, "top_k": task.top_k,
-        }))
-        .send()
-        .await
-        .expect("direct call")
-        .json()
-        .await
-        .expect("JSON");
+    let body = json!({
+        "model": "any", "messages": [{"role": "user", "content": task.prompt}],
+        "max_tokens": task.max_tokens, "seed": task.seed, "temperature": task.temperature,
+        "top_p": task.top_p, "top_k": task.top_k,
+    });
+    let answer = post_direct(url, "/v1/chat/completions", &body).await;
     let text = answer["choices"][0]["message"]["content"]
         .as_str()
         .unwrap_or_else(|| panic!("no text in {answer}"))
