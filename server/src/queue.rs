@@ -596,6 +596,17 @@ mod tests {
         // tasks end in order, then every cycle of 2 × 250 ms after.
         let dispatches: Vec<u64> = (1..=6).map(|n| forecast.nth_dispatch_ms(n)).collect();
         assert_eq!(dispatches, vec![0, 100, 300, 600, 800, 1_100]);
+        let three = ServiceForecast {
+            remaining_ms: vec![50, 10, 30],
+            free_slots: 0,
+            completion_interval_ms: 100.0,
+        };
+        let dispatches: Vec<u64> = (1..=4).map(|n| three.nth_dispatch_ms(n)).collect();
+        assert_eq!(
+            dispatches,
+            vec![10, 30, 50, 310],
+            "slot by slot, then a cycle of 3 × 100 ms"
+        );
         assert_eq!(forecast.wait_for_places_ms(3), 553);
         assert_eq!(forecast.wait_for_places_ms(6), 1_100 + 11 + 250);
         assert_eq!(
