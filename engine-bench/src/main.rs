@@ -2,7 +2,8 @@
 //! that orchestratord adds in front of a real llama-server (ORCH-4020).
 //!
 //! One llama-server (from `scripts/llama/setup.sh`'s cache, or
-//! `ORCH_LLAMA_SERVER` / `ORCH_LLAMA_MODEL`) on loopback, and orchestratord
+//! `ORCH_LLAMA_SERVER` / `ORCH_LLAMA_MODEL`, e.g. the real model at
+//! `ORCH_LLAMA_REAL_MODEL`) on loopback, and orchestratord
 //! in-process with a pool of one `llamacpp` replica on it. Alternately, with
 //! the engine otherwise idle:
 //! - direct: `POST /completion` (`stream: true`) → first non-empty `content`;
@@ -213,9 +214,12 @@ async fn main() -> anyhow::Result<()> {
     orch_times.sort();
     added.sort();
     admission_times.sort();
+    let (_, model) = llama_files()?;
     println!(
-        "engine-bench: {} requests per side, {} tokens each, one llama-server (tiny model, -t 1) on loopback",
-        args.requests, args.max_tokens
+        "engine-bench: {} requests per side, {} tokens each, one llama-server ({}, -t 1) on loopback",
+        args.requests,
+        args.max_tokens,
+        model.file_name().unwrap_or_default().to_string_lossy()
     );
     for (name, times) in [
         ("direct llama-server TTFT", &direct_times),
