@@ -15,10 +15,6 @@ use sha2::{Digest, Sha256};
 pub const RELEASED_DIR: &str = "contracts/pacts/released";
 pub const CURRENT_DIR: &str = "contracts/pacts";
 pub const RECORDS_DIR: &str = "target/pact-verifications";
-const DOCUMENTS: [&str; 2] = [
-    "contracts/openapi/data.yaml",
-    "contracts/openapi/control.yaml",
-];
 
 /// One replay of one pact file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,10 +42,11 @@ pub fn sha256_file(path: &Path) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// One hash over both OpenAPI documents, in a fixed order.
+/// One hash over the OpenAPI documents, in a fixed order.
 pub fn documents_sha256(root: &Path) -> String {
     let mut hasher = Sha256::new();
-    for document in DOCUMENTS {
+    for name in crate::DOCUMENT_NAMES {
+        let document = format!("contracts/openapi/{name}.yaml");
         hasher.update(std::fs::read(root.join(document)).unwrap_or_default());
         hasher.update([0]);
     }

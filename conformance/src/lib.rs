@@ -32,6 +32,7 @@ const OPERATIONAL_PATHS: &[(&str, &str)] = &[
     ("/metrics", "application/openmetrics-text"),
     ("/openapi/data.json", "application/json"),
     ("/openapi/control.json", "application/json"),
+    ("/openapi/openai.json", "application/json"),
 ];
 
 /// One HTTP exchange as seen on the wire.
@@ -74,8 +75,11 @@ impl Exchange {
     }
 }
 
-/// The data and control documents, with compiled schemas cached by their
-/// place in the document.
+/// The contract documents, `contracts/openapi/<name>.yaml`.
+pub const DOCUMENT_NAMES: [&str; 3] = ["data", "control", "openai"];
+
+/// The contract documents, with compiled schemas cached by their place in the
+/// document.
 pub struct Documents {
     docs: Vec<(String, Value)>,
     channels: CodeChannels,
@@ -90,7 +94,7 @@ impl Documents {
 
     pub fn load(root: &Path) -> Result<Self> {
         let mut docs = Vec::new();
-        for name in ["data", "control"] {
+        for name in DOCUMENT_NAMES {
             let path = root.join(format!("contracts/openapi/{name}.yaml"));
             let text =
                 std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
@@ -340,43 +344,81 @@ impl Documents {
             .cloned()
             .unwrap_or_default();
         for (n, frame) in sse_frames(text).into_iter().enumerate() {
+            // A frame without `event:` is a `message` (the SSE default): it matches
+            // the declared frames that name no event (the OpenAI surface's).
             let name = frame
                 .get("event")
                 .and_then(Value::as_str)
-                .unwrap_or("")
+                .unwrap_or("message")
                 .to_owned();
             let what = format!("SSE frame {n} ({name:?})");
-            let Some(index) = variants.iter().position(|v| {
-                v["properties"]["event"]["enum"]
-                    .as_array()
-                    .is_some_and(|e| e.iter().any(|x| x == name.as_str()))
-            }) else {
+            let candidates: Vec<usize> = (0..variants.len())
+                .filter(
+                    |&i| match variants[i]["properties"]["event"]["enum"].as_array() {
+                        Some(names) => names.iter().any(|x| x == name.as_str()),
+                        None => name == "message",
+                    },
+                )
+                .collect();
+            if candidates.is_empty() {
                 problems.push(format!("{what}: no declared frame has this event name"));
                 continue;
-            };
-            let variant = format!("{pointer}/oneOf/{index}");
-            problems.extend(self.validate(doc_index, &variant, &frame, &what));
-            let data = frame.get("data").and_then(Value::as_str).unwrap_or("");
-            match serde_json::from_str::<Value>(data) {
-                Ok(payload) => {
-                    problems.extend(self.validate(
-                        doc_index,
-                        &format!("{variant}/properties/data/contentSchema"),
-                        &payload,
-                        &format!("{what} data"),
-                    ));
-                    if name == "error"
-                        && let Some(code) = payload["code"].as_str()
-                    {
-                        problems.extend(
-                            self.allowed(code, Channel::Sse)
-                                .into_iter()
-                                .map(|p| format!("{what}: {p}")),
-                        );
-                    }
-                }
-                Err(e) => problems.push(format!("{what}: data is not JSON: {e}")),
             }
+            // The frame conforms when one declared frame takes it; else the
+            // problems against the first are the report.
+            let mut reports = candidates.iter().map(|&index| {
+                self.check_frame(
+                    doc_index,
+                    &format!("{pointer}/oneOf/{index}"),
+                    &variants[index],
+                    &frame,
+                    &name,
+                    &what,
+                )
+            });
+            let first = reports.next().unwrap_or_default();
+            if !first.is_empty() && !reports.any(|r| r.is_empty()) {
+                problems.extend(first);
+            }
+        }
+        problems
+    }
+
+    /// One frame against one declared frame: its fields, and its `data:` against
+    /// the `contentSchema` when the declared frame has one.
+    fn check_frame(
+        &self,
+        doc_index: usize,
+        variant: &str,
+        declared: &Value,
+        frame: &Value,
+        name: &str,
+        what: &str,
+    ) -> Vec<String> {
+        let mut problems = self.validate(doc_index, variant, frame, what);
+        if declared.pointer("/properties/data/contentSchema").is_none() {
+            return problems;
+        }
+        let data = frame.get("data").and_then(Value::as_str).unwrap_or("");
+        match serde_json::from_str::<Value>(data) {
+            Ok(payload) => {
+                problems.extend(self.validate(
+                    doc_index,
+                    &format!("{variant}/properties/data/contentSchema"),
+                    &payload,
+                    &format!("{what} data"),
+                ));
+                if name == "error"
+                    && let Some(code) = payload["code"].as_str()
+                {
+                    problems.extend(
+                        self.allowed(code, Channel::Sse)
+                            .into_iter()
+                            .map(|p| format!("{what}: {p}")),
+                    );
+                }
+            }
+            Err(e) => problems.push(format!("{what}: data is not JSON: {e}")),
         }
         problems
     }

@@ -107,6 +107,9 @@ impl Default for TimeoutConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
     pub id: String,
+    /// Other names of the pool as the OpenAI surface's `model` (ORCH-8002):
+    /// e.g. the model's own name, so programs that send it work unchanged.
+    pub aliases: Vec<String>,
     pub queue: QueueConfig,
     pub timeouts: TimeoutConfig,
     /// Period of `metrics` stream events; 0 turns them off (ORCH-1106).
@@ -129,6 +132,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         Self {
             id: "default".into(),
+            aliases: Vec::new(),
             queue: QueueConfig::default(),
             timeouts: TimeoutConfig::default(),
             metrics_interval_ms: 1_000,

@@ -9,6 +9,7 @@ pub mod error;
 pub mod json_int;
 pub mod limits;
 pub mod open_enum;
+pub mod openai;
 pub mod sse;
 pub mod task;
 pub mod versions;
@@ -21,7 +22,8 @@ pub use error::{ErrorCode, ErrorEnvelope, RejectPolicy};
 pub use open_enum::OpenEnum;
 pub use sse::{EndEvent, FinishReason, MetricsEvent, StartedEvent, StreamEvent, TokenEvent};
 pub use task::{
-    AdmissionResponse, Determinism, Priority, TaskList, TaskRequest, TaskState, TaskStatus,
+    AdmissionResponse, ChatMessage, ChatRole, Determinism, Priority, TaskList, TaskRequest,
+    TaskState, TaskStatus,
 };
 
 /// Header names of the backpressure and queue hints (ORCH-1001, ORCH-2003).

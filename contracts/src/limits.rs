@@ -32,6 +32,11 @@ pub const DEADLINE_MAX_MS: u64 = 24 * 3600 * 1000;
 pub const READY_TIMEOUT_MAX_MS: u64 = 600_000;
 pub const LIST_LIMIT_MAX: u64 = 500;
 pub const LIST_LIMIT_DEFAULT: u64 = 100;
+/// Messages of one conversation (ORCH-8005).
+pub const MESSAGES_MAX: u64 = 1_024;
+/// Stop sequences of one request, and the characters of each (ORCH-1025).
+pub const STOP_MAX: u64 = 4;
+pub const STOP_MAX_CHARS: u64 = 64;
 
 /// Whether `value` is a valid id or scope name (same language as [`ID_PATTERN`]
 /// with `maxLength` [`ID_MAX_LEN`]).
@@ -73,6 +78,10 @@ pub enum Bound {
     Opaque,
     /// The decimal index of a token event (`Last-Event-ID`), at most 9 digits.
     TokenIndex,
+    /// An array of `min..=max` items.
+    Items { min: u64, max: u64 },
+    /// At most [`STOP_MAX`] stop sequences of 1..=[`STOP_MAX_CHARS`] characters.
+    StopSequences,
 }
 
 impl Bound {
@@ -100,9 +109,25 @@ impl Bound {
             } => json!({"exclusiveMinimum": min, "maximum": max}),
             Bound::Opaque => json!({"x-opaque": true}),
             Bound::TokenIndex => json!({"type": "string", "pattern": TOKEN_INDEX_PATTERN}),
+            Bound::Items { min, max } => json!({"minItems": min, "maxItems": max}),
+            Bound::StopSequences => json!({
+                "maxItems": STOP_MAX,
+                "items": {"type": "string", "minLength": 1, "maxLength": STOP_MAX_CHARS},
+            }),
         }
     }
 }
+
+const TEMPERATURE: Bound = Bound::Number {
+    min: 0.0,
+    min_exclusive: false,
+    max: TEMPERATURE_MAX,
+};
+const TOP_P: Bound = Bound::Number {
+    min: TOP_P_MIN,
+    min_exclusive: false,
+    max: 1.0,
+};
 
 /// (component schema, property, bound) of request bodies.
 pub const BODY_BOUNDS: &[(&str, &str, Bound)] = &[
@@ -117,30 +142,23 @@ pub const BODY_BOUNDS: &[(&str, &str, Bound)] = &[
     ),
     (
         "TaskRequest",
+        "messages",
+        Bound::Items {
+            min: 1,
+            max: MESSAGES_MAX,
+        },
+    ),
+    ("TaskRequest", "stop", Bound::StopSequences),
+    (
+        "TaskRequest",
         "max_tokens",
         Bound::IntConfiguredMax {
             min: 1,
             default: 4096,
         },
     ),
-    (
-        "TaskRequest",
-        "temperature",
-        Bound::Number {
-            min: 0.0,
-            min_exclusive: false,
-            max: TEMPERATURE_MAX,
-        },
-    ),
-    (
-        "TaskRequest",
-        "top_p",
-        Bound::Number {
-            min: TOP_P_MIN,
-            min_exclusive: false,
-            max: 1.0,
-        },
-    ),
+    ("TaskRequest", "temperature", TEMPERATURE),
+    ("TaskRequest", "top_p", TOP_P),
     (
         "TaskRequest",
         "top_k",
@@ -157,6 +175,44 @@ pub const BODY_BOUNDS: &[(&str, &str, Bound)] = &[
             max: DEADLINE_MAX_MS,
         },
     ),
+    (
+        "ChatCompletionRequest",
+        "messages",
+        Bound::Items {
+            min: 1,
+            max: MESSAGES_MAX,
+        },
+    ),
+    (
+        "ChatCompletionRequest",
+        "max_completion_tokens",
+        Bound::IntConfiguredMax {
+            min: 1,
+            default: 4096,
+        },
+    ),
+    (
+        "ChatCompletionRequest",
+        "max_tokens",
+        Bound::IntConfiguredMax {
+            min: 1,
+            default: 4096,
+        },
+    ),
+    (
+        "CompletionRequest",
+        "max_tokens",
+        Bound::IntConfiguredMax {
+            min: 1,
+            default: 4096,
+        },
+    ),
+    ("ChatCompletionRequest", "temperature", TEMPERATURE),
+    ("CompletionRequest", "temperature", TEMPERATURE),
+    ("ChatCompletionRequest", "top_p", TOP_P),
+    ("CompletionRequest", "top_p", TOP_P),
+    ("ChatCompletionRequest", "stop", Bound::StopSequences),
+    ("CompletionRequest", "stop", Bound::StopSequences),
     (
         "DrainRequest",
         "deadline_ms",
@@ -190,6 +246,17 @@ pub const PARAM_BOUNDS: &[(&str, Bound)] = &[
         },
     ),
     ("cursor", Bound::Opaque),
+    // The knobs of the OpenAI surface (ORCH-8003).
+    ("X-Orch-Scope", Bound::Id),
+    ("X-Orch-Session-Id", Bound::Id),
+    ("X-Orch-Task-Id", Bound::Id),
+    (
+        "X-Orch-Deadline-Ms",
+        Bound::Int {
+            min: 1,
+            max: DEADLINE_MAX_MS,
+        },
+    ),
     ("Last-Event-ID", Bound::TokenIndex),
 ];
 
@@ -200,6 +267,17 @@ pub const PARAM_BOUNDS: &[(&str, Bound)] = &[
 /// nothing, so a renamed field cannot silently lose its bound.
 pub fn apply_to_openapi(doc: &mut Value) {
     unsigned_widths(doc);
+    // A task's input is its prompt or its messages, never both (ORCH-1015).
+    if let Some(task) = doc.pointer_mut("/components/schemas/TaskRequest") {
+        task["oneOf"] = json!([
+            {"required": ["prompt"], "properties": {"messages": {"type": "null"}}},
+            {
+                "required": ["messages"],
+                "properties": {"messages": {"type": "array"}},
+                "not": {"required": ["prompt"]}
+            }
+        ]);
+    }
     for (schema, property, bound) in BODY_BOUNDS {
         let pointer = format!("/components/schemas/{schema}/properties/{property}");
         if let Some(target) = doc.pointer_mut(&pointer) {

@@ -3,11 +3,13 @@
 //! major for a breaking change, minor for a compatible addition, patch otherwise.
 
 /// `contracts/openapi/data.yaml` (`info.version`).
-pub const DATA_API: &str = "1.5.0";
+pub const DATA_API: &str = "1.6.0";
 /// `contracts/openapi/control.yaml` (`info.version`).
 pub const CONTROL_API: &str = "1.1.1";
+/// `contracts/openapi/openai.yaml` (`info.version`).
+pub const OPENAI_API: &str = "1.0.0";
 /// `contracts/schemas/config.schema.json` (`x-version`).
-pub const CONFIG_SCHEMA: &str = "1.4.0";
+pub const CONFIG_SCHEMA: &str = "1.5.0";
 /// `contracts/schemas/error.schema.json` (`x-version`).
 pub const ERROR_SCHEMA: &str = "1.0.1";
 /// `contracts/schemas/sse-event.schema.json` (`x-version`).

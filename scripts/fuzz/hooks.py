@@ -23,11 +23,16 @@ STATE_DEPENDENT_FIELDS = (
     "sampler_profile_version",
     "cursor",
     "session_id",
+    # The OpenAI surface (ORCH-8004): `max_completion_tokens` over the pool's limit,
+    # `messages` over its byte limit, a session over its turn limit.
+    "max_completion_tokens",
+    "messages",
+    "X-Orch-Session-Id",
 )
 # Codes that depend on state whatever the request: no such task/session/pool, an id
 # reused with another body, a full queue or a rate limit, a draining or unready pool.
 STATE_DEPENDENT_CODES = {
-    404: {"NOT_FOUND"},
+    404: {"NOT_FOUND", "model_not_found"},
     409: {"CONFLICT"},
     429: {"ADMISSION_REJECT"},
     503: {"POOL_UNREADY", "POOL_UNAVAILABLE"},
@@ -43,6 +48,10 @@ def state_independent_acceptance(ctx, response, case):
         envelope = json.loads(response.content)
     except ValueError:
         raise AssertionError(f"{status} without a JSON error envelope: {response.content[:200]!r}")
+    # The OpenAI surface answers `{"error": {message, type, param, code}}` (ORCH-8008).
+    if isinstance(envelope.get("error"), dict):
+        error = envelope["error"]
+        envelope = {"code": error.get("code"), "message": f"{error.get('param')}: {error.get('message', '')}"}
     code = envelope.get("code")
     message = envelope.get("message", "")
     if status == 400 and code == "INVALID_PARAMS":

@@ -3,7 +3,10 @@
 
 use contracts::TaskRequest;
 use contracts::config::PoolConfig;
-use contracts::limits::{self, DEADLINE_MAX_MS, ID_MAX_LEN, TEMPERATURE_MAX, TOP_K_MAX};
+use contracts::limits::{
+    self, DEADLINE_MAX_MS, ID_MAX_LEN, MESSAGES_MAX, STOP_MAX, STOP_MAX_CHARS, TEMPERATURE_MAX,
+    TOP_K_MAX,
+};
 use sha2::{Digest, Sha256};
 
 use crate::error::OrchError;
@@ -34,6 +37,69 @@ pub fn check_session_id(session_id: &str) -> Result<(), OrchError> {
     check_id("session_id", session_id)
 }
 
+/// Exactly one of `prompt` and `messages` (ORCH-1015, ORCH-8005), and the stop
+/// sequences (ORCH-1025).
+fn check_input(request: &TaskRequest) -> Result<(), OrchError> {
+    match &request.messages {
+        None if !limits::is_non_blank(&request.prompt) => {
+            return Err(OrchError::invalid(
+                "prompt",
+                "must not be empty (or send `messages` instead)",
+            ));
+        }
+        None => {}
+        Some(_) if !request.prompt.is_empty() => {
+            return Err(OrchError::invalid(
+                "messages",
+                "a request has either `prompt` or `messages`, not both",
+            ));
+        }
+        Some(messages) if messages.is_empty() || messages.len() as u64 > MESSAGES_MAX => {
+            return Err(OrchError::invalid(
+                "messages",
+                format!(
+                    "must hold 1-{MESSAGES_MAX} messages, got {}",
+                    messages.len()
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
+    let stops = request.stop.as_deref().unwrap_or_default();
+    if stops.len() as u64 > STOP_MAX {
+        return Err(OrchError::invalid(
+            "stop",
+            format!("at most {STOP_MAX} stop sequences, got {}", stops.len()),
+        ));
+    }
+    if let Some(bad) = stops
+        .iter()
+        .find(|s| s.is_empty() || s.chars().count() as u64 > STOP_MAX_CHARS)
+    {
+        return Err(OrchError::invalid(
+            "stop",
+            format!("each stop sequence must be 1-{STOP_MAX_CHARS} characters, got {bad:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The request field that holds the task's input.
+pub fn input_field(request: &TaskRequest) -> &'static str {
+    match request.messages {
+        Some(_) => "messages",
+        None => "prompt",
+    }
+}
+
+/// The bytes of the input: the prompt, or the contents of the messages.
+pub fn input_bytes(request: &TaskRequest) -> usize {
+    match &request.messages {
+        Some(messages) => messages.iter().map(|m| m.content.len()).sum(),
+        None => request.prompt.len(),
+    }
+}
+
 /// The state-independent checks, everything the OpenAPI document states (ORCH-9013).
 /// They run before the pool is even looked up, so a request with a fault of each kind
 /// is told the one it can fix whatever the server's configuration.
@@ -48,9 +114,7 @@ pub fn validate_syntax(request: &TaskRequest) -> Result<(), OrchError> {
     if let Some(pool_id) = &request.pool_id {
         check_id("pool_id", pool_id)?;
     }
-    if !limits::is_non_blank(&request.prompt) {
-        return Err(OrchError::invalid("prompt", "must not be empty"));
-    }
+    check_input(request)?;
     if request.max_tokens == 0 {
         return Err(OrchError::invalid(
             "max_tokens",
@@ -94,14 +158,13 @@ pub fn validate_syntax(request: &TaskRequest) -> Result<(), OrchError> {
 
 /// The checks that depend on the pool's configuration (after [`validate_syntax`]).
 pub fn validate_for_pool(request: &TaskRequest, pool: &PoolConfig) -> Result<(), OrchError> {
-    if request.prompt.len() > pool.max_prompt_bytes as usize {
+    let bytes = input_bytes(request);
+    if bytes > pool.max_prompt_bytes as usize {
         return Err(OrchError::invalid(
-            "prompt",
+            input_field(request),
             format!(
-                "is {} bytes, the limit of pool {} is {} bytes",
-                request.prompt.len(),
-                pool.id,
-                pool.max_prompt_bytes
+                "is {bytes} bytes, the limit of pool {} is {} bytes",
+                pool.id, pool.max_prompt_bytes
             ),
         ));
     }

@@ -244,12 +244,54 @@ const SESSION_TURNS_MAX: u32 = 8;
 /// SSE keep-alive comments: often enough for proxies, rare enough to cost nothing.
 const KEEPALIVE_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
 
+/// Longest pool alias: model names such as `HuggingFaceTB/SmolLM2-135M-Instruct`.
+const ALIAS_MAX_LEN: usize = 256;
+
+/// A pool's aliases are `model` names of the OpenAI surface (ORCH-8002): each must
+/// name one pool only, and be printable.
+fn alias_issues<'a>(
+    at: &str,
+    pool: &'a contracts::config::PoolConfig,
+    model_names: &mut std::collections::HashMap<&'a str, String>,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    for (a, alias) in pool.aliases.iter().enumerate() {
+        let path = format!("{at}.aliases[{a}]");
+        if alias.trim().is_empty()
+            || alias.len() > ALIAS_MAX_LEN
+            || alias.chars().any(char::is_control)
+        {
+            issues.push(ConfigIssue::new(
+                path,
+                format!(
+                    "alias {alias:?} must be 1-{ALIAS_MAX_LEN} bytes of printable text, not only white space"
+                ),
+            ));
+            continue;
+        }
+        if let Some(first) = model_names.get(alias.as_str()) {
+            issues.push(ConfigIssue::new(
+                path,
+                format!("alias {alias:?} is already the model name at {first}; a model name must name one pool"),
+            ));
+            continue;
+        }
+        model_names.insert(alias, path);
+    }
+}
+
 pub fn semantic_issues(config: &Config) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
     server_issues(config, &mut issues);
     tenant_issues(config, &mut issues);
     let mut pool_ids = HashSet::new();
     let mut replica_pools = std::collections::HashMap::new();
+    let mut model_names: std::collections::HashMap<&str, String> = config
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(p, pool)| (pool.id.as_str(), format!("pools[{p}].id")))
+        .collect();
     for (p, pool) in config.pools.iter().enumerate() {
         let at = format!("pools[{p}]");
         // Pool ids appear in URL paths and in the documented `pool_id` syntax.
@@ -269,6 +311,7 @@ pub fn semantic_issues(config: &Config) -> Vec<ConfigIssue> {
                 format!("duplicate pool id {:?}", pool.id),
             ));
         }
+        alias_issues(&at, pool, &mut model_names, &mut issues);
         if pool.replicas.is_empty() {
             issues.push(ConfigIssue::new(
                 format!("{at}.replicas"),

@@ -8,6 +8,8 @@ use contracts::{ErrorCode, ErrorEnvelope, RejectPolicy};
 pub struct OrchError {
     pub code: ErrorCode,
     pub message: String,
+    /// The request field (or header) at fault, for `INVALID_PARAMS`.
+    pub param: Option<String>,
     pub policy: Option<RejectPolicy>,
     pub engine: Option<String>,
     /// Predicted wait behind `Retry-After` / `X-Backoff-Ms` (ORCH-2003).
@@ -21,6 +23,7 @@ impl OrchError {
         Self {
             code,
             message: message.into(),
+            param: None,
             policy: None,
             engine: None,
             backoff_ms: None,
@@ -30,7 +33,10 @@ impl OrchError {
 
     /// `400 INVALID_PARAMS` naming the field (ORCH-1002).
     pub fn invalid(field: &str, problem: impl std::fmt::Display) -> Self {
-        Self::new(ErrorCode::InvalidParams, format!("{field}: {problem}"))
+        Self {
+            param: Some(field.to_owned()),
+            ..Self::new(ErrorCode::InvalidParams, format!("{field}: {problem}"))
+        }
     }
 
     pub fn not_found(what: impl std::fmt::Display) -> Self {

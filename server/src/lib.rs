@@ -58,7 +58,14 @@ impl RunningServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.serve).await;
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.serve)
+            .await
+            .is_err()
+        {
+            // A connection that outlives the grace is closed, not left served by
+            // an orchestrator that has stopped.
+            self.serve.abort();
+        }
     }
 
     /// Resolves when the listener stops (used by the binary).

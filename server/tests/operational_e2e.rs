@@ -60,7 +60,7 @@ async fn healthz_and_readyz_follow_the_replicas() {
 async fn the_served_openapi_documents_equal_the_committed_contracts() {
     let server = TestServer::default().await;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for plane in ["data", "control"] {
+    for plane in conformance::DOCUMENT_NAMES {
         let served: serde_json::Value =
             reqwest::get(format!("{}/openapi/{plane}.json", server.url()))
                 .await
@@ -189,7 +189,7 @@ async fn test_hooks_are_not_reachable_over_http() {
     let server = TestServer::default().await;
     let http = reqwest::Client::new();
     let mut paths = Vec::new();
-    for plane in ["data", "control"] {
+    for plane in conformance::DOCUMENT_NAMES {
         let doc: serde_json::Value = http
             .get(format!("{}/openapi/{plane}.json", server.url()))
             .send()
@@ -207,6 +207,9 @@ async fn test_hooks_are_not_reachable_over_http() {
         "/v1/pools",
         "/v1/replicasets",
         "/v1/capabilities",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
     ];
     for path in &paths {
         assert!(

@@ -25,6 +25,8 @@ fn live_task() -> LiveTask {
         "hash".into(),
         GenerateRequest {
             prompt: "p".into(),
+            messages: None,
+            stop: Vec::new(),
             max_tokens: 10_000,
             seed: 1,
             temperature: 0.8,

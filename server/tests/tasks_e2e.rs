@@ -281,7 +281,7 @@ async fn resubmission_is_idempotent_and_a_changed_body_conflicts() {
     );
 }
 
-// covers: ORCH-1002, ORCH-1003, ORCH-1004, ORCH-1008, ORCH-1009, ORCH-2012
+// covers: ORCH-1002, ORCH-1003, ORCH-1004, ORCH-1008, ORCH-1009, ORCH-2012, ORCH-1015, ORCH-1025
 #[tokio::test]
 async fn every_validated_field_is_named_with_its_limit() {
     let client = shared_client();
@@ -294,7 +294,36 @@ async fn every_validated_field_is_named_with_its_limit() {
             "colour",
             "unknown field",
         ),
-        (serde_json::json!({"max_tokens": 1}), "body", "prompt"),
+        (
+            serde_json::json!({"max_tokens": 1}),
+            "prompt",
+            "send `messages` instead",
+        ),
+        (
+            serde_json::json!({"prompt": "p", "messages": [{"role": "user", "content": "p"}], "max_tokens": 1}),
+            "messages",
+            "not both",
+        ),
+        (
+            serde_json::json!({"messages": [], "max_tokens": 1}),
+            "messages",
+            "1-1024 messages",
+        ),
+        (
+            serde_json::json!({"messages": [{"role": "tool", "content": "p"}], "max_tokens": 1}),
+            "messages[0].role",
+            "unknown variant",
+        ),
+        (
+            serde_json::json!({"prompt": "p", "max_tokens": 1, "stop": ["a", "b", "c", "d", "e"]}),
+            "stop",
+            "at most 4",
+        ),
+        (
+            serde_json::json!({"prompt": "p", "max_tokens": 1, "stop": [""]}),
+            "stop",
+            "1-64 characters",
+        ),
         (
             serde_json::json!(["positional", "p", 1]),
             "body",

@@ -1,4 +1,4 @@
-//! `regen-openapi`: the two OpenAPI documents from the server's utoipa annotations.
+//! `regen-openapi`: the OpenAPI documents from the server's utoipa annotations.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -10,10 +10,12 @@ use crate::drift::Generated;
 use crate::spec;
 
 pub const FIX: &str = "cargo xtask regen-openapi";
-pub const DATA_PATH: &str = "contracts/openapi/data.yaml";
-pub const CONTROL_PATH: &str = "contracts/openapi/control.yaml";
 /// (document name, committed path)
-pub const DOCUMENTS: [(&str, &str); 2] = [("data", DATA_PATH), ("control", CONTROL_PATH)];
+pub const DOCUMENTS: [(&str, &str); 3] = [
+    ("data", "contracts/openapi/data.yaml"),
+    ("control", "contracts/openapi/control.yaml"),
+    ("openai", "contracts/openapi/openai.yaml"),
+];
 const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
@@ -21,10 +23,15 @@ const METHODS: [&str; 8] = [
 /// The documents as JSON values, straight from the server library.
 pub fn documents() -> Result<Vec<(&'static str, &'static str, Value)>> {
     let docs = orchestratord::api::openapi_documents();
-    Ok(vec![
-        ("data", DATA_PATH, docs.data),
-        ("control", CONTROL_PATH, docs.control),
-    ])
+    DOCUMENTS
+        .iter()
+        .map(|&(name, path)| {
+            let doc = docs
+                .get(name)
+                .with_context(|| format!("the server has no document {name}"))?;
+            Ok((name, path, doc.clone()))
+        })
+        .collect()
 }
 
 /// Recursively sort object keys (utoipa keeps extensions in a HashMap).

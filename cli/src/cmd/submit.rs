@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Read};
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use orchctl::contracts::{Determinism, Priority, TaskRequest};
+use orchctl::contracts::{ChatMessage, ChatRole, Determinism, Priority, TaskRequest};
 
 use super::Ctx;
 use super::stream::follow;
@@ -19,6 +19,7 @@ Examples:
   echo 'Summarise this' | orchctl submit --max-tokens 64 --seed 7
   orchctl submit --prompt hi --task-id job-1 --priority batch --deadline-ms 60000
   orchctl submit --session chat-1 --prompt 'and then?' --follow
+  orchctl submit -m 'system:Answer in one line' -m 'user:Name a river' --stop . --follow
   orchctl --scope ci-42 --json submit --prompt hi --follow | jq -c .
 
 Resending the same request with the same --task-id is safe: it answers with
@@ -28,9 +29,19 @@ the original admission and runs nothing twice.";
 #[derive(Debug, Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct SubmitArgs {
-    /// Prompt text; read from stdin when omitted.
-    #[arg(long, short)]
+    /// Prompt text; read from stdin when omitted (and no --message is given).
+    #[arg(long, short, conflicts_with = "messages")]
     pub prompt: Option<String>,
+
+    /// A message of a conversation instead of a prompt, as ROLE:TEXT (ROLE is
+    /// system, user or assistant); repeat it for each turn, in order. The engine
+    /// formats the conversation with the model's chat template.
+    #[arg(long = "message", short = 'm', value_name = "ROLE:TEXT", value_parser = message_arg)]
+    pub messages: Vec<ChatMessage>,
+
+    /// A stop sequence: generation ends before it (at most 4; repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
 
     /// Upper bound on generated tokens.
     #[arg(long, short = 'n', default_value_t = 64)]
@@ -106,11 +117,34 @@ pub enum DeterminismArg {
     BestEffort,
 }
 
+/// `ROLE:TEXT` → a message.
+fn message_arg(value: &str) -> Result<ChatMessage, String> {
+    let (role, content) = value
+        .split_once(':')
+        .ok_or_else(|| format!("{value:?} is not ROLE:TEXT (e.g. user:Hello)"))?;
+    let role = match role.trim() {
+        "system" => ChatRole::System,
+        "user" => ChatRole::User,
+        "assistant" => ChatRole::Assistant,
+        other => {
+            return Err(format!(
+                "role {other:?} is not one of system, user, assistant"
+            ));
+        }
+    };
+    Ok(ChatMessage {
+        role,
+        content: content.to_owned(),
+    })
+}
+
 impl SubmitArgs {
     fn into_request(self, prompt: String) -> TaskRequest {
         TaskRequest {
             task_id: self.task_id,
             prompt,
+            messages: (!self.messages.is_empty()).then_some(self.messages),
+            stop: (!self.stop.is_empty()).then_some(self.stop),
             max_tokens: self.max_tokens,
             pool_id: self.pool,
             priority: self.priority.map(|p| match p {
@@ -137,6 +171,7 @@ impl SubmitArgs {
 pub async fn run(ctx: &Ctx, mut args: SubmitArgs) -> Result<(), Failure> {
     let prompt = match args.prompt.take() {
         Some(prompt) => prompt,
+        None if !args.messages.is_empty() => String::new(),
         None => read_stdin_prompt()?,
     };
     let follow_stream = args.follow;
@@ -172,7 +207,8 @@ fn read_stdin_prompt() -> Result<String, Failure> {
     let mut stdin = std::io::stdin();
     if stdin.is_terminal() {
         return Err(Failure::Usage(
-            "no prompt: pass --prompt TEXT or pipe the prompt on stdin".into(),
+            "no prompt: pass --prompt TEXT, --message ROLE:TEXT, or pipe the prompt on stdin"
+                .into(),
         ));
     }
     let mut prompt = String::new();

@@ -10,26 +10,50 @@ use contracts::headers;
 use crate::error::OrchError;
 use crate::queue::backoff_hint;
 
-impl IntoResponse for OrchError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.http_status())
+/// An error as it goes on the wire: the status of its code, its envelope, and the
+/// backoff hint `(ms, Retry-After seconds)` of a `429` or `503` (ORCH-2003). Both
+/// surfaces answer from it: the envelope here, OpenAI's shape in `api::openai`.
+pub struct WireError {
+    pub status: StatusCode,
+    pub envelope: contracts::ErrorEnvelope,
+    pub hint: Option<(u64, u64)>,
+}
+
+impl From<OrchError> for WireError {
+    fn from(mut error: OrchError) -> Self {
+        let status = StatusCode::from_u16(error.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut error = self;
         let backpressure = matches!(status.as_u16(), 429 | 503);
         let hint = backpressure.then(|| backoff_hint(error.backoff_ms.unwrap_or(0)));
         if let Some((backoff_ms, _)) = hint {
             error.backoff_ms = Some(backoff_ms);
         }
-        let envelope = error.envelope();
-        let mut response = (status, Json(&envelope)).into_response();
-        let response_headers = response.headers_mut();
-        if let Some((backoff_ms, retry_after_s)) = hint {
+        Self {
+            status,
+            envelope: error.envelope(),
+            hint,
+        }
+    }
+}
+
+impl WireError {
+    /// `Retry-After` and `X-Backoff-Ms` when there is a hint, and the correlation id.
+    pub fn write_headers(&self, response_headers: &mut axum::http::HeaderMap) {
+        if let Some((backoff_ms, retry_after_s)) = self.hint {
             response_headers.insert(headers::RETRY_AFTER, HeaderValue::from(retry_after_s));
             response_headers.insert(headers::BACKOFF_MS, HeaderValue::from(backoff_ms));
         }
-        if let Ok(value) = HeaderValue::from_str(&envelope.correlation_id) {
+        if let Ok(value) = HeaderValue::from_str(&self.envelope.correlation_id) {
             response_headers.insert(headers::CORRELATION_ID, value);
         }
+    }
+}
+
+impl IntoResponse for OrchError {
+    fn into_response(self) -> Response {
+        let wire = WireError::from(self);
+        let mut response = (wire.status, Json(&wire.envelope)).into_response();
+        wire.write_headers(response.headers_mut());
         response
     }
 }
@@ -87,7 +111,11 @@ pub async fn envelope_for_bare_errors(
         s if s >= 500 => OrchError::internal(format!("HTTP {status}: {detail}")),
         _ => OrchError::invalid("request", format!("HTTP {status}: {detail}")),
     };
-    let mut answer = error.into_response();
+    let mut answer = if super::is_openai_path(&path) {
+        super::openai::OpenAiFailure::from(error).into_response()
+    } else {
+        error.into_response()
+    };
     *answer.status_mut() = status;
     if let Some(allow) = parts.headers.get(axum::http::header::ALLOW) {
         answer

@@ -31,6 +31,15 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, OrchError> {
     })
 }
 
+/// A JSON value read into `T`, the failing field named as by [`parse_json`].
+pub fn parse_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, OrchError> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let path = error.path().to_string();
+        let field = if path == "." { "body" } else { path.as_str() };
+        OrchError::invalid(field, error.inner())
+    })
+}
+
 /// Query string parsed into `T`; errors name the parameter.
 pub struct Query<T>(pub T);
 

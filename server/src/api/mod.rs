@@ -6,6 +6,7 @@ mod auth;
 mod control;
 mod error;
 mod extract;
+mod openai;
 mod sessions;
 mod tasks;
 
@@ -32,6 +33,8 @@ pub struct Served {
     pub orchestrator: Arc<Orchestrator>,
     pub keepalive_ms: u64,
     pub max_body_bytes: usize,
+    /// Unix seconds the server started: the `created` of `GET /v1/models`.
+    pub started_at_s: u64,
 }
 
 impl std::ops::Deref for AppState {
@@ -47,7 +50,14 @@ impl AppState {
             orchestrator,
             keepalive_ms,
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            started_at_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
         }))
+    }
+
+    pub(crate) fn started_at_s(&self) -> u64 {
+        self.0.started_at_s
     }
 
     pub(crate) fn keepalive(&self) -> u64 {
@@ -85,6 +95,38 @@ struct DataApi;
     tags((name = "pools", description = "Pools, replicas, drain, reload, capabilities."))
 )]
 struct ControlApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "OrchQueue OpenAI-compatible surface",
+        version = "see contracts::versions",
+        description = "OpenAI's chat completions, completions and models, each completion a task of the data plane. Normative text: specs/orchestrator-spec.md section 8."
+    ),
+    tags((name = "openai", description = "OpenAI-compatible endpoints.")),
+    components(schemas(
+        contracts::openai::ChatCompletionChunk,
+        contracts::openai::OpenAiErrorBody,
+        contracts::Priority,
+        contracts::Determinism
+    ))
+)]
+struct OpenAiApi;
+
+/// The paths of the OpenAI surface, whose errors take OpenAI's shape (ORCH-8008).
+pub(crate) fn is_openai_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/v1/chat/completions" | "/v1/completions" | "/v1/models"
+    )
+}
+
+fn openai_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(OpenAiApi::openapi())
+        .routes(routes!(openai::chat_completions))
+        .routes(routes!(openai::completions))
+        .routes(routes!(openai::list_models))
+}
 
 fn data_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(DataApi::openapi())
@@ -130,19 +172,29 @@ fn split(routes: OpenApiRouter<AppState>) -> (Router<AppState>, OpenApiDoc) {
     (router, with_bearer_auth(doc))
 }
 
-/// The two contract documents, exactly as the server serves them.
-pub struct ApiDocuments {
-    pub data: serde_json::Value,
-    pub control: serde_json::Value,
+/// The contract documents, exactly as the server serves them, by name:
+/// `data`, `control`, `openai` (`contracts/openapi/<name>.yaml`).
+pub struct ApiDocuments(pub Vec<(&'static str, serde_json::Value)>);
+
+impl ApiDocuments {
+    pub fn get(&self, name: &str) -> Option<&serde_json::Value> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, doc)| doc)
+    }
 }
 
 /// The document of the routes with the input bounds of `contracts::limits` written in,
 /// so what the document allows is what validation accepts (ORCH-9013).
-fn bounded(doc: &OpenApiDoc, version: &str) -> serde_json::Value {
+fn bounded(name: &str, doc: &OpenApiDoc, version: &str) -> serde_json::Value {
     let mut value = serde_json::to_value(doc).expect("OpenAPI documents serialize");
     value["info"]["version"] = version.into();
+    if name == "openai" {
+        openai_requests(&mut value);
+    }
     contracts::limits::apply_to_openapi(&mut value);
     describe_sse_frames(&mut value);
+    if name == "openai" {
+        openai_answers(&mut value);
+    }
     value
 }
 
@@ -212,14 +264,31 @@ fn describe_sse_frames(doc: &mut serde_json::Value) {
     }
 }
 
+/// The routers of the documents, by name.
+fn document_routes() -> [(&'static str, OpenApiRouter<AppState>, &'static str); 3] {
+    [
+        ("data", data_routes(), contracts::versions::DATA_API),
+        (
+            "control",
+            control_routes(),
+            contracts::versions::CONTROL_API,
+        ),
+        ("openai", openai_routes(), contracts::versions::OPENAI_API),
+    ]
+}
+
 pub fn openapi_documents() -> ApiDocuments {
-    let (_, data) = split(data_routes());
-    let (_, control) = split(control_routes());
-    let docs = ApiDocuments {
-        data: bounded(&data, contracts::versions::DATA_API),
-        control: bounded(&control, contracts::versions::CONTROL_API),
-    };
-    let unmatched = contracts::limits::unmatched_bounds(&[&docs.data, &docs.control]);
+    let docs = ApiDocuments(
+        document_routes()
+            .into_iter()
+            .map(|(name, routes, version)| {
+                let (_, doc) = split(routes);
+                (name, bounded(name, &doc, version))
+            })
+            .collect(),
+    );
+    let all: Vec<&serde_json::Value> = docs.0.iter().map(|(_, doc)| doc).collect();
+    let unmatched = contracts::limits::unmatched_bounds(&all);
     assert!(
         unmatched.is_empty(),
         "contracts::limits names fields and parameters no document has: {unmatched:?}"
@@ -227,19 +296,125 @@ pub fn openapi_documents() -> ApiDocuments {
     docs
 }
 
+/// The OpenAI requests as one object each (utoipa renders the shared `Sampling`
+/// fields as an `allOf`), with the fields they accept only at their default and
+/// those they ignore (ORCH-8004), and no other.
+fn openai_requests(doc: &mut serde_json::Value) {
+    use serde_json::{Value, json};
+    let schemas = &mut doc["components"]["schemas"];
+    let shared = schemas
+        .as_object_mut()
+        .and_then(|s| s.remove("Sampling"))
+        .unwrap_or_default();
+    for schema in ["ChatCompletionRequest", "CompletionRequest"] {
+        let request = &mut schemas[schema];
+        let mut properties = serde_json::Map::new();
+        let mut required: Vec<Value> = Vec::new();
+        let parts = request["allOf"].as_array().cloned().unwrap_or_default();
+        for part in parts
+            .iter()
+            .map(|p| if p.get("$ref").is_some() { &shared } else { p })
+        {
+            properties.extend(part["properties"].as_object().cloned().unwrap_or_default());
+            required.extend(part["required"].as_array().cloned().unwrap_or_default());
+        }
+        for (name, only) in contracts::openai::UNSUPPORTED {
+            let mut accepted = only.schema();
+            accepted["description"] = json!(format!("This field {}.", only.describe()));
+            properties.insert((*name).into(), accepted);
+        }
+        for name in contracts::openai::IGNORED {
+            properties.insert(
+                (*name).into(),
+                json!({"description": "Accepted and ignored: it changes nothing for the answer."}),
+            );
+        }
+        *request = json!({
+            "description": request["description"],
+            "type": "object",
+            "properties": properties,
+            "required": required,
+            "additionalProperties": false,
+        });
+    }
+}
+
+/// The answers of the OpenAI document: errors in OpenAI's shape (the 413 that
+/// `apply_to_openapi` adds too), and the frames of its streams (ORCH-8006):
+/// `data:` lines without an event name, each a chunk or an error object, then
+/// `data: [DONE]`.
+fn openai_answers(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let Some(paths) = doc
+        .get_mut("paths")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        for operation in item
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|i| i.values_mut())
+        {
+            if let Some(too_large) =
+                operation.pointer_mut("/responses/413/content/application~1json/schema")
+            {
+                *too_large = json!({"$ref": "#/components/schemas/OpenAiErrorBody"});
+            }
+            let chunk = match path.as_str() {
+                "/v1/chat/completions" => "ChatCompletionChunk",
+                "/v1/completions" => "TextCompletion",
+                _ => continue,
+            };
+            if let Some(media) = operation.pointer_mut("/responses/200/content/text~1event-stream")
+            {
+                media["schema"] = json!({
+                    "description": "SSE frames without an event name: chunks (or one error object), then `[DONE]`.",
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "properties": {
+                                "data": {
+                                    "type": "string",
+                                    "contentMediaType": "application/json",
+                                    "contentSchema": {"oneOf": [
+                                        {"$ref": format!("#/components/schemas/{chunk}")},
+                                        {"$ref": "#/components/schemas/OpenAiErrorBody"}
+                                    ]}
+                                }
+                            },
+                            "required": ["data"],
+                            "additionalProperties": false
+                        },
+                        {
+                            "type": "object",
+                            "properties": {"data": {"const": "[DONE]"}},
+                            "required": ["data"],
+                            "additionalProperties": false
+                        }
+                    ]
+                });
+            }
+        }
+    }
+}
+
 pub fn router(state: AppState) -> Router {
-    let (data, _) = split(data_routes());
-    let (control, _) = split(control_routes());
-    let ApiDocuments {
-        data: data_doc,
-        control: control_doc,
-    } = openapi_documents();
+    let documents = openapi_documents();
+    let mut router = Router::new();
+    for (name, routes, _) in document_routes() {
+        let (routes, _) = split(routes);
+        let doc = documents.get(name).cloned().unwrap_or_default();
+        router = router.merge(routes).route(
+            &format!("/openapi/{name}.json"),
+            get(move || async move { Json(doc) }),
+        );
+    }
     let body_limit = state.0.max_body_bytes;
     let readiness = state.clone();
     let scrape = state.clone();
-    Router::new()
-        .merge(data)
-        .merge(control)
+    router
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
@@ -265,14 +440,6 @@ pub fn router(state: AppState) -> Router {
                 let text = scrape.metrics.encode(&scrape);
                 ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
             }),
-        )
-        .route(
-            "/openapi/data.json",
-            get(move || async move { Json(data_doc) }),
-        )
-        .route(
-            "/openapi/control.json",
-            get(move || async move { Json(control_doc) }),
         )
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))

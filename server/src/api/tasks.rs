@@ -107,7 +107,8 @@ pub async fn create_task(
     let request: TaskRequest = parse_json(&body).inspect_err(|e| app.metrics.rejected(None, e))?;
     let pool = request.pool_id.clone().unwrap_or_else(|| "default".into());
     let admission = (app.submit(&tenant, request).await)
-        .inspect_err(|e| app.metrics.rejected(Some(&pool), e))?;
+        .inspect_err(|e| app.metrics.rejected(Some(&pool), e))?
+        .response;
     let mut response = (StatusCode::ACCEPTED, Json(&admission)).into_response();
     let response_headers = response.headers_mut();
     response_headers.insert(

@@ -135,6 +135,48 @@ pub fn token_text(
     })
 }
 
+/// Stop sequences over the text generated so far (ORCH-1025): the token in
+/// which one completes is cut where it begins, and the generation ends. Text of a
+/// stop sequence that began in an earlier token has been streamed already; it
+/// stays.
+struct StopMatcher {
+    stops: Vec<String>,
+    text: String,
+}
+
+enum Fed {
+    Token,
+    /// A stop sequence completed: what of the token comes before it.
+    Stopped(String),
+}
+
+impl StopMatcher {
+    fn new(stops: Vec<String>) -> Self {
+        Self {
+            stops,
+            text: String::new(),
+        }
+    }
+
+    fn feed(&mut self, token: &str) -> Fed {
+        let before = self.text.len();
+        self.text.push_str(token);
+        let longest = self.stops.iter().map(String::len).max().unwrap_or(0);
+        let mut from = before.saturating_sub(longest.saturating_sub(1));
+        while !self.text.is_char_boundary(from) {
+            from -= 1;
+        }
+        let first = (self.stops.iter())
+            .filter_map(|stop| self.text[from..].find(stop.as_str()))
+            .map(|at| from + at)
+            .min();
+        match first {
+            None => Fed::Token,
+            Some(at) => Fed::Stopped(self.text[before.min(at)..at].to_owned()),
+        }
+    }
+}
+
 #[async_trait]
 impl Engine for BuiltinEngine {
     fn properties(&self) -> &EngineProperties {
@@ -192,7 +234,12 @@ impl Engine for BuiltinEngine {
         let slow = faults.slow_factor.unwrap_or(1.0).max(1.0);
         let per_token = Duration::from_secs_f64(slow / self.config.tokens_per_s.max(0.001));
         let ttft = Duration::from_millis(self.config.ttft_ms).mul_f64(slow);
+        let mut request = request;
+        if let Some(messages) = request.messages.take() {
+            request.prompt = super::simple_chat_template(&messages);
+        }
         let mut texts = token_text(&request, &self.properties.engine_version);
+        let mut stops = StopMatcher::new(std::mem::take(&mut request.stop));
         let max_tokens = request.max_tokens;
         let crash_after = faults.crash_after_tokens;
         let switch = Arc::clone(&self.faults);
@@ -209,7 +256,17 @@ impl Engine for BuiltinEngine {
                     return;
                 }
                 tokio::time::sleep_until(start + per_token * i).await;
-                yield Ok(EngineEvent::Token(texts.next().expect("endless")));
+                let text = texts.next().expect("endless");
+                match stops.feed(&text) {
+                    Fed::Token => yield Ok(EngineEvent::Token(text)),
+                    Fed::Stopped(before) => {
+                        if !before.is_empty() {
+                            yield Ok(EngineEvent::Token(before));
+                        }
+                        yield Ok(EngineEvent::Finished(FinishReason::Stop));
+                        return;
+                    }
+                }
             }
             yield Ok(EngineEvent::Finished(FinishReason::Length));
         };
@@ -218,5 +275,37 @@ impl Engine for BuiltinEngine {
 
     fn faults(&self) -> Option<&FaultSwitch> {
         Some(&self.faults)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Fed, StopMatcher};
+
+    fn run(stops: &[&str], tokens: &[&str]) -> (String, bool) {
+        let mut matcher = StopMatcher::new(stops.iter().map(|s| s.to_string()).collect());
+        let mut out = String::new();
+        for token in tokens {
+            match matcher.feed(token) {
+                Fed::Token => out.push_str(token),
+                Fed::Stopped(before) => {
+                    out.push_str(&before);
+                    return (out, true);
+                }
+            }
+        }
+        (out, false)
+    }
+
+    #[test]
+    fn a_stop_sequence_cuts_its_token_and_ends_the_generation() {
+        assert_eq!(run(&["."], &[" a", " b.", " c"]), (" a b".into(), true));
+        assert_eq!(run(&[" b"], &[" a", " b", " c"]), (" a".into(), true));
+        // Spanning two tokens: the first half was streamed already.
+        assert_eq!(run(&["a b"], &[" a", " b", " c"]), (" a".into(), true));
+        // The earliest of several wins.
+        assert_eq!(run(&["c", "b"], &[" a", " bc"]), (" a ".into(), true));
+        assert_eq!(run(&["x"], &[" a", " b"]), (" a b".into(), false));
+        assert_eq!(run(&[], &[" a"]), (" a".into(), false));
     }
 }

@@ -25,8 +25,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use contracts::FinishReason;
 use contracts::config::LlamaCppEngineConfig;
+use contracts::{ChatMessage, FinishReason};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -175,6 +175,7 @@ pub fn completion_body(request: &GenerateRequest) -> Value {
         "top_p": request.top_p,
         "top_k": request.top_k,
         "cache_prompt": request.reuse_prompt_cache,
+        "stop": request.stop,
         "stream": true,
     })
 }
@@ -285,7 +286,38 @@ impl Engine for LlamaCppEngine {
         })
     }
 
-    async fn generate(&self, request: GenerateRequest) -> Result<TokenStream, EngineError> {
+    /// llama-server formats the conversation with the model's own template
+    /// (`POST /apply-template`, the one its `/v1/chat/completions` uses), so a chat
+    /// task gets the answer llama-server's own chat API gives (ORCH-8005).
+    async fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+        let response = self
+            .client
+            .post(format!("{}/apply-template", self.base))
+            .timeout(self.timeout.min(TOKENIZE_TIMEOUT))
+            .json(&json!({ "messages": messages }))
+            .send()
+            .await
+            .map_err(|e| {
+                EngineError::Refused(http::lost("llamacpp POST /apply-template", &e).to_string())
+            })?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or_default();
+        match body["prompt"].as_str() {
+            Some(prompt) if status.is_success() => Ok(prompt.to_owned()),
+            // The template refused these messages (e.g. roles out of order).
+            _ => Err(EngineError::InvalidRequest(format!(
+                "llama-server's chat template refused the messages ({status}): {}",
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap_or("no reason given")
+            ))),
+        }
+    }
+
+    async fn generate(&self, mut request: GenerateRequest) -> Result<TokenStream, EngineError> {
+        if let Some(messages) = request.messages.take() {
+            request.prompt = self.chat_prompt(&messages).await?;
+        }
         let client = self.client.clone();
         let url = format!("{}/completion", self.base);
         let body = completion_body(&request);
@@ -313,6 +345,8 @@ mod tests {
     fn only_best_effort_lets_llama_server_reuse_its_prompt_cache() {
         let request = |reuse_prompt_cache| GenerateRequest {
             prompt: "p".into(),
+            messages: None,
+            stop: Vec::new(),
             max_tokens: 3,
             seed: 7,
             temperature: 0.5,

@@ -13,8 +13,8 @@ pub mod tgi;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use contracts::FinishReason;
 use contracts::config::EngineConfig;
+use contracts::{ChatMessage, FinishReason, TaskRequest};
 use futures::stream::BoxStream;
 
 /// What the orchestrator knows about a replica's engine, fixed at start.
@@ -32,7 +32,13 @@ pub struct EngineProperties {
 /// determine the output (ORCH-4030).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateRequest {
+    /// The prompt; empty when `messages` is the input.
     pub prompt: String,
+    /// A conversation, formatted by the engine with the model's chat template
+    /// (ORCH-8005).
+    pub messages: Option<Vec<ChatMessage>>,
+    /// Generation ends before the first of these (ORCH-1025).
+    pub stop: Vec<String>,
     pub max_tokens: u32,
     pub seed: u32,
     pub temperature: f32,
@@ -42,6 +48,39 @@ pub struct GenerateRequest {
     /// say can change the output: only under `determinism: best_effort`
     /// (ORCH-4032).
     pub reuse_prompt_cache: bool,
+}
+
+impl GenerateRequest {
+    /// The sampling inputs of a stored task, with its defaults filled in.
+    pub fn of_task(request: &TaskRequest, seed: u32) -> Self {
+        Self {
+            prompt: request.prompt.clone(),
+            messages: request.messages.clone(),
+            stop: request.stop.clone().unwrap_or_default(),
+            max_tokens: request.max_tokens,
+            seed,
+            temperature: request.temperature.unwrap_or(0.8),
+            top_p: request.top_p.unwrap_or(1.0),
+            top_k: request.top_k.unwrap_or(40),
+            reuse_prompt_cache: request.determinism == Some(contracts::Determinism::BestEffort),
+        }
+    }
+}
+
+/// The documented chat template of engines without one of their own (builtin):
+/// a line `<|role|>` before each message's content, and `<|assistant|>` at the end,
+/// where the answer begins (ORCH-8005).
+pub fn simple_chat_template(messages: &[ChatMessage]) -> String {
+    let mut prompt = String::new();
+    for message in messages {
+        prompt.push_str("<|");
+        prompt.push_str(message.role.as_str());
+        prompt.push_str("|>\n");
+        prompt.push_str(&message.content);
+        prompt.push('\n');
+    }
+    prompt.push_str("<|assistant|>\n");
+    prompt
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +124,12 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Prompt length in the engine's own tokens.
     async fn count_tokens(&self, prompt: &str) -> Result<u32, EngineError>;
+
+    /// The prompt a conversation becomes with the model's chat template
+    /// (ORCH-8005); engines whose model brings no template use the simple one.
+    async fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+        Ok(simple_chat_template(messages))
+    }
 
     async fn generate(&self, request: GenerateRequest) -> Result<TokenStream, EngineError>;
 

@@ -163,9 +163,14 @@ pub fn request_body(api: OpenAiApi, model: &str, request: &GenerateRequest) -> V
         "stream": true,
         "stream_options": {"include_usage": true},
     });
-    match api {
-        OpenAiApi::Completions => body["prompt"] = json!(request.prompt),
-        OpenAiApi::Chat => {
+    if !request.stop.is_empty() {
+        body["stop"] = json!(request.stop);
+    }
+    match (api, &request.messages) {
+        // The server applies the model's template to a conversation (ORCH-8005).
+        (_, Some(messages)) => body["messages"] = json!(messages),
+        (OpenAiApi::Completions, None) => body["prompt"] = json!(request.prompt),
+        (OpenAiApi::Chat, None) => {
             body["messages"] = json!([{"role": "user", "content": request.prompt}]);
         }
     }
@@ -247,7 +252,10 @@ impl Engine for OpenAiEngine {
     }
 
     async fn generate(&self, request: GenerateRequest) -> Result<TokenStream, EngineError> {
-        let api = self.config.api;
+        let api = match request.messages {
+            Some(_) => OpenAiApi::Chat,
+            None => self.config.api,
+        };
         let path = match api {
             OpenAiApi::Completions => "/v1/completions",
             OpenAiApi::Chat => "/v1/chat/completions",
@@ -329,6 +337,8 @@ mod tests {
             "m",
             &GenerateRequest {
                 prompt: "p".into(),
+                messages: None,
+                stop: Vec::new(),
                 max_tokens: 3,
                 seed: 7,
                 temperature: 0.8,

@@ -18,8 +18,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use contracts::FinishReason;
 use contracts::config::TgiEngineConfig;
+use contracts::{ChatMessage, FinishReason};
 use serde_json::{Value, json};
 
 use super::http;
@@ -124,6 +124,9 @@ pub fn request_body(request: &GenerateRequest) -> Value {
     if request.top_k > 0 {
         parameters["top_k"] = json!(request.top_k);
     }
+    if !request.stop.is_empty() {
+        parameters["stop"] = json!(request.stop);
+    }
     json!({"inputs": request.prompt, "parameters": parameters})
 }
 
@@ -224,7 +227,19 @@ impl Engine for TgiEngine {
             .unwrap_or_else(|| http::estimate_tokens(prompt)))
     }
 
+    /// TGI's native API has no chat template endpoint; its Messages API is
+    /// OpenAI-compatible, so a TGI pool that serves conversations uses the
+    /// `openai` adapter (ORCH-8005).
+    async fn chat_prompt(&self, _: &[ChatMessage]) -> Result<String, EngineError> {
+        Err(EngineError::InvalidRequest(
+            "the tgi adapter takes prompts only; serve conversations from TGI through an `openai` replica (TGI's Messages API)".into(),
+        ))
+    }
+
     async fn generate(&self, request: GenerateRequest) -> Result<TokenStream, EngineError> {
+        if let Some(messages) = &request.messages {
+            self.chat_prompt(messages).await?;
+        }
         let post = self
             .client
             .post(format!("{}/generate_stream", self.base))

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use contracts::config::Config;
 use contracts::{
-    AdmissionResponse, Determinism, ErrorCode, RejectPolicy, StreamEvent, TaskList, TaskRequest,
-    TaskState, TaskStatus,
+    AdmissionResponse, ErrorCode, RejectPolicy, StreamEvent, TaskList, TaskRequest, TaskState,
+    TaskStatus,
 };
 use futures::Stream;
 
@@ -54,6 +54,14 @@ pub struct Orchestrator {
 pub enum Resume {
     FromStart,
     AfterToken(u32),
+}
+
+/// An admitted task, and its prompt's length in the engine's tokens (the
+/// OpenAI surface's `usage`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admitted {
+    pub response: AdmissionResponse,
+    pub prompt_tokens: u32,
 }
 
 impl Orchestrator {
@@ -144,7 +152,7 @@ impl Orchestrator {
         &self,
         tenant: &Tenant,
         request: TaskRequest,
-    ) -> Result<AdmissionResponse, OrchError> {
+    ) -> Result<Admitted, OrchError> {
         admission::validate_syntax(&request)?;
         let pool_id = request.pool_id.clone().unwrap_or_else(|| "default".into());
         let pool = self.pools.get(&pool_id).cloned().ok_or_else(|| {
@@ -165,17 +173,39 @@ impl Orchestrator {
                 format!("pool {pool_id} has no replicas"),
             )
         })?;
-        let prompt_tokens = counter
-            .engine
-            .count_tokens(&request.prompt)
-            .await
-            .map_err(|e| OrchError::invalid("prompt", e))?;
+        let prompt_tokens = match &request.messages {
+            None => counter.engine.count_tokens(&request.prompt).await,
+            Some(messages) => match counter.engine.chat_prompt(messages).await {
+                Ok(prompt) => counter.engine.count_tokens(&prompt).await,
+                Err(e) => Err(e),
+            },
+        }
+        .map_err(|e| OrchError::invalid(admission::input_field(&request), e))?;
         let ctx_limit = replicas
             .iter()
             .map(|r| r.engine.properties().ctx_limit)
             .min()
             .unwrap_or(0);
         admission::check_context(prompt_tokens, request.max_tokens, ctx_limit)?;
+        let response = self
+            .admit(tenant, request, &pool, counter, prompt_tokens)
+            .await?;
+        Ok(Admitted {
+            response,
+            prompt_tokens,
+        })
+    }
+
+    /// [`Self::submit`] past validation and the token budget.
+    async fn admit(
+        &self,
+        tenant: &Tenant,
+        request: TaskRequest,
+        pool: &Arc<Pool>,
+        counter: &Arc<Replica>,
+        prompt_tokens: u32,
+    ) -> Result<AdmissionResponse, OrchError> {
+        let pool_id = pool.id().to_owned();
 
         let key = TaskKey {
             tenant: tenant.id.clone(),
@@ -193,7 +223,7 @@ impl Orchestrator {
         {
             return Ok(existing);
         }
-        self.check_pool_available(&pool)?;
+        self.check_pool_available(pool)?;
         let priority = request.priority.unwrap_or_default();
         let refused = {
             let mut queue = pool.queue();
@@ -201,7 +231,7 @@ impl Orchestrator {
             queue.would_reject(&key, priority)
         };
         if let Some(policy) = refused {
-            return Err(self.rejection(&pool, &key, request.task_id.is_some(), policy));
+            return Err(self.rejection(pool, &key, request.task_id.is_some(), policy));
         }
         if let Err(wait_ms) = tenant.admit(self.clock.now_ms()) {
             return Err(OrchError::new(
@@ -222,7 +252,7 @@ impl Orchestrator {
         if let Some(session) = &session {
             self.sessions().begin_turn(session, self.clock.now_ms())?;
         }
-        let admitted = self.enqueue(&pool, key, request, body_hash, priority).await;
+        let admitted = self.enqueue(pool, key, request, body_hash, priority).await;
         if admitted.is_ok() {
             self.metrics
                 .enqueued(&pool_id, counter.engine.properties(), prompt_tokens);
@@ -732,15 +762,7 @@ impl Orchestrator {
             record.priority,
             request.clone(),
             record.body_hash.clone(),
-            GenerateRequest {
-                prompt: request.prompt.clone(),
-                max_tokens: request.max_tokens,
-                seed: record.seed,
-                temperature: request.temperature.unwrap_or(0.8),
-                top_p: request.top_p.unwrap_or(1.0),
-                top_k: request.top_k.unwrap_or(40),
-                reuse_prompt_cache: request.determinism == Some(Determinism::BestEffort),
-            },
+            GenerateRequest::of_task(request, record.seed),
             record.submitted_at_ms,
             events,
         )

@@ -143,7 +143,7 @@ async fn run_task(
                 let mut sessions = orchestrator.sessions();
                 if completed {
                     // KV estimate: ~4 bytes of prompt per token, plus the output.
-                    let tokens = task.generate.prompt.len().div_ceil(4) as u64
+                    let tokens = crate::admission::input_bytes(&task.request).div_ceil(4) as u64
                         + u64::from(task.tokens_out());
                     sessions.complete_turn(session, &replica.id, tokens, now);
                 } else {
@@ -251,9 +251,10 @@ async fn decode(
             replica.mark_down(&error.to_string());
         }
         if let EngineError::InvalidRequest(message) = &error {
-            let envelope = OrchError::invalid("prompt", message)
-                .with_engine(&properties.engine)
-                .envelope();
+            let envelope =
+                OrchError::invalid(crate::admission::input_field(&task.request), message)
+                    .with_engine(&properties.engine)
+                    .envelope();
             return Step::Done(Outcome::Error(envelope));
         }
         if tokens == 0 && task.attempts() < 2 && task.requeue(&replica.id) {

@@ -57,6 +57,9 @@ struct Inner {
     /// reader gets another event, so the log written then is all they saw
     /// (ORCH-7007).
     frozen: bool,
+    /// Set by a shutdown on every task: readers' streams end, as no event comes
+    /// from this process any more; a queued task stays queued (and cancelable).
+    readers_closed: bool,
 }
 
 impl Inner {
@@ -121,6 +124,7 @@ impl LiveTask {
                 admitted: (0, 0),
                 avoid_replica: None,
                 frozen: false,
+                readers_closed: false,
             }),
             log_len,
             stopped: Notify::new(),
@@ -286,12 +290,13 @@ impl LiveTask {
         Some(tail)
     }
 
-    /// Stop the stream where it is, for a shutdown whose grace ran out; true
-    /// when the task was running.
+    /// Stop the stream where it is, for a shutdown whose grace ran out, and end
+    /// every reader's stream; true when the task was running.
     pub fn freeze(&self) -> bool {
         let mut inner = self.lock();
         let running = inner.state == TaskState::Running;
         inner.frozen |= running;
+        inner.readers_closed = true;
         // Wake the readers: their streams end here.
         self.log_len.send_replace(inner.events.len());
         running
@@ -319,7 +324,8 @@ impl LiveTask {
     pub fn events_from(&self, cursor: usize) -> (Vec<StreamEvent>, bool) {
         let inner = self.lock();
         let events = inner.events.get(cursor..).unwrap_or_default().to_vec();
-        (events, inner.state.is_terminal() || inner.frozen)
+        let complete = inner.state.is_terminal() || inner.frozen || inner.readers_closed;
+        (events, complete)
     }
 
     pub fn subscribe(&self) -> watch::Receiver<usize> {

@@ -263,3 +263,66 @@ impl Drop for ScopedClient {
         }
     }
 }
+
+/// The Python of the venv with the official `openai` SDK: `ORCH_OPENAI_PYTHON`,
+/// else where `scripts/tools/setup.sh` puts it.
+pub fn openai_python() -> PathBuf {
+    let python = std::env::var_os("ORCH_OPENAI_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+            PathBuf::from(home).join(".cache/orchqueue/tools/openai-venv/bin/python")
+        });
+    assert!(
+        python.is_file(),
+        "{} is missing: run `bash scripts/tools/setup.sh` (it installs the openai SDK) or set ORCH_OPENAI_PYTHON",
+        python.display()
+    );
+    python
+}
+
+/// The fenced block after `<!-- snippet: NAME -->` in the README, verbatim.
+pub fn readme_snippet(name: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let marker = format!("<!-- snippet: {name} -->");
+    let after = readme
+        .split_once(&marker)
+        .unwrap_or_else(|| panic!("README.md has no {marker}"))
+        .1;
+    let block = after
+        .split_once("```")
+        .and_then(|(_, rest)| rest.split_once('\n'))
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .unwrap_or_else(|| panic!("no fenced block after {marker}"))
+        .0;
+    block.to_owned()
+}
+
+/// Run a README snippet (`python` or `sh`) with the SDK's environment pointed at
+/// `url`; its standard output.
+pub async fn run_snippet(name: &str, url: &str) -> String {
+    let snippet = readme_snippet(name);
+    let mut command = if snippet.contains("from openai import") {
+        let mut python = tokio::process::Command::new(openai_python());
+        python.arg("-c").arg(&snippet);
+        python
+    } else {
+        let mut sh = tokio::process::Command::new("bash");
+        sh.arg("-euo").arg("pipefail").arg("-c").arg(&snippet);
+        sh
+    };
+    let output = command
+        .env("OPENAI_BASE_URL", format!("{url}/v1"))
+        .env("OPENAI_API_KEY", "unused")
+        .output()
+        .await
+        .expect("the snippet runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "README snippet {name} failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
