@@ -12,8 +12,17 @@
 //!   durable store write, queueing, placement, the engine call and the SSE
 //!   relay.
 //!
+//! - chat direct: llama-server's own `POST /v1/chat/completions` (`stream: true`);
+//! - chat orchestrated: orchestratord's `POST /v1/chat/completions` (the OpenAI
+//!   surface, ORCH-8001) on the same replica: the messages formatted with the
+//!   model's template (`/apply-template`), then `/completion`, relayed as chunks;
+//!   both without the prompt cache (orchestratord's `strict` default, ORCH-4032)
+//!   and with it (`X-Orch-Determinism: best_effort`; llama-server's default).
+//!
 //! Each request streams to its end before the next starts; prompts differ
-//! per request (same length) so neither side profits from the prompt cache.
+//! per request (same length) so neither side profits from the prompt cache. Besides
+//! the time to first token, each side's decode rate: tokens after the first over
+//! the time from the first to the last.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -99,28 +108,82 @@ async fn start_llama(http: &reqwest::Client) -> anyhow::Result<(Llama, String)> 
     }
 }
 
-/// Read an SSE body to its end; the time at which `first` first matched.
-async fn time_to_first(
+/// One streamed answer: time to its first token, and its decode rate.
+struct Timing {
+    ttft: Duration,
+    tokens_per_s: f64,
+}
+
+/// Read an SSE body to its end; `is_token` says which events carry a token.
+async fn read_stream(
     response: reqwest::Response,
     started: Instant,
-    first: impl Fn(&str) -> bool,
-) -> anyhow::Result<Duration> {
+    is_token: impl Fn(&str) -> bool,
+) -> anyhow::Result<Timing> {
     let mut body = response.bytes_stream();
-    let mut seen = String::new();
-    let mut at = None;
+    let mut pending = String::new();
+    let (mut first, mut last, mut tokens) = (None, None, 0u32);
     while let Some(chunk) = body.next().await {
-        let chunk = chunk?;
-        if at.is_none() {
-            seen.push_str(&String::from_utf8_lossy(&chunk));
-            if first(&seen) {
-                at = Some(started.elapsed());
+        pending.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            if is_token(&event) {
+                let now = started.elapsed();
+                first.get_or_insert(now);
+                last = Some(now);
+                tokens += 1;
             }
         }
     }
-    at.context("the stream carried no token")
+    let ttft = first.context("the stream carried no token")?;
+    let decode = last.unwrap_or(ttft).saturating_sub(ttft).as_secs_f64();
+    let tokens_per_s = if tokens > 1 && decode > 0.0 {
+        f64::from(tokens - 1) / decode
+    } else {
+        0.0
+    };
+    Ok(Timing { ttft, tokens_per_s })
 }
 
-async fn direct(http: &reqwest::Client, llama: &str, i: usize, n: u32) -> anyhow::Result<Duration> {
+/// An OpenAI chat chunk with text in it.
+fn is_chat_token(event: &str) -> bool {
+    event.contains("\"content\":\"") && !event.contains("\"content\":\"\"")
+}
+
+/// How a chat request may use the engine's prompt cache: llama-server reuses the
+/// cached prefix (the template's system prompt) by default; orchestratord lets it
+/// only under `best_effort` determinism (ORCH-4032).
+#[derive(Clone, Copy)]
+enum Cache {
+    Reused,
+    Off,
+}
+
+async fn chat(
+    http: &reqwest::Client,
+    base: &str,
+    model: &str,
+    cache: Cache,
+    i: usize,
+    n: u32,
+) -> anyhow::Result<Timing> {
+    let started = Instant::now();
+    let mut body = json!({
+        "model": model, "max_tokens": n, "seed": i, "stream": true,
+        "messages": [{"role": "user", "content": format!("Write a haiku about the number {i:05}.")}],
+    });
+    let mut request = http.post(format!("{base}/v1/chat/completions"));
+    match (cache, model) {
+        // llama-server's own knob; orchestratord's is the determinism header.
+        (Cache::Off, "any") => body["cache_prompt"] = json!(false),
+        (Cache::Reused, "default") => request = request.header("x-orch-determinism", "best_effort"),
+        _ => {}
+    }
+    let response = request.json(&body).send().await?.error_for_status()?;
+    read_stream(response, started, is_chat_token).await
+}
+
+async fn direct(http: &reqwest::Client, llama: &str, i: usize, n: u32) -> anyhow::Result<Timing> {
     let started = Instant::now();
     let response = http
         .post(format!("{llama}/completion"))
@@ -130,11 +193,7 @@ async fn direct(http: &reqwest::Client, llama: &str, i: usize, n: u32) -> anyhow
         .send()
         .await?
         .error_for_status()?;
-    time_to_first(response, started, |s| {
-        s.split("\n\n")
-            .any(|event| event.contains("\"content\":\"") && !event.contains("\"content\":\"\""))
-    })
-    .await
+    read_stream(response, started, is_chat_token).await
 }
 
 async fn orchestrated(
@@ -142,7 +201,7 @@ async fn orchestrated(
     orch: &str,
     i: usize,
     n: u32,
-) -> anyhow::Result<(Duration, Duration)> {
+) -> anyhow::Result<(Duration, Timing)> {
     let started = Instant::now();
     let admitted: serde_json::Value = http
         .post(format!("{orch}/v1/tasks"))
@@ -159,8 +218,8 @@ async fn orchestrated(
         .send()
         .await?
         .error_for_status()?;
-    let ttft = time_to_first(response, started, |s| s.contains("event: token")).await?;
-    Ok((admission, ttft))
+    let timing = read_stream(response, started, |e| e.contains("event: token")).await?;
+    Ok((admission, timing))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -196,24 +255,27 @@ async fn main() -> anyhow::Result<()> {
     let mut direct_times = Vec::new();
     let mut orch_times = Vec::new();
     let mut admission_times = Vec::new();
+    let mut chat_direct = Vec::new();
+    let mut chat_orch = Vec::new();
+    let mut cached_direct = Vec::new();
+    let mut cached_orch = Vec::new();
     for i in 0..args.warmup + args.requests {
         let d = direct(&http, &llama_url, i, args.max_tokens).await?;
         let (a, o) = orchestrated(&http, &orch, i, args.max_tokens).await?;
+        let cd = chat(&http, &llama_url, "any", Cache::Off, i, args.max_tokens).await?;
+        let co = chat(&http, &orch, "default", Cache::Off, i, args.max_tokens).await?;
+        let rd = chat(&http, &llama_url, "any", Cache::Reused, i, args.max_tokens).await?;
+        let ro = chat(&http, &orch, "default", Cache::Reused, i, args.max_tokens).await?;
         if i >= args.warmup {
             admission_times.push(a);
             direct_times.push(d);
             orch_times.push(o);
+            chat_direct.push(cd);
+            chat_orch.push(co);
+            cached_direct.push(rd);
+            cached_orch.push(ro);
         }
     }
-    let mut added: Vec<Duration> = orch_times
-        .iter()
-        .zip(&direct_times)
-        .map(|(o, d)| o.saturating_sub(*d))
-        .collect();
-    direct_times.sort();
-    orch_times.sort();
-    added.sort();
-    admission_times.sort();
     let (_, model) = llama_files()?;
     println!(
         "engine-bench: {} requests per side, {} tokens each, one llama-server ({}, -t 1) on loopback",
@@ -221,17 +283,55 @@ async fn main() -> anyhow::Result<()> {
         args.max_tokens,
         model.file_name().unwrap_or_default().to_string_lossy()
     );
-    for (name, times) in [
-        ("direct llama-server TTFT", &direct_times),
-        ("through orchestratord TTFT", &orch_times),
-        ("added by orchestratord (pairwise)", &added),
-        ("of which admission (until the 202)", &admission_times),
+    let ttfts = |timings: &[Timing]| timings.iter().map(|t| t.ttft).collect::<Vec<_>>();
+    let added = |orch: &[Timing], direct: &[Timing]| {
+        orch.iter()
+            .zip(direct)
+            .map(|(o, d)| o.ttft.saturating_sub(d.ttft))
+            .collect::<Vec<_>>()
+    };
+    for (name, mut times) in [
+        ("direct llama-server /completion", ttfts(&direct_times)),
+        ("orchestratord /v1/tasks + stream", ttfts(&orch_times)),
+        (
+            "added by orchestratord (pairwise)",
+            added(&orch_times, &direct_times),
+        ),
+        ("of which admission (until the 202)", admission_times),
+        ("direct /v1/chat, no prompt cache", ttfts(&chat_direct)),
+        ("orchestratord /v1/chat, strict", ttfts(&chat_orch)),
+        (
+            "added on the OpenAI surface",
+            added(&chat_orch, &chat_direct),
+        ),
+        ("direct /v1/chat, prompt cache", ttfts(&cached_direct)),
+        ("orchestratord /v1/chat, best_effort", ttfts(&cached_orch)),
+        (
+            "added, the prompt cache reused",
+            added(&cached_orch, &cached_direct),
+        ),
     ] {
+        times.sort();
         println!(
-            "{name:>34}: p50 {:7.2} ms  p90 {:7.2} ms  max {:7.2} ms",
-            ms(percentile(times, 0.5)),
-            ms(percentile(times, 0.9)),
+            "{name:>36} TTFT: p50 {:7.2} ms  p90 {:7.2} ms  max {:7.2} ms",
+            ms(percentile(&times, 0.5)),
+            ms(percentile(&times, 0.9)),
             ms(*times.last().expect("requests > 0"))
+        );
+    }
+    for (name, timings) in [
+        ("direct llama-server /completion", &direct_times),
+        ("orchestratord /v1/tasks + stream", &orch_times),
+        ("direct /v1/chat, no prompt cache", &chat_direct),
+        ("orchestratord /v1/chat, strict", &chat_orch),
+        ("direct /v1/chat, prompt cache", &cached_direct),
+        ("orchestratord /v1/chat, best_effort", &cached_orch),
+    ] {
+        let mut rates: Vec<f64> = timings.iter().map(|t| t.tokens_per_s).collect();
+        rates.sort_by(f64::total_cmp);
+        println!(
+            "{name:>36} decode: median {:6.1} tokens/s",
+            rates[rates.len() / 2]
         );
     }
     server.shutdown().await;

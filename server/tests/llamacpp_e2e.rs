@@ -7,8 +7,8 @@
 //! `${ORCH_LLAMA_CACHE:-~/.cache/orchqueue/llama}`; `ORCH_LLAMA_SERVER` and
 //! `ORCH_LLAMA_MODEL` point elsewhere. Without them these tests fail, naming the
 //! setup command: none passes by returning early. The real-content check (a
-//! haiku that must carry a nonce) needs `ORCH_LLAMA_REAL_MODEL=/path/to/instruct.gguf`
-//! and is ignored until the setup installs such a model (`ci/ignored-tests.txt`).
+//! haiku that must carry a nonce) runs SmolLM2-135M-Instruct, which the setup
+//! fetches (`ORCH_LLAMA_REAL_MODEL` points elsewhere).
 //!
 //! The tests run one at a time (they share 2 cores and some measure time),
 //! each with its own llama-servers and its own orchestrator.
@@ -26,7 +26,9 @@ use contracts::config::{
     Config, EngineConfig, LlamaCppEngineConfig, OpenAiApi, OpenAiEngineConfig, PoolConfig,
     ReplicaConfig, TimeoutConfig,
 };
-use contracts::{Determinism, ErrorCode, FinishReason, StreamEvent, TaskRequest};
+use contracts::{
+    ChatMessage, ChatRole, Determinism, ErrorCode, FinishReason, StreamEvent, TaskRequest,
+};
 use futures::StreamExt;
 use orchctl::Client;
 use orchestratord::runtime::ReplicaHealth;
@@ -727,10 +729,19 @@ fn dictionary_share(dictionary: &HashSet<String>, texts: &[String]) -> f64 {
     known as f64 / words.len().max(1) as f64
 }
 
-/// llama-server's own `/v1/chat/completions` answer to one user message.
+/// One user message: the haiku request of a try.
+fn haiku_messages(word: &str) -> Vec<ChatMessage> {
+    vec![ChatMessage {
+        role: ChatRole::User,
+        content: format!("Write a haiku about a {word}."),
+    }]
+}
+
+/// llama-server's own `/v1/chat/completions` answer to a chat task's messages,
+/// seed and sampler parameters.
 async fn direct_chat(url: &str, task: &TaskRequest) -> (String, u64) {
     let body = json!({
-        "model": "any", "messages": [{"role": "user", "content": task.prompt}],
+        "model": "any", "messages": task.messages,
         "max_tokens": task.max_tokens, "seed": task.seed, "temperature": task.temperature,
         "top_p": task.top_p, "top_k": task.top_k,
     });
@@ -745,27 +756,32 @@ async fn direct_chat(url: &str, task: &TaskRequest) -> (String, u64) {
     )
 }
 
-// covers: ORCH-4033, ORCH-4021
-#[tokio::test]
-async fn a_real_model_writes_haikus_that_name_the_nonce_word_on_both_replicas_alike() {
+/// Two llama-servers with the real model, and an orchestrator whose pool
+/// `default` (alias `smollm2`) has one replica of `adapter` on each.
+async fn real_rig(adapter: Adapter) -> (Vec<LlamaServer>, TestServer) {
     let model = real_model();
-    let _serial = SERIAL.lock().await;
     let (binary, _) = llama_files();
-    let llamas = [
+    let llamas = vec![
         LlamaServer::start(&binary, &model).await,
         LlamaServer::start(&binary, &model).await,
     ];
     let mut pool = PoolConfig {
         id: "default".into(),
+        aliases: vec!["smollm2".into()],
         replicas: llamas
             .iter()
             .enumerate()
             .map(|(i, llama)| ReplicaConfig {
                 id: format!("r{i}"),
-                engine: EngineConfig::Openai(OpenAiEngineConfig {
-                    api: OpenAiApi::Chat,
-                    ..OpenAiEngineConfig::new(&llama.url)
-                }),
+                engine: match adapter {
+                    Adapter::LlamaCpp => {
+                        EngineConfig::Llamacpp(LlamaCppEngineConfig::new(&llama.url))
+                    }
+                    Adapter::OpenAi => EngineConfig::Openai(OpenAiEngineConfig {
+                        api: OpenAiApi::Chat,
+                        ..OpenAiEngineConfig::new(&llama.url)
+                    }),
+                },
             })
             .collect(),
         ..PoolConfig::default()
@@ -776,37 +792,37 @@ async fn a_real_model_writes_haikus_that_name_the_nonce_word_on_both_replicas_al
         ..Config::default()
     })
     .await;
-    let client = server.client();
-    let tasks: Vec<TaskRequest> = NONCE_WORDS
-        .iter()
-        .cycle()
-        .take(NONCE_TRIES)
-        .enumerate()
-        .map(|(i, word)| TaskRequest {
-            temperature: Some(0.7),
-            ..request(
-                &format!("Write a haiku about a {word}."),
-                48,
-                1000 + i as u32,
-            )
-        })
-        .collect();
+    let handle = server.handle();
+    eventually(Duration::from_secs(10), "both replicas Ready", async || {
+        handle.replica_health("default", "r0") == ReplicaHealth::Ready
+            && handle.replica_health("default", "r1") == ReplicaHealth::Ready
+    })
+    .await;
+    (llamas, server)
+}
+
+/// The haiku tries through `orchctl` as chat tasks: each equals the answer the
+/// replica that did not serve it gives directly to the same messages and seed
+/// (determinism across replicas at temperature 0.7), with llama-server's token
+/// count. The haikus, and the words they named.
+async fn haikus(
+    llamas: &[LlamaServer],
+    client: &Client,
+    tasks: &[TaskRequest],
+) -> (Vec<String>, Vec<&'static str>) {
     let mut hits = Vec::new();
     let mut haikus = Vec::new();
-    for (i, (word, task)) in NONCE_WORDS.iter().cycle().zip(&tasks).enumerate() {
+    for (word, task) in NONCE_WORDS.iter().cycle().zip(tasks) {
         let admitted = client.submit(task.clone()).await.unwrap();
         let events = client.collect(&admitted.task_id).await.unwrap();
         let haiku = text(&events);
-        // The replica that did not serve it gives the same text for the same
-        // messages and seed: the answer is the model's, not the replica's.
         let served_by = &started(&events).replica_id;
         let other = &llamas[usize::from(served_by == "r0")];
         let (direct, direct_tokens) = direct_chat(&other.url, task).await;
         assert_eq!(
-            haiku,
-            direct,
-            "seed {}: through orchestratord on {served_by}, and direct",
-            1000 + i
+            haiku, direct,
+            "seed {:?}: through orchestratord on {served_by}, and direct",
+            task.seed
         );
         // llama-server counts the end-of-sequence token it stopped on; no
         // token event carries it.
@@ -825,17 +841,68 @@ async fn a_real_model_writes_haikus_that_name_the_nonce_word_on_both_replicas_al
         }
         haikus.push(haiku);
     }
-    eprintln!("nonce hits: {} of {NONCE_TRIES}: {hits:?}", hits.len());
-    assert!(
-        hits.len() >= NONCE_FLOOR,
-        "{} of {NONCE_TRIES} haikus named their word, the floor is {NONCE_FLOOR}",
-        hits.len()
-    );
+    (haikus, hits)
+}
 
-    // Real language, by a floor the synthetic model misses on the same prompts.
+// covers: ORCH-4033, ORCH-4021, ORCH-4020, ORCH-8005, ORCH-8011
+#[tokio::test]
+async fn a_real_model_writes_haikus_that_name_the_nonce_word_on_both_replicas_alike() {
+    let _serial = SERIAL.lock().await;
+    let tasks: Vec<TaskRequest> = NONCE_WORDS
+        .iter()
+        .cycle()
+        .take(NONCE_TRIES)
+        .enumerate()
+        .map(|(i, word)| TaskRequest {
+            messages: Some(haiku_messages(word)),
+            temperature: Some(0.7),
+            ..request("", 48, 1000 + i as u32)
+        })
+        .collect();
     let dictionary = dictionary();
-    let real = dictionary_share(&dictionary, &haikus);
-    drop(llamas);
+    // Both pool kinds: the native API with the model's template applied by
+    // llama-server's /apply-template, and the openai adapter's /v1/chat.
+    for adapter in [Adapter::LlamaCpp, Adapter::OpenAi] {
+        let (llamas, server) = real_rig(adapter).await;
+        let (haikus, hits) = haikus(&llamas, &server.client(), &tasks).await;
+        eprintln!(
+            "{adapter:?}: nonce hits: {} of {NONCE_TRIES}: {hits:?}",
+            hits.len()
+        );
+        assert!(
+            hits.len() >= NONCE_FLOOR,
+            "{adapter:?}: {} of {NONCE_TRIES} haikus named their word, the floor is {NONCE_FLOOR}",
+            hits.len()
+        );
+        let real = dictionary_share(&dictionary, &haikus);
+        eprintln!("{adapter:?}: dictionary words of the real model: {real:.3}");
+        assert!(
+            real >= DICTIONARY_FLOOR,
+            "{real:.3} of the real model's words are in {WORD_LIST}, the floor is {DICTIONARY_FLOOR}"
+        );
+        if adapter == Adapter::OpenAi {
+            // The README's haiku snippet, verbatim through the official SDK, prints
+            // what llama-server itself answers to the same request.
+            let printed = common::run_snippet("sdk-haiku", &server.url()).await;
+            let snippet = TaskRequest {
+                messages: Some(haiku_messages("lantern")),
+                temperature: Some(0.7),
+                top_p: Some(1.0),
+                top_k: Some(40),
+                ..request("", 48, 1000)
+            };
+            let (direct, _) = direct_chat(&llamas[0].url, &snippet).await;
+            assert_eq!(
+                printed.trim_end(),
+                direct.trim_end(),
+                "the README snippet's haiku"
+            );
+            assert!(dictionary_share(&dictionary, &[printed]) >= DICTIONARY_FLOOR);
+        }
+    }
+
+    // The floor tells language from noise: the synthetic model's answers to the
+    // same messages miss it.
     let (binary, synthetic_model) = llama_files();
     let synthetic = LlamaServer::start(&binary, &synthetic_model).await;
     let mut noise = Vec::new();
@@ -843,11 +910,7 @@ async fn a_real_model_writes_haikus_that_name_the_nonce_word_on_both_replicas_al
         noise.push(direct_chat(&synthetic.url, task).await.0);
     }
     let synthetic_share = dictionary_share(&dictionary, &noise);
-    eprintln!("dictionary words: real model {real:.3}, synthetic model {synthetic_share:.3}");
-    assert!(
-        real >= DICTIONARY_FLOOR,
-        "{real:.3} of the real model's words are in {WORD_LIST}, the floor is {DICTIONARY_FLOOR}"
-    );
+    eprintln!("dictionary words of the synthetic model: {synthetic_share:.3}");
     assert!(
         synthetic_share < DICTIONARY_FLOOR,
         "the floor does not tell language from noise: the synthetic model scores {synthetic_share:.3}"

@@ -20,7 +20,12 @@ pub const SCOPE: &str = "pact";
 pub const CLIENT_KEY: &str = "pact-client-key";
 
 pub fn pact() -> PactBuilder {
-    let mut pact = PactBuilder::new_v4(CONSUMER, PROVIDER);
+    pact_of(CONSUMER)
+}
+
+/// The pact builder of one consumer of orchestratord: `contracts/pacts/<consumer>-orchestratord.json`.
+pub fn pact_of(consumer: &str) -> PactBuilder {
+    let mut pact = PactBuilder::new_v4(consumer, PROVIDER);
     if let Ok(dir) = std::env::var("PACT_OUTPUT_DIR") {
         pact.with_output_dir(dir);
     }
@@ -270,7 +275,7 @@ pub fn sse_body(events: &[StreamEvent], vary: &[Vary]) -> Term<StringPattern> {
     Term::new(compiled, example)
 }
 
-fn regex_escape(text: &str) -> String {
+pub fn regex_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len() * 2);
     for c in text.chars() {
         if "\\.+*?()|[]{}^$".contains(c) {
