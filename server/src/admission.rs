@@ -463,6 +463,83 @@ mod tests {
         assert_eq!(verdict(check_scope(None)), Ok(()));
     }
 
+    fn said(role: contracts::ChatRole, content: &str) -> contracts::ChatMessage {
+        contracts::ChatMessage {
+            role,
+            content: content.into(),
+        }
+    }
+
+    // covers: ORCH-1015, ORCH-1025, ORCH-8005
+    #[test]
+    fn the_input_is_a_prompt_or_messages_and_stop_sequences_are_bounded() {
+        use contracts::ChatRole::{Assistant, User};
+        let chat = |messages: Vec<contracts::ChatMessage>| TaskRequest {
+            prompt: String::new(),
+            messages: Some(messages),
+            ..request()
+        };
+        let one = || vec![said(User, "hi")];
+        assert_eq!(verdict(validate_syntax(&chat(one()))), Ok(()));
+        assert_eq!(
+            verdict(validate_syntax(&chat(vec![]))),
+            Err("messages".into())
+        );
+        let most = vec![said(User, ""); MESSAGES_MAX as usize];
+        assert_eq!(verdict(validate_syntax(&chat(most.clone()))), Ok(()));
+        let mut over = most;
+        over.push(said(Assistant, ""));
+        assert_eq!(
+            verdict(validate_syntax(&chat(over))),
+            Err("messages".into())
+        );
+        let both = TaskRequest {
+            messages: Some(one()),
+            ..request()
+        };
+        assert_eq!(verdict(validate_syntax(&both)), Err("messages".into()));
+
+        let stops = |stop: Vec<String>| TaskRequest {
+            stop: Some(stop),
+            ..request()
+        };
+        let edge = "x".repeat(STOP_MAX_CHARS as usize);
+        let four = vec![edge.clone(); STOP_MAX as usize];
+        assert_eq!(verdict(validate_syntax(&stops(four.clone()))), Ok(()));
+        let mut five = four;
+        five.push("y".into());
+        assert_eq!(verdict(validate_syntax(&stops(five))), Err("stop".into()));
+        assert_eq!(
+            verdict(validate_syntax(&stops(vec![String::new()]))),
+            Err("stop".into())
+        );
+        assert_eq!(
+            verdict(validate_syntax(&stops(vec![format!("{edge}y")]))),
+            Err("stop".into())
+        );
+        // Characters, not bytes: 64 two-byte characters are one sequence's limit.
+        let wide = "é".repeat(STOP_MAX_CHARS as usize);
+        assert_eq!(verdict(validate_syntax(&stops(vec![wide]))), Ok(()));
+
+        // The pool's byte limit counts the messages' contents, and names `messages`.
+        let pool = PoolConfig {
+            max_prompt_bytes: 5,
+            ..PoolConfig::default()
+        };
+        let sized = |a: &str, b: &str| chat(vec![said(User, a), said(Assistant, b)]);
+        assert_eq!(input_bytes(&sized("12", "345")), 5);
+        assert_eq!(
+            verdict(validate_for_pool(&sized("12", "345"), &pool)),
+            Ok(())
+        );
+        assert_eq!(
+            verdict(validate_for_pool(&sized("12", "3456"), &pool)),
+            Err("messages".into())
+        );
+        assert_eq!(input_field(&request()), "prompt");
+        assert_eq!(input_bytes(&request()), "hello world".len());
+    }
+
     // covers: ORCH-1005
     #[test]
     fn the_body_hash_tells_bodies_apart_and_only_them() {

@@ -738,12 +738,13 @@ fn haiku_messages(word: &str) -> Vec<ChatMessage> {
 }
 
 /// llama-server's own `/v1/chat/completions` answer to a chat task's messages,
-/// seed and sampler parameters.
+/// seed and sampler parameters, without its prompt cache, as a `strict` task runs
+/// (reusing a cached prefix, e.g. an earlier turn, can change the output, ORCH-4032).
 async fn direct_chat(url: &str, task: &TaskRequest) -> (String, u64) {
     let body = json!({
         "model": "any", "messages": task.messages,
         "max_tokens": task.max_tokens, "seed": task.seed, "temperature": task.temperature,
-        "top_p": task.top_p, "top_k": task.top_k,
+        "top_p": task.top_p, "top_k": task.top_k, "cache_prompt": false,
     });
     let answer = post_direct(url, "/v1/chat/completions", &body).await;
     let text = answer["choices"][0]["message"]["content"]
@@ -880,9 +881,31 @@ async fn a_real_model_writes_haikus_that_name_the_nonce_word_on_both_replicas_al
             real >= DICTIONARY_FLOOR,
             "{real:.3} of the real model's words are in {WORD_LIST}, the floor is {DICTIONARY_FLOOR}"
         );
-        if adapter == Adapter::OpenAi {
-            // The README's haiku snippet, verbatim through the official SDK, prints
-            // what llama-server itself answers to the same request.
+        // A second turn, with the first haiku as the assistant's message: the
+        // model's template renders every role the way llama-server's chat does.
+        let second = TaskRequest {
+            messages: Some(vec![
+                haiku_messages("lantern").remove(0),
+                ChatMessage {
+                    role: ChatRole::Assistant,
+                    content: haikus[1].clone(),
+                },
+                ChatMessage {
+                    role: ChatRole::User,
+                    content: "Now write one about the sea.".into(),
+                },
+            ]),
+            ..tasks[1].clone()
+        };
+        let client = server.client();
+        let admitted = client.submit(second.clone()).await.unwrap();
+        let events = client.collect(&admitted.task_id).await.unwrap();
+        let (direct, _) = direct_chat(&llamas[0].url, &second).await;
+        assert_eq!(text(&events), direct, "{adapter:?}: the second turn");
+        if adapter == Adapter::LlamaCpp {
+            // The README's haiku snippet, verbatim through the official SDK, against
+            // a pool like examples/smollm2.yaml's, prints what llama-server itself
+            // answers to the same request.
             let printed = common::run_snippet("sdk-haiku", &server.url()).await;
             let snippet = TaskRequest {
                 messages: Some(haiku_messages("lantern")),

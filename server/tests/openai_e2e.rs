@@ -180,6 +180,47 @@ async fn a_chat_completion_is_a_task_with_the_same_text_as_the_same_messages_on_
         .unwrap();
     let native_events = client.collect(&native.task_id).await.unwrap();
     assert_eq!(text(&native_events), text(&events));
+    // Several turns, every role: the template has a line per message (ORCH-8005),
+    // and the same conversation on both surfaces is the same task input.
+    let turns = json!([
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": "Name a river."},
+        {"role": "assistant", "content": [{"type": "text", "text": "The Nile."}]},
+        {"role": "user", "content": "And a longer one?"},
+    ]);
+    let mut multi = chat("", 4);
+    multi["messages"] = turns;
+    let answer = post(&server, "/v1/chat/completions", &multi, &[]).await;
+    let template = "<|system|>\nYou answer briefly.\n<|user|>\nName a river.\n<|assistant|>\nThe Nile.\n<|user|>\nAnd a longer one?\n<|assistant|>\n";
+    assert_eq!(
+        answer.body["usage"]["prompt_tokens"],
+        template.split_whitespace().count() as u64
+    );
+    let mut conversation = messages("Name a river.");
+    conversation.push(ChatMessage {
+        role: ChatRole::Assistant,
+        content: "The Nile.".into(),
+    });
+    conversation.push(ChatMessage {
+        role: ChatRole::User,
+        content: "And a longer one?".into(),
+    });
+    let native = client
+        .submit(TaskRequest {
+            messages: Some(conversation),
+            max_tokens: 4,
+            seed: Some(7),
+            ..TaskRequest::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&client.collect(&native.task_id).await.unwrap()),
+        answer.body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+    );
+
     // Another conversation gives another text.
     let other = post(
         &server,

@@ -27,6 +27,9 @@ use super::{Engine, EngineError, EngineProperties, GenerateRequest, Health, Toke
 
 pub struct OpenAiEngine {
     config: OpenAiEngineConfig,
+    /// The server is llama.cpp's (its `/v1/models` entry has `meta`): it takes the
+    /// `cache_prompt` extension, so `strict` tasks can turn its prompt cache off.
+    llamacpp_server: std::sync::atomic::AtomicBool,
     base: String,
     client: reqwest::Client,
     timeout: Duration,
@@ -48,6 +51,7 @@ impl OpenAiEngine {
             slots: config.slots,
         };
         Self {
+            llamacpp_server: std::sync::atomic::AtomicBool::new(false),
             client: http::client(config.connect_timeout_ms),
             timeout: Duration::from_millis(config.request_timeout_ms),
             base,
@@ -151,8 +155,15 @@ impl OpenAiEngine {
     }
 }
 
-/// The request body: OrchQueue's parameters mapped one to one.
-pub fn request_body(api: OpenAiApi, model: &str, request: &GenerateRequest) -> Value {
+/// The request body: OrchQueue's parameters mapped one to one. A llama.cpp server
+/// is also told whether it may reuse its prompt cache, which can change the output
+/// (ORCH-4032); other servers have no such knob in the OpenAI API.
+pub fn request_body(
+    api: OpenAiApi,
+    model: &str,
+    request: &GenerateRequest,
+    llamacpp_server: bool,
+) -> Value {
     let mut body = json!({
         "model": model,
         "max_tokens": request.max_tokens,
@@ -165,6 +176,9 @@ pub fn request_body(api: OpenAiApi, model: &str, request: &GenerateRequest) -> V
     });
     if !request.stop.is_empty() {
         body["stop"] = json!(request.stop);
+    }
+    if llamacpp_server {
+        body["cache_prompt"] = json!(request.reuse_prompt_cache);
     }
     match (api, &request.messages) {
         // The server applies the model's template to a conversation (ORCH-8005).
@@ -238,6 +252,10 @@ impl Engine for OpenAiEngine {
                 return health;
             }
         };
+        self.llamacpp_server.store(
+            entry.get("meta").is_some_and(Value::is_object),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if !self.discovery.is_verified() {
             let found = self.discover(&entry).await;
             if let Err(problem) = self.discovery.confirm("the engine", found) {
@@ -260,7 +278,10 @@ impl Engine for OpenAiEngine {
             OpenAiApi::Completions => "/v1/completions",
             OpenAiApi::Chat => "/v1/chat/completions",
         };
-        let body = request_body(api, &self.model(), &request);
+        let llamacpp = self
+            .llamacpp_server
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let body = request_body(api, &self.model(), &request, llamacpp);
         let mut post = self.client.post(format!("{}{path}", self.base)).json(&body);
         if let Some(key) = &self.config.api_key {
             post = post.bearer_auth(key);
@@ -332,22 +353,40 @@ mod tests {
                 finish: Some(FinishReason::Stop)
             }
         );
-        let body = request_body(
-            OpenAiApi::Chat,
-            "m",
-            &GenerateRequest {
-                prompt: "p".into(),
-                messages: None,
-                stop: Vec::new(),
-                max_tokens: 3,
-                seed: 7,
-                temperature: 0.8,
-                top_p: 1.0,
-                top_k: 40,
-                reuse_prompt_cache: false,
-            },
-        );
+        let request = GenerateRequest {
+            prompt: "p".into(),
+            messages: None,
+            stop: Vec::new(),
+            max_tokens: 3,
+            seed: 7,
+            temperature: 0.8,
+            top_p: 1.0,
+            top_k: 40,
+            reuse_prompt_cache: false,
+        };
+        let body = request_body(OpenAiApi::Chat, "m", &request, false);
         assert_eq!(body["messages"][0]["content"], "p");
         assert_eq!(body["stream_options"]["include_usage"], true);
+        assert!(body.get("cache_prompt").is_none(), "not an OpenAI field");
+        // llama.cpp's server takes the cache knob: a strict task turns it off.
+        let llama = request_body(OpenAiApi::Chat, "m", &request, true);
+        assert_eq!(llama["cache_prompt"], false);
+        let messages = vec![contracts::ChatMessage {
+            role: contracts::ChatRole::Assistant,
+            content: "a".into(),
+        }];
+        let chat = GenerateRequest {
+            messages: Some(messages),
+            stop: vec!["\n".into()],
+            reuse_prompt_cache: true,
+            ..request
+        };
+        let body = request_body(OpenAiApi::Completions, "m", &chat, true);
+        assert_eq!(
+            body["messages"][0]["role"], "assistant",
+            "a conversation goes as messages"
+        );
+        assert_eq!(body["stop"][0], "\n");
+        assert_eq!(body["cache_prompt"], true);
     }
 }
