@@ -653,3 +653,51 @@ async fn every_error_answer_has_its_own_correlation_id_and_a_log_record_under_it
         assert_eq!(line["level"], level, "{line}");
     }
 }
+
+// covers: ORCH-8001, ORCH-7101
+#[tokio::test]
+async fn requests_of_the_openai_surface_are_counted_like_tasks() {
+    let server = TestServer::default().await;
+    let url = server.url();
+    let before = scrape(&url).await;
+    let http = reqwest::Client::new();
+    let chat = serde_json::json!({
+        "model": "default", "max_tokens": 3, "seed": 1,
+        "messages": [{"role": "user", "content": "count me"}],
+    });
+    for path in ["/v1/chat/completions", "/v1/completions"] {
+        let mut body = chat.clone();
+        if path == "/v1/completions" {
+            body = serde_json::json!({"model": "default", "max_tokens": 3, "prompt": "count me"});
+        }
+        let answer = http
+            .post(format!("{url}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        let mut refused = body.clone();
+        refused["n"] = 2.into();
+        let answer = http
+            .post(format!("{url}{path}"))
+            .json(&refused)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 400);
+    }
+    let after = scrape(&url).await;
+    let grew =
+        |name: &str, with: &[(&str, &str)]| after.value(name, with) - before.value(name, with);
+    let pool = [("pool", "default")];
+    assert_eq!(grew("tasks_enqueued_total", &pool), 2.0);
+    assert_eq!(grew("tokens_out_total", &pool), 6.0);
+    assert_eq!(
+        grew(
+            "tasks_rejected_total",
+            &[("pool", "_unknown"), ("reason", "invalid-params")]
+        ),
+        2.0
+    );
+}

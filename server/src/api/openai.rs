@@ -173,6 +173,18 @@ fn request_fields(
     Ok(fields)
 }
 
+/// The body as `T`, by [`request_fields`]; a refusal is counted like one of
+/// `POST /v1/tasks` (no pool yet).
+fn read_request<T: serde::de::DeserializeOwned>(
+    app: &AppState,
+    body: &[u8],
+    reads: impl Iterator<Item = &'static str>,
+) -> Result<T, OrchError> {
+    request_fields(body, reads)
+        .and_then(|fields| parse_value(Value::Object(fields)))
+        .inspect_err(|e| app.metrics.rejected(None, e))
+}
+
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, OrchError> {
     headers
         .get(name)
@@ -668,8 +680,7 @@ pub async fn chat_completions(
     body: Bytes,
 ) -> Result<Response, OpenAiFailure> {
     let tenant = tenant_of(caller)?;
-    let fields = request_fields(&body, oa::chat_fields())?;
-    let request: ChatCompletionRequest = parse_value(Value::Object(fields))?;
+    let request: ChatCompletionRequest = read_request(&app, &body, oa::chat_fields())?;
     let mut completion = completion(
         &app,
         &headers,
@@ -751,8 +762,7 @@ pub async fn completions(
     body: Bytes,
 ) -> Result<Response, OpenAiFailure> {
     let tenant = tenant_of(caller)?;
-    let fields = request_fields(&body, oa::completion_fields())?;
-    let request: CompletionRequest = parse_value(Value::Object(fields))?;
+    let request: CompletionRequest = read_request(&app, &body, oa::completion_fields())?;
     let prompt = match request.prompt {
         PromptInput::One(prompt) => prompt,
         PromptInput::Many(mut prompts) if prompts.len() == 1 => prompts.remove(0),
