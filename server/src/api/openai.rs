@@ -264,6 +264,32 @@ fn rename_param(error: OrchError, param: &str) -> OrchError {
     }
 }
 
+/// The knob headers as the document declares them (one declaration for both
+/// endpoints); `knobs` reads them from the request, so no field is read here.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct Knobs {
+    /// `interactive` (default) or `batch` (ORCH-8003).
+    #[param(rename = "X-Orch-Priority")]
+    priority: Option<Priority>,
+    /// The task's scope; omitted: the default scope.
+    #[param(rename = "X-Orch-Scope")]
+    scope: Option<String>,
+    /// A session for replica affinity (ORCH-5010).
+    #[param(rename = "X-Orch-Session-Id")]
+    session_id: Option<String>,
+    /// Milliseconds after admission by which the task must start (ORCH-3008).
+    #[param(rename = "X-Orch-Deadline-Ms")]
+    deadline_ms: Option<u64>,
+    /// `strict` (default) or `best_effort` (ORCH-4032).
+    #[param(rename = "X-Orch-Determinism")]
+    determinism: Option<Determinism>,
+    /// The task's id: an idempotency key (ORCH-1005).
+    #[param(rename = "X-Orch-Task-Id")]
+    task_id: Option<String>,
+}
+
 /// What both endpoints share once the body is read.
 struct Completion {
     model: String,
@@ -626,14 +652,7 @@ fn tenant_of(
     tag = "openai",
     operation_id = "createChatCompletion",
     request_body = ChatCompletionRequest,
-    params(
-        ("X-Orch-Priority" = Option<Priority>, Header, description = "`interactive` (default) or `batch` (ORCH-8003)."),
-        ("X-Orch-Scope" = Option<String>, Header, description = "The task's scope; omitted: the default scope."),
-        ("X-Orch-Session-Id" = Option<String>, Header, description = "A session for replica affinity (ORCH-5010)."),
-        ("X-Orch-Deadline-Ms" = Option<u64>, Header, description = "Milliseconds after admission by which the task must start (ORCH-3008)."),
-        ("X-Orch-Determinism" = Option<Determinism>, Header, description = "`strict` (default) or `best_effort` (ORCH-4032)."),
-        ("X-Orch-Task-Id" = Option<String>, Header, description = "The task's id: an idempotency key (ORCH-1005)."),
-    ),
+    params(Knobs),
     responses(
         (status = 200, description = "`stream` false: the whole `chat.completion`; true: `text/event-stream` of `chat.completion.chunk` frames, then `data: [DONE]`.",
             headers(("X-Orch-Task-Id" = String, description = "The task this request is; readable with `GET /v1/tasks/{id}`.")),
@@ -708,14 +727,7 @@ pub async fn chat_completions(
     tag = "openai",
     operation_id = "createCompletion",
     request_body = CompletionRequest,
-    params(
-        ("X-Orch-Priority" = Option<Priority>, Header, description = "`interactive` (default) or `batch` (ORCH-8003)."),
-        ("X-Orch-Scope" = Option<String>, Header, description = "The task's scope; omitted: the default scope."),
-        ("X-Orch-Session-Id" = Option<String>, Header, description = "A session for replica affinity (ORCH-5010)."),
-        ("X-Orch-Deadline-Ms" = Option<u64>, Header, description = "Milliseconds after admission by which the task must start (ORCH-3008)."),
-        ("X-Orch-Determinism" = Option<Determinism>, Header, description = "`strict` (default) or `best_effort` (ORCH-4032)."),
-        ("X-Orch-Task-Id" = Option<String>, Header, description = "The task's id: an idempotency key (ORCH-1005)."),
-    ),
+    params(Knobs),
     responses(
         (status = 200, description = "`stream` false: the whole `text_completion`; true: `text/event-stream` of `text_completion` chunks, then `data: [DONE]`.",
             headers(("X-Orch-Task-Id" = String, description = "The task this request is; readable with `GET /v1/tasks/{id}`.")),
