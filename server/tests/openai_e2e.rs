@@ -448,31 +448,21 @@ async fn unsupported_fields_are_refused_by_name_their_defaults_and_the_ignored_f
         );
     }
     // Mapped fields keep the data plane's bounds, named by the body's own name.
-    let mut hot = chat("hi", 1);
-    hot["temperature"] = json!(3.0);
-    let answer = post(&server, "/v1/chat/completions", &hot, &[]).await;
-    assert_eq!(
-        answer.error(400, "invalid_request_error")["param"],
-        "temperature"
-    );
-    let mut zero = chat("hi", 1);
-    zero["max_completion_tokens"] = json!(0);
-    let answer = post(&server, "/v1/chat/completions", &zero, &[]).await;
-    assert_eq!(
-        answer.error(400, "invalid_request_error")["param"],
-        "max_completion_tokens"
-    );
-    let mut tool = chat("hi", 1);
-    tool["messages"][1]["role"] = json!("tool");
-    let answer = post(&server, "/v1/chat/completions", &tool, &[]).await;
-    assert_eq!(
-        answer.error(400, "invalid_request_error")["param"],
-        "messages[1].role"
-    );
-    let mut stops = chat("hi", 1);
-    stops["stop"] = json!(["a", "b", "c", "d", "e"]);
-    let answer = post(&server, "/v1/chat/completions", &stops, &[]).await;
-    assert_eq!(answer.error(400, "invalid_request_error")["param"], "stop");
+    let cases: [(&str, Value, &str); 4] = [
+        ("/temperature", json!(3.0), "temperature"),
+        ("/max_completion_tokens", json!(0), "max_completion_tokens"),
+        ("/messages/1/role", json!("tool"), "messages[1].role"),
+        ("/stop", json!(["a", "b", "c", "d", "e"]), "stop"),
+    ];
+    for (pointer, value, param) in cases {
+        let mut body = chat("hi", 1);
+        match body.pointer_mut(pointer) {
+            Some(field) => *field = value,
+            None => body[pointer.trim_start_matches('/')] = value,
+        }
+        let answer = post(&server, "/v1/chat/completions", &body, &[]).await;
+        assert_eq!(answer.error(400, "invalid_request_error")["param"], param);
+    }
 }
 
 // covers: ORCH-8003, ORCH-8001
@@ -480,20 +470,15 @@ async fn unsupported_fields_are_refused_by_name_their_defaults_and_the_ignored_f
 async fn orchestrator_knobs_travel_as_headers_and_a_bad_one_is_named() {
     let server = TestServer::default().await;
     let scope = unique_scope();
-    let answer = post(
-        &server,
-        "/v1/chat/completions",
-        &chat("hi", 2),
-        &[
-            ("X-Orch-Scope", &scope),
-            ("X-Orch-Priority", "batch"),
-            ("X-Orch-Session-Id", "conv-1"),
-            ("X-Orch-Deadline-Ms", "60000"),
-            ("X-Orch-Determinism", "best_effort"),
-            ("X-Orch-Task-Id", "chat-1"),
-        ],
-    )
-    .await;
+    let knobs = [
+        ("X-Orch-Scope", scope.as_str()),
+        ("X-Orch-Priority", "batch"),
+        ("X-Orch-Session-Id", "conv-1"),
+        ("X-Orch-Deadline-Ms", "60000"),
+        ("X-Orch-Determinism", "best_effort"),
+        ("X-Orch-Task-Id", "chat-1"),
+    ];
+    let answer = post(&server, "/v1/chat/completions", &chat("hi", 2), &knobs).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.task_id(), "chat-1");
     let client = Client::new(server.url()).with_scope(scope.clone());
@@ -502,20 +487,7 @@ async fn orchestrator_knobs_travel_as_headers_and_a_bad_one_is_named() {
     assert_eq!(client.session("conv-1").await.unwrap().turns, 1);
     // The task id is the idempotency key: the same request answers the same task,
     // another body under it is a conflict.
-    let again = post(
-        &server,
-        "/v1/chat/completions",
-        &chat("hi", 2),
-        &[
-            ("X-Orch-Scope", &scope),
-            ("X-Orch-Priority", "batch"),
-            ("X-Orch-Session-Id", "conv-1"),
-            ("X-Orch-Deadline-Ms", "60000"),
-            ("X-Orch-Determinism", "best_effort"),
-            ("X-Orch-Task-Id", "chat-1"),
-        ],
-    )
-    .await;
+    let again = post(&server, "/v1/chat/completions", &chat("hi", 2), &knobs).await;
     assert_eq!(again.body["choices"], answer.body["choices"]);
     let conflict = post(
         &server,
