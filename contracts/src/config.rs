@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Listen address; `--bind` overrides it.
     pub bind: String,
-    /// SQLite file; `--store` overrides it.
+    /// Where tasks are stored: a SQLite file, or a PostgreSQL URL
+    /// (`postgres://…`) that several daemons share; `--store` overrides it.
     pub store: String,
     /// How long terminal tasks and their event logs stay readable (ORCH-7004).
     pub retention_ms: u64,

@@ -4,7 +4,8 @@
 # Copies the committed workspace (git HEAD; --worktree for the working tree)
 # to a work directory, checks that the suite passes there unmutated, then for
 # each mutant in scripts/mutants/mutants.txt applies it, runs the server's
-# tests (`cargo test -p orchestratord --no-fail-fast`: end-to-end, property,
+# tests (`cargo nextest run -p orchestratord`, stopping at the first failure:
+# end-to-end, property,
 # model-based, determinism and, when present, pact provider verification),
 # restores the file, and prints `mutant | caught by | result`. A mutant with a
 # `run` line is judged by that command instead (run in the copy; it must fail
@@ -22,7 +23,7 @@
 # env:   MUTANTS_TARGET_DIR (default <repo>/target/mutants)
 #        MUTANTS_WORKDIR    (default ${TMPDIR:-/tmp}/orchqueue-mutants/<checkout>: one
 #                           copy per checkout, so two clones never share one)
-#        MUTANTS_TEST_ARGS  (extra args for cargo test, e.g. "--test tasks_e2e")
+#        MUTANTS_TEST_ARGS  (extra args for cargo nextest run, e.g. "--test tasks_e2e")
 #        MUTANTS_TIMEOUT    (seconds per suite run, default 1800)
 set -euo pipefail
 
@@ -79,21 +80,20 @@ rm -rf "$stage"
 export CARGO_TARGET_DIR="$target_dir"
 export RUST_BACKTRACE=0
 
-# Runs the suite in the copy; prints failed tests as `binary::test`, one a
-# line, to $2; returns cargo's status (124 on timeout).
+# Runs the server's tests in the copy with nextest (binaries in parallel); prints
+# failed tests as `binary::test`, one a line, to $2; returns the status (124 on
+# timeout). With $3 = first, it stops at the first failure: a mutant needs one
+# test to catch it, and the rest of the suite would only cost time.
 run_suite() {
-    local log=$1 failed=$2 status=0
+    local log=$1 failed=$2 stop=${3:-all} status=0
+    local fail_args=(--no-fail-fast)
+    [ "$stop" = first ] && fail_args=(--max-fail 1:immediate)
     # shellcheck disable=SC2086
-    (cd "$ws" && timeout "$timeout_s" cargo test -p orchestratord --no-fail-fast \
+    (cd "$ws" && timeout "$timeout_s" cargo nextest run -p orchestratord --profile ci \
+        "${fail_args[@]}" --status-level fail --final-status-level fail \
         ${MUTANTS_TEST_ARGS:-} >"$log" 2>&1) || status=$?
-    awk '
-        /^ *Running / {
-            unit = ($2 == "unittests"); bin = unit ? $3 : $2
-            sub(/^.*\//, "", bin); sub(/\.rs$/, "", bin); if (unit) bin = "unittests:" bin
-        }
-        /^ *Doc-tests / { bin = "doctests" }
-        /^test .* \.\.\. FAILED$/ { print bin "::" $2 }
-    ' "$log" >"$failed"
+    # nextest's result lines: `FAIL [ 0.1s] (3/90) orchestratord::tasks_e2e name`.
+    awk '$1 ~ /^(FAIL|TIMEOUT|SIGSEGV|SIGABRT|SIGKILL|ABORT)$/ && /\] / { print $(NF - 1) "::" $NF }' "$log" | sort -u >"$failed"
     return $status
 }
 
@@ -202,7 +202,7 @@ for i in "${!names[@]}"; do
             : >"$logs/$name.failed"
             run_command "${runs[$i]}" "$logs/$name.log" || status=$?
         else
-            run_suite "$logs/$name.log" "$logs/$name.failed" || status=$?
+            run_suite "$logs/$name.log" "$logs/$name.failed" first || status=$?
         fi
         if [ -n "${runs[$i]}" ] && [ "$status" != 0 ] && [ "$status" != 124 ]; then
             result="caught"
@@ -219,7 +219,7 @@ for i in "${!names[@]}"; do
             more=$(($(wc -l <"$logs/$name.failed") - 6))
             [ "$more" -le 0 ] || caught="$caught (+$more more)"
         elif [ "$status" != 0 ]; then
-            result="caught"; caught="(cargo test failed: see $logs/$name.log)"
+            result="caught"; caught="(the suite failed: see $logs/$name.log)"
         else
             result="SURVIVED"; caught="-"; survived=$((survived + 1))
         fi

@@ -16,7 +16,6 @@ pub mod store;
 mod test_handle;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +30,7 @@ pub use test_handle::TestHandle;
 
 use crate::clock::Clock;
 use crate::runtime::Orchestrator;
-use crate::store::SqliteStore;
+use crate::store::StoreLocation;
 
 /// A started daemon: its address, its test handle, and its stop switch.
 pub struct RunningServer {
@@ -74,8 +73,14 @@ impl RunningServer {
     }
 }
 
-/// Open the store, recover unfinished tasks, start the workers and serve.
-pub async fn start(config: Config, bind: &str, store_path: &Path) -> anyhow::Result<RunningServer> {
+/// Open the store (a SQLite file, or `postgres://…`), recover unfinished tasks,
+/// start the workers and serve.
+pub async fn start(
+    config: Config,
+    bind: &str,
+    store: impl Into<StoreLocation>,
+) -> anyhow::Result<RunningServer> {
+    let store = store.into();
     config::validate(&config)?;
     let addr: SocketAddr = tokio::net::lookup_host(bind)
         .await
@@ -83,9 +88,11 @@ pub async fn start(config: Config, bind: &str, store_path: &Path) -> anyhow::Res
         .next()
         .with_context(|| format!("bind address {bind:?} resolves to nothing"))?;
     config::check_bind(&addr, &config)?;
-    let store = SqliteStore::open(store_path)
-        .with_context(|| format!("cannot open the store {}", store_path.display()))?;
-    let orchestrator = Orchestrator::new(&config, Arc::new(store), Clock::default()).await;
+    let store = store
+        .open()
+        .await
+        .with_context(|| format!("cannot open the store {store}"))?;
+    let orchestrator = Orchestrator::new(&config, store, Clock::default()).await;
     let (requeued, reset) = orchestrator.recover().await?;
     if requeued + reset > 0 {
         tracing::info!(requeued, reset, "recovered unfinished tasks from the store");

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use contracts::config::Config;
+use orchestratord::store::StoreLocation;
 
 /// OrchQueue daemon: admits LLM generation tasks into bounded priority
 /// queues, places them on engine replicas and streams tokens as SSE.
@@ -20,9 +21,10 @@ struct Args {
     /// Listen address, overriding the config's `bind`.
     #[arg(long, env = "ORCH_BIND")]
     bind: Option<String>,
-    /// SQLite store file, overriding the config's `store`.
-    #[arg(long, env = "ORCH_STORE")]
-    store: Option<PathBuf>,
+    /// Where tasks are stored, overriding the config's `store`: a SQLite file, or a
+    /// PostgreSQL URL (`postgres://user@host:5432/db`) that several daemons share.
+    #[arg(long, env = "ORCH_STORE", value_name = "FILE|URL")]
+    store: Option<String>,
     /// Validate the config file against the config schema and the semantic
     /// checks, print every error with its path, and exit (0 = valid).
     #[arg(long, value_name = "FILE")]
@@ -62,11 +64,8 @@ async fn main() -> anyhow::Result<()> {
         None => Config::default(),
     };
     let bind = args.bind.clone().unwrap_or_else(|| config.bind.clone());
-    let store = args
-        .store
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&config.store));
-    let mut server = orchestratord::start(config, &bind, &store)
+    let store = StoreLocation::parse(args.store.as_deref().unwrap_or(&config.store));
+    let mut server = orchestratord::start(config, &bind, store)
         .await
         .context("orchestratord failed to start")?;
     println!("orchestratord listening on {}", server.url());

@@ -1,6 +1,7 @@
 //! Crash recovery end to end (ORCH-7001, ORCH-7002, ORCH-7003): the real
 //! `orchestratord` binary is killed with SIGKILL in the middle of a burst of
-//! concurrent submissions, restarted on the same SQLite store, and every task
+//! concurrent submissions, restarted on the same store (SQLite; and PostgreSQL, ORCH-7006,
+//! for the burst), and every task
 //! that got a `202` must still be there — queued, running, completed, or (if
 //! it was streaming at the kill) failed with `WORKER_RESET` — and must then
 //! run to a terminal state whose stream ends with `end`.
@@ -8,7 +9,10 @@
 //! Run with `cargo test -p orchestratord --test crash_recovery -- --nocapture`
 //! to see the counts.
 
+mod common;
+
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Stdio;
@@ -73,7 +77,7 @@ fn free_port() -> u16 {
 
 /// Spawn the real binary on a free port and wait until `/healthz` answers;
 /// retries on a new port if the process exits (e.g. the port was taken).
-async fn spawn_daemon(config: &Path, store: &Path) -> Daemon {
+async fn spawn_daemon(config: &Path, store: &OsStr) -> Daemon {
     let http = reqwest::Client::new();
     for attempt in 0..5 {
         let port = free_port();
@@ -210,16 +214,29 @@ fn scope_of(body: &Value) -> String {
 // covers: ORCH-7001, ORCH-7002, ORCH-7003, ORCH-7009
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_burst_loses_no_admitted_task() {
-    let started = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("orchqueue.db");
+    sigkill_mid_burst(&dir, store.as_os_str()).await;
+}
+
+// The same crash with the PostgreSQL store (`--store postgres://…`).
+// covers: ORCH-7006, ORCH-7001, ORCH-7002, ORCH-7003
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_burst_on_postgres_loses_no_admitted_task() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = common::fresh_postgres_database().await;
+    sigkill_mid_burst(&dir, OsStr::new(&store)).await;
+}
+
+async fn sigkill_mid_burst(dir: &tempfile::TempDir, store: &OsStr) {
+    let started = Instant::now();
     let slow = dir.path().join("slow.yaml");
     let fast = dir.path().join("fast.yaml");
     std::fs::write(&slow, SLOW_CONFIG).unwrap();
     std::fs::write(&fast, FAST_CONFIG).unwrap();
 
     // 1. Burst, then SIGKILL while requests are in flight.
-    let mut daemon = spawn_daemon(&slow, &store).await;
+    let mut daemon = spawn_daemon(&slow, store).await;
     let accepted_total = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
@@ -257,7 +274,7 @@ async fn sigkill_mid_burst_loses_no_admitted_task() {
     );
 
     // 2. Restart on the same store.
-    let daemon = spawn_daemon(&fast, &store).await;
+    let daemon = spawn_daemon(&fast, store).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -475,7 +492,7 @@ async fn sigkill_mid_stream_loses_at_most_the_last_flush_interval() {
     let store = dir.path().join("orchqueue.db");
     let config = dir.path().join("stream.yaml");
     std::fs::write(&config, STREAM_CONFIG).unwrap();
-    let mut daemon = spawn_daemon(&config, &store).await;
+    let mut daemon = spawn_daemon(&config, store.as_os_str()).await;
     let http = reqwest::Client::new();
     let submitted = http
         .post(format!("{}/v1/tasks", daemon.url))
@@ -502,7 +519,7 @@ async fn sigkill_mid_stream_loses_at_most_the_last_flush_interval() {
     daemon.child.kill().await.expect("SIGKILL orchestratord");
     let seen = frames(&text).0.len();
 
-    let daemon = spawn_daemon(&config, &store).await;
+    let daemon = spawn_daemon(&config, store.as_os_str()).await;
     let stored = http
         .get(format!("{}/v1/tasks/killed/stream?scope=crash", daemon.url))
         .send()

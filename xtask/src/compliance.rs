@@ -30,6 +30,9 @@ static FN: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(?:pub(?:\([^)]*\))?\s+)?(?:const\s+)?(?:async\s+)?(?:unsafe\s+)?fn\s+([A-Za-z_][A-Za-z0-9_]*)")
         .unwrap()
 });
+static INLINE_MOD: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?:pub(?:\([^)]*\))?\s+)?mod\s+([A-Za-z_][A-Za-z0-9_]*)\s*\{\s*$").unwrap()
+});
 static RUNNING: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^\s*Running (?:unittests )?(\S+) \((?:.*[/\\])?([^/\\)]+?)(?:\.exe)?\)\s*$")
         .unwrap()
@@ -180,6 +183,10 @@ pub struct Citation {
     /// File relative to the workspace root.
     pub file: String,
     pub line: usize,
+    /// The inline modules (`mod name { … }`) around the function, outermost first,
+    /// joined by `::`; empty at the file's top level. Two tests of one name in two
+    /// inline modules are two tests, each credited only with its own citation.
+    pub module: String,
     pub function: String,
     pub ids: Vec<String>,
 }
@@ -189,8 +196,18 @@ pub fn scan_source(source: &str, file: &str) -> Vec<Citation> {
     let mut out = Vec::new();
     let mut pending: Option<(usize, Vec<String>)> = None;
     let mut saw_test_attr = false;
+    // Open inline modules as (indentation, name): rustfmt closes each with a `}` at
+    // the indentation of its `mod` line.
+    let mut modules: Vec<(usize, String)> = Vec::new();
     for (i, raw) in source.lines().enumerate() {
         let line = raw.trim();
+        let indent = raw.len() - raw.trim_start().len();
+        if line == "}" && modules.last().is_some_and(|(at, _)| *at == indent) {
+            modules.pop();
+        }
+        if let Some(c) = INLINE_MOD.captures(line) {
+            modules.push((indent, c[1].to_string()));
+        }
         if let Some(c) = COVERS.captures(line) {
             let ids = ID
                 .find_iter(&c[1])
@@ -217,6 +234,11 @@ pub fn scan_source(source: &str, file: &str) -> Vec<Citation> {
             out.push(Citation {
                 file: file.to_string(),
                 line: at,
+                module: modules
+                    .iter()
+                    .map(|(_, name)| name.as_str())
+                    .collect::<Vec<_>>()
+                    .join("::"),
                 function: c[1].to_string(),
                 ids,
             });
@@ -292,7 +314,7 @@ pub fn citations(
             let source = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
             for c in scan_source(&source, &rel) {
-                match find_listed(package, dir, &path, &c.function, targets, list) {
+                match find_listed(package, dir, &path, &c, targets, list) {
                     Some((name, run_id)) => cited.push(CitedTest {
                         name,
                         file: rel.clone(),
@@ -313,10 +335,15 @@ fn find_listed(
     package: &str,
     package_dir: &Path,
     file: &Path,
-    function: &str,
+    citation: &Citation,
     targets: &[Target],
     list: &TestList,
 ) -> Option<(String, String)> {
+    let within_file = if citation.module.is_empty() {
+        citation.function.clone()
+    } else {
+        format!("{}::{}", citation.module, citation.function)
+    };
     let rel = file.strip_prefix(package_dir).ok()?;
     let first = rel.iter().next()?.to_string_lossy().into_owned();
     // Which targets can contain this file, and the module prefix of its tests.
@@ -364,8 +391,8 @@ fn find_listed(
             continue;
         };
         for name in tests {
-            let last = name.rsplit("::").next().unwrap_or(name);
-            if last == function && (prefix.is_empty() || name.starts_with(&prefix)) {
+            let in_place = name == &within_file || name.ends_with(&format!("::{within_file}"));
+            if in_place && (prefix.is_empty() || name.starts_with(&prefix)) {
                 let display = if t.kind == "test" {
                     format!("{}/{}::{}", t.package, t.name, name)
                 } else {
@@ -805,6 +832,50 @@ fn detached_by_blank_line() {}
         assert_eq!(c[1].ids, ["ORCH-1002"]);
     }
 
+    // covers: ORCH-9010, ORCH-9016
+    #[test]
+    fn a_citation_knows_the_inline_module_of_its_test() {
+        let src = r#"
+mod sqlite {
+    COVERS ORCH-1001
+    #[test]
+    fn case() {}
+}
+
+mod postgres {
+    mod inner {
+        COVERS ORCH-1002
+        #[test]
+        fn case() {}
+    }
+}
+
+COVERS ORCH-1003
+#[test]
+fn top() {}
+"#
+        .replace("COVERS", concat!("//", " covers:"));
+        let c = scan_source(&src, "x.rs");
+        let found: Vec<(&str, &str)> = c
+            .iter()
+            .map(|c| (c.module.as_str(), c.function.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [("sqlite", "case"), ("postgres::inner", "case"), ("", "top")]
+        );
+    }
+
+    fn cited(module: &str, function: &str) -> Citation {
+        Citation {
+            file: "x.rs".into(),
+            line: 1,
+            module: module.into(),
+            function: function.into(),
+            ids: vec!["ORCH-1001".into()],
+        }
+    }
+
     // covers: ORCH-9007, ORCH-9010
     #[test]
     fn test_list_maps_tests_to_targets() {
@@ -840,7 +911,7 @@ src/lib.rs - x (line 3): test
             "xtask",
             Path::new("/w/xtask"),
             Path::new("/w/xtask/src/spec.rs"),
-            "duplicate",
+            &cited("tests", "duplicate"),
             &targets,
             &list,
         );
@@ -855,7 +926,7 @@ src/lib.rs - x (line 3): test
             "xtask",
             Path::new("/w/xtask"),
             Path::new("/w/xtask/src/drift.rs"),
-            "duplicate",
+            &cited("tests", "duplicate"),
             &targets,
             &list,
         );
@@ -864,7 +935,7 @@ src/lib.rs - x (line 3): test
             "xtask",
             Path::new("/w/xtask"),
             Path::new("/w/xtask/tests/generators_fresh.rs"),
-            "fresh",
+            &cited("", "fresh"),
             &targets,
             &list,
         );

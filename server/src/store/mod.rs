@@ -1,11 +1,20 @@
-//! Durable task store (ORCH-7001..ORCH-7005). Callers see only this trait:
+//! Durable task store (ORCH-7001..ORCH-7006). Callers see only this trait:
 //! row-level operations with clear claim semantics (a task is `queued` until
-//! `mark_started` claims it), so a PostgreSQL implementation can follow
-//! without callers changing.
+//! `mark_started` claims it), implemented by SQLite (embedded, the default) and
+//! PostgreSQL (several daemons on one database). Each backend keeps a schema
+//! version and applies its numbered migrations at open; a store whose schema is
+//! newer than the binary knows is refused ([`migrations_to_run`]).
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use contracts::{ErrorEnvelope, FinishReason, Priority, StreamEvent, TaskRequest, TaskState};
@@ -85,6 +94,115 @@ pub enum StoreError {
     WriteRefused(String),
     #[error("store failure: {0}")]
     Backend(String),
+    #[error(
+        "the store's schema is version {found}, newer than this orchestratord knows \
+         (up to {known}): run the orchestratord release that wrote it, or point --store \
+         at another store"
+    )]
+    SchemaTooNew { found: u32, known: u32 },
+}
+
+/// Where the tasks live: `postgres://…` (or `postgresql://…`) is a PostgreSQL
+/// database, anything else a SQLite file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl StoreLocation {
+    pub fn parse(text: &str) -> Self {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Self::Postgres(text.to_owned())
+        } else {
+            Self::Sqlite(PathBuf::from(text))
+        }
+    }
+
+    /// Opens the store, applying the migrations it lacks.
+    pub async fn open(&self) -> Result<Arc<dyn TaskStore>, StoreError> {
+        Ok(match self {
+            Self::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+            Self::Postgres(url) => Arc::new(PostgresStore::open(url).await?),
+        })
+    }
+}
+
+impl std::fmt::Display for StoreLocation {
+    /// A PostgreSQL URL without its password, fit for logs and errors.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "{}", path.display()),
+            Self::Postgres(url) => f.write_str(&postgres::redact(url)),
+        }
+    }
+}
+
+impl From<&Path> for StoreLocation {
+    fn from(path: &Path) -> Self {
+        Self::Sqlite(path.to_owned())
+    }
+}
+
+impl From<&PathBuf> for StoreLocation {
+    fn from(path: &PathBuf) -> Self {
+        Self::Sqlite(path.clone())
+    }
+}
+
+impl From<PathBuf> for StoreLocation {
+    fn from(path: PathBuf) -> Self {
+        Self::Sqlite(path)
+    }
+}
+
+/// The migrations (numbered from 1) that bring a store at schema version `current`
+/// to `known`, the number this binary has; a newer store is refused rather than
+/// written by code that does not know its shape.
+pub fn migrations_to_run(current: u32, known: u32) -> Result<Range<u32>, StoreError> {
+    if current > known {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            known,
+        });
+    }
+    Ok(current + 1..known + 1)
+}
+
+/// The test handle's switch that makes every write fail (`TaskStore::refuse_writes`).
+#[derive(Debug, Default)]
+struct WriteSwitch(AtomicBool);
+
+impl WriteSwitch {
+    fn set(&self, refuse: bool) {
+        self.0.store(refuse, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.0.load(Ordering::SeqCst) {
+            return Err(StoreError::WriteRefused(
+                "writes are disabled by the test handle".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Column codecs both backends share: enums as their wire string, requests,
+/// errors and events as JSON text.
+fn enum_str<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .expect("unit enum serializes to a string")
+}
+
+fn enum_from<T: serde::de::DeserializeOwned>(text: &str) -> serde_json::Result<T> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+}
+
+fn json_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("serializable")
 }
 
 #[async_trait]

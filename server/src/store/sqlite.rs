@@ -3,17 +3,22 @@
 //! admission stays durable without one fsync per request.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use async_trait::async_trait;
 use contracts::{ErrorEnvelope, FinishReason, Priority, StreamEvent, TaskRequest, TaskState};
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::{Finish, Inserted, ListFilter, LogTail, StoreError, TaskKey, TaskRecord, TaskStore};
+use super::{
+    Finish, Inserted, ListFilter, LogTail, StoreError, TaskKey, TaskRecord, TaskStore, WriteSwitch,
+    enum_from, enum_str, json_text, migrations_to_run,
+};
 
-const SCHEMA: &str = "
+/// Schema migrations, version `i + 1` at index `i`; the version is the database's
+/// `user_version`. The first is written with `IF NOT EXISTS` so a store made before
+/// versioning (tables present, version 0) adopts it unchanged.
+const MIGRATIONS: &[&str] = &["
 CREATE TABLE IF NOT EXISTS tasks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant TEXT NOT NULL,
@@ -42,7 +47,7 @@ CREATE TABLE IF NOT EXISTS task_events (
     event TEXT NOT NULL,
     PRIMARY KEY (task_seq, idx)
 ) WITHOUT ROWID;
-";
+"];
 
 const COLUMNS: &str = "seq, tenant, scope, task_id, pool_id, priority, request, body_hash, seed, \
     state, replica_id, submitted_at_ms, started_at_ms, finished_at_ms, first_token, tokens_out, \
@@ -94,7 +99,7 @@ where
 
 pub struct SqliteStore {
     jobs: mpsc::Sender<Box<dyn Job>>,
-    refuse_writes: AtomicBool,
+    refuse_writes: WriteSwitch,
 }
 
 impl SqliteStore {
@@ -109,7 +114,10 @@ impl SqliteStore {
             .map_err(backend)?;
         conn.pragma_update(None, "busy_timeout", 5_000)
             .map_err(backend)?;
-        conn.execute_batch(SCHEMA).map_err(backend)?;
+        migrate(&mut conn, MIGRATIONS.len() as u32).map_err(|e| match e {
+            MigrateError::Sqlite(e) => backend(e),
+            MigrateError::Store(e) => e,
+        })?;
         let (jobs, inbox) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name("sqlite-store".into())
@@ -117,7 +125,17 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(e.to_string()))?;
         Ok(Self {
             jobs,
-            refuse_writes: AtomicBool::new(false),
+            refuse_writes: WriteSwitch::default(),
+        })
+    }
+
+    /// A store migrated only up to schema `version`: how tests make an older store
+    /// to show that opening it migrates it.
+    pub fn open_at_version(path: &Path, version: u32) -> Result<(), StoreError> {
+        let mut conn = Connection::open(path).map_err(|e| StoreError::Backend(e.to_string()))?;
+        migrate(&mut conn, version).map_err(|e| match e {
+            MigrateError::Sqlite(e) => StoreError::Backend(e.to_string()),
+            MigrateError::Store(e) => e,
         })
     }
 
@@ -126,10 +144,8 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
     {
-        if write && self.refuse_writes.load(Ordering::SeqCst) {
-            return Err(StoreError::WriteRefused(
-                "writes are disabled by the test handle".into(),
-            ));
+        if write {
+            self.refuse_writes.check()?;
         }
         let (reply, answer) = oneshot::channel();
         let job = CallJob {
@@ -146,11 +162,40 @@ impl SqliteStore {
     }
 }
 
+enum MigrateError {
+    Sqlite(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for MigrateError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sqlite(e)
+    }
+}
+
+/// Applies the migrations after the database's `user_version` up to `target`, each
+/// with its version bump in one transaction.
+fn migrate(conn: &mut Connection, target: u32) -> Result<(), MigrateError> {
+    let current: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let pending =
+        migrations_to_run(current, MIGRATIONS.len() as u32).map_err(MigrateError::Store)?;
+    for version in pending.filter(|v| *v <= target) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(MIGRATIONS[version as usize - 1])?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
 fn writer_loop(conn: &mut Connection, inbox: &mpsc::Receiver<Box<dyn Job>>) {
     while let Ok(first) = inbox.recv() {
         let mut batch = vec![first];
         batch.extend(inbox.try_iter().take(1_000));
-        let commit = match conn.transaction() {
+        // IMMEDIATE: the write lock is taken up front, so another process on the
+        // same file waits (busy_timeout) instead of failing when a read would
+        // have to upgrade to a write.
+        let commit = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => {
                 for job in &mut batch {
                     job.run(&tx);
@@ -166,20 +211,15 @@ fn writer_loop(conn: &mut Connection, inbox: &mpsc::Receiver<Box<dyn Job>>) {
 }
 
 fn json_col<T: serde::de::DeserializeOwned>(index: usize, text: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
-    })
+    serde_json::from_str(text).map_err(|e| conversion_failure(index, e))
 }
 
 fn enum_col<T: serde::de::DeserializeOwned>(index: usize, text: &str) -> rusqlite::Result<T> {
-    json_col(index, &format!("\"{text}\""))
+    enum_from(text).map_err(|e| conversion_failure(index, e))
 }
 
-fn enum_str<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .expect("unit enum serializes to a string")
+fn conversion_failure(index: usize, e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
 }
 
 fn read_record(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
@@ -256,11 +296,10 @@ fn write_tail(tx: &Transaction<'_>, key: &TaskKey, tail: &LogTail) -> rusqlite::
         "INSERT OR REPLACE INTO task_events (task_seq, idx, event) VALUES (?1, ?2, ?3)",
     )?;
     for (offset, event) in tail.events.iter().enumerate() {
-        let text = serde_json::to_string(event).expect("serializable");
         insert.execute(params![
             record.seq,
             (tail.events_from + offset) as i64,
-            text
+            json_text(event)
         ])?;
     }
     Ok(())
@@ -273,7 +312,7 @@ impl TaskStore for SqliteStore {
             if let Some(existing) = get_record(tx, &record.key)? {
                 return Ok(Inserted::Existing(Box::new(existing)));
             }
-            let request = serde_json::to_string(&record.request).expect("serializable");
+            let request = json_text(&record.request);
             tx.execute(
                 "INSERT INTO tasks (tenant, scope, task_id, pool_id, priority, request, body_hash, \
                  seed, state, submitted_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -353,10 +392,7 @@ impl TaskStore for SqliteStore {
         let key = key.clone();
         self.call(true, move |tx| {
             let finish_reason = finish.finish_reason.as_ref().map(enum_str);
-            let error = finish
-                .error
-                .as_ref()
-                .map(|e| serde_json::to_string(e).expect("serializable"));
+            let error = finish.error.as_ref().map(json_text);
             update(
                 tx,
                 &key,
@@ -460,6 +496,6 @@ impl TaskStore for SqliteStore {
     }
 
     fn refuse_writes(&self, refuse: bool) {
-        self.refuse_writes.store(refuse, Ordering::SeqCst);
+        self.refuse_writes.set(refuse);
     }
 }

@@ -326,3 +326,46 @@ pub async fn run_snippet(name: &str, url: &str) -> String {
     );
     stdout
 }
+
+/// The throwaway PostgreSQL cluster of `scripts/postgres/setup.sh`:
+/// `ORCH_TEST_POSTGRES_URL`, else the URL the script wrote. A test without it fails
+/// naming the setup: returning early would pass without proving anything (ORCH-9019).
+pub fn postgres_url() -> String {
+    if let Some(url) = std::env::var_os("ORCH_TEST_POSTGRES_URL") {
+        return url.to_string_lossy().into_owned();
+    }
+    let dir = std::env::var_os("ORCH_PG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("orchqueue-postgres"));
+    match std::fs::read_to_string(dir.join("url")) {
+        Ok(url) => url.trim().to_owned(),
+        Err(_) => panic!(
+            "no PostgreSQL for the suite: run `bash scripts/postgres/setup.sh` (it starts a \
+             throwaway cluster on loopback) or set ORCH_TEST_POSTGRES_URL"
+        ),
+    }
+}
+
+/// A connected client of `url`; its connection runs on the caller's runtime.
+pub async fn postgres_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A new, empty database of the test cluster, for one test: its URL.
+pub async fn fresh_postgres_database() -> String {
+    let admin = postgres_url();
+    let name = format!("orchq_{}", uuid::Uuid::new_v4().simple());
+    postgres_client(&admin)
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap_or_else(|e| panic!("CREATE DATABASE on {admin}: {e}"));
+    match admin.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => panic!("{admin}: expected a URL ending in /<database>"),
+    }
+}

@@ -1,0 +1,513 @@
+//! PostgreSQL (ORCH-7006): the store several daemons share. Each operation is one
+//! transaction on a pooled connection; PostgreSQL's own group commit batches the
+//! fsyncs of concurrent commits, so there is no writer thread here. Row locks
+//! (`FOR UPDATE`) order the writes of one task that two daemons could race on.
+
+use async_trait::async_trait;
+use contracts::{StreamEvent, TaskState};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use super::{
+    Finish, Inserted, ListFilter, LogTail, StoreError, TaskKey, TaskRecord, TaskStore, WriteSwitch,
+    enum_from, enum_str, json_text, migrations_to_run,
+};
+
+/// Schema migrations, version `i + 1` at index `i`; the applied version is the one
+/// row of `orchqueue_schema`.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE tasks (
+    seq BIGSERIAL PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    pool_id TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    request TEXT NOT NULL,
+    body_hash TEXT NOT NULL,
+    seed BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    replica_id TEXT,
+    submitted_at_ms BIGINT NOT NULL,
+    started_at_ms BIGINT,
+    finished_at_ms BIGINT,
+    first_token BOOLEAN NOT NULL DEFAULT FALSE,
+    tokens_out BIGINT NOT NULL DEFAULT 0,
+    finish_reason TEXT,
+    error TEXT,
+    UNIQUE (tenant, scope, task_id)
+);
+CREATE INDEX tasks_by_state ON tasks (state, seq);
+CREATE INDEX tasks_by_finish ON tasks (finished_at_ms) WHERE finished_at_ms IS NOT NULL;
+CREATE TABLE task_events (
+    task_seq BIGINT NOT NULL REFERENCES tasks (seq) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (task_seq, idx)
+);
+"];
+
+/// Daemons starting together take this advisory lock to migrate one at a time.
+const MIGRATION_LOCK: i64 = 0x6f72_6368_7175_6575; // "orchqueu"
+
+/// Connections per daemon: admission, streaming reads and the runners' writes
+/// share them; PostgreSQL's default `max_connections` (100) allows several daemons.
+const POOL_SIZE: usize = 16;
+
+const COLUMNS: &str = "seq, tenant, scope, task_id, pool_id, priority, request, body_hash, seed, \
+    state, replica_id, submitted_at_ms, started_at_ms, finished_at_ms, first_token, tokens_out, \
+    finish_reason, error";
+
+const BY_KEY: &str = "tenant = $1 AND scope = $2 AND task_id = $3";
+
+pub struct PostgresStore {
+    pool: Pool,
+    refuse_writes: WriteSwitch,
+}
+
+/// The URL with its password replaced, for messages.
+pub(super) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split(':').next().unwrap_or_default();
+            let hidden = if user_info.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// tokio-postgres says only "db error" of a server's error: the server's own
+/// message (and its detail) is what an operator needs.
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => StoreError::Backend(match db.detail() {
+            Some(detail) => format!("{}: {} ({detail})", db.code().code(), db.message()),
+            None => format!("{}: {}", db.code().code(), db.message()),
+        }),
+        None => backend(e),
+    }
+}
+
+impl PostgresStore {
+    /// Connects and applies the migrations the database lacks.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let store = Self::connect(url)?;
+        store.migrate(MIGRATIONS.len() as u32).await?;
+        Ok(store)
+    }
+
+    /// A database migrated only up to schema `version`: how tests make an older store
+    /// to show that opening it migrates it.
+    pub async fn open_at_version(url: &str, version: u32) -> Result<(), StoreError> {
+        Self::connect(url)?.migrate(version).await
+    }
+
+    fn connect(url: &str) -> Result<Self, StoreError> {
+        let where_ = redact(url);
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("{where_}: not a PostgreSQL URL: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| StoreError::Backend(format!("{where_}: {e}")))?;
+        Ok(Self {
+            pool,
+            refuse_writes: WriteSwitch::default(),
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| backend(format!("no connection: {e}")))
+    }
+
+    async fn migrate(&self, target: u32) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS orchqueue_schema (version INTEGER NOT NULL)")
+            .await
+            .map_err(pg)?;
+        let current = tx
+            .query_opt("SELECT version FROM orchqueue_schema", &[])
+            .await
+            .map_err(pg)?
+            .map_or(0, |row| row.get::<_, i32>(0) as u32);
+        let pending = migrations_to_run(current, MIGRATIONS.len() as u32)?;
+        let mut reached = current;
+        for version in pending.filter(|v| *v <= target) {
+            tx.batch_execute(MIGRATIONS[version as usize - 1])
+                .await
+                .map_err(|e| StoreError::Backend(format!("migration {version}: {}", pg(e))))?;
+            reached = version;
+        }
+        if reached != current {
+            tx.execute("DELETE FROM orchqueue_schema", &[])
+                .await
+                .map_err(pg)?;
+            tx.execute(
+                "INSERT INTO orchqueue_schema (version) VALUES ($1)",
+                &[&(reached as i32)],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)
+    }
+}
+
+fn read_record(row: &Row) -> Result<TaskRecord, StoreError> {
+    let decode = |column: &str, e: serde_json::Error| backend(format!("column {column}: {e}"));
+    let ms = |index: usize| row.get::<_, Option<i64>>(index).map(|v| v as u64);
+    Ok(TaskRecord {
+        seq: row.get(0),
+        key: TaskKey {
+            tenant: row.get(1),
+            scope: row.get(2),
+            task_id: row.get(3),
+        },
+        pool_id: row.get(4),
+        priority: enum_from(row.get(5)).map_err(|e| decode("priority", e))?,
+        request: serde_json::from_str(row.get(6)).map_err(|e| decode("request", e))?,
+        body_hash: row.get(7),
+        seed: row.get::<_, i64>(8) as u32,
+        state: enum_from(row.get(9)).map_err(|e| decode("state", e))?,
+        replica_id: row.get(10),
+        submitted_at_ms: row.get::<_, i64>(11) as u64,
+        started_at_ms: ms(12),
+        finished_at_ms: ms(13),
+        first_token: row.get(14),
+        tokens_out: row.get::<_, i64>(15) as u32,
+        finish_reason: row
+            .get::<_, Option<&str>>(16)
+            .map(enum_from)
+            .transpose()
+            .map_err(|e| decode("finish_reason", e))?,
+        error: row
+            .get::<_, Option<&str>>(17)
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| decode("error", e))?,
+    })
+}
+
+async fn get_record(
+    client: &impl GenericClient,
+    key: &TaskKey,
+    lock: &str,
+) -> Result<Option<TaskRecord>, StoreError> {
+    let row = client
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM tasks WHERE {BY_KEY} {lock}"),
+            &[&key.tenant, &key.scope, &key.task_id],
+        )
+        .await
+        .map_err(pg)?;
+    row.as_ref().map(read_record).transpose()
+}
+
+/// Upserts events by index, as the SQLite store does: the terminal write rewrites
+/// any index a racing flush wrote before it.
+async fn write_tail(
+    client: &impl GenericClient,
+    seq: i64,
+    key: &TaskKey,
+    tail: &LogTail,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            &format!(
+                "UPDATE tasks SET tokens_out = $4::BIGINT, \
+                 first_token = first_token OR $4::BIGINT > 0 WHERE {BY_KEY}"
+            ),
+            &[
+                &key.tenant,
+                &key.scope,
+                &key.task_id,
+                &i64::from(tail.tokens_out),
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    if tail.events.is_empty() {
+        return Ok(());
+    }
+    let indexes: Vec<i32> = (0..tail.events.len())
+        .map(|offset| (tail.events_from + offset) as i32)
+        .collect();
+    let events: Vec<String> = tail.events.iter().map(json_text).collect();
+    client
+        .execute(
+            "INSERT INTO task_events (task_seq, idx, event) \
+             SELECT $1, idx, event FROM UNNEST($2::INTEGER[], $3::TEXT[]) AS e (idx, event) \
+             ON CONFLICT (task_seq, idx) DO UPDATE SET event = EXCLUDED.event",
+            &[&seq, &indexes, &events],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+impl PostgresStore {
+    async fn update(
+        &self,
+        key: &TaskKey,
+        set: &str,
+        values: &[&(dyn ToSql + Sync)],
+    ) -> Result<(), StoreError> {
+        self.refuse_writes.check()?;
+        let mut all: Vec<&(dyn ToSql + Sync)> = vec![&key.tenant, &key.scope, &key.task_id];
+        all.extend_from_slice(values);
+        self.client()
+            .await?
+            .execute(&format!("UPDATE tasks SET {set} WHERE {BY_KEY}"), &all)
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TaskStore for PostgresStore {
+    async fn insert(&self, record: TaskRecord) -> Result<Inserted, StoreError> {
+        self.refuse_writes.check()?;
+        let client = self.client().await?;
+        let key = &record.key;
+        let inserted = client
+            .query_opt(
+                "INSERT INTO tasks (tenant, scope, task_id, pool_id, priority, request, \
+                 body_hash, seed, state, submitted_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (tenant, scope, task_id) DO NOTHING RETURNING seq",
+                &[
+                    &key.tenant,
+                    &key.scope,
+                    &key.task_id,
+                    &record.pool_id,
+                    &enum_str(&record.priority),
+                    &json_text(&record.request),
+                    &record.body_hash,
+                    &i64::from(record.seed),
+                    &TaskState::Queued.as_str(),
+                    &(record.submitted_at_ms as i64),
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        if let Some(row) = inserted {
+            return Ok(Inserted::New { seq: row.get(0) });
+        }
+        match get_record(&client, key, "").await? {
+            Some(existing) => Ok(Inserted::Existing(Box::new(existing))),
+            // Deleted between the conflict and the read: a purge raced the resubmission.
+            None => Err(backend("the task was deleted while it was resubmitted")),
+        }
+    }
+
+    async fn delete(&self, key: &TaskKey) -> Result<(), StoreError> {
+        self.refuse_writes.check()?;
+        self.client()
+            .await?
+            .execute(
+                &format!("DELETE FROM tasks WHERE {BY_KEY}"),
+                &[&key.tenant, &key.scope, &key.task_id],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn mark_started(
+        &self,
+        key: &TaskKey,
+        replica_id: &str,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.update(
+            key,
+            "state = 'running', replica_id = $4, started_at_ms = $5",
+            &[&replica_id, &(at_ms as i64)],
+        )
+        .await
+    }
+
+    async fn mark_requeued(&self, key: &TaskKey) -> Result<(), StoreError> {
+        self.update(
+            key,
+            "state = 'queued', replica_id = NULL, started_at_ms = NULL",
+            &[],
+        )
+        .await
+    }
+
+    async fn append_events(&self, key: &TaskKey, tail: LogTail) -> Result<(), StoreError> {
+        self.refuse_writes.check()?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        match get_record(&tx, key, "FOR UPDATE").await? {
+            Some(record) if !record.state.is_terminal() => {
+                write_tail(&tx, record.seq, key, &tail).await?;
+            }
+            _ => return Ok(()),
+        }
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn finish(&self, key: &TaskKey, finish: Finish) -> Result<(), StoreError> {
+        self.refuse_writes.check()?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let Some(record) = get_record(&tx, key, "FOR UPDATE").await? else {
+            return Ok(());
+        };
+        let finish_reason = finish.finish_reason.as_ref().map(enum_str);
+        let error = finish.error.as_ref().map(json_text);
+        tx.execute(
+            &format!(
+                "UPDATE tasks SET state = $4, finished_at_ms = $5, finish_reason = $6, \
+                 error = $7 WHERE {BY_KEY}"
+            ),
+            &[
+                &key.tenant,
+                &key.scope,
+                &key.task_id,
+                &finish.state.as_str(),
+                &(finish.finished_at_ms as i64),
+                &finish_reason,
+                &error,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+        write_tail(&tx, record.seq, key, &finish.tail).await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn get(&self, key: &TaskKey) -> Result<Option<TaskRecord>, StoreError> {
+        get_record(&self.client().await?, key, "").await
+    }
+
+    async fn events(&self, key: &TaskKey) -> Result<Vec<StreamEvent>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT e.event FROM task_events e JOIN tasks t ON t.seq = e.task_seq \
+                 WHERE t.tenant = $1 AND t.scope = $2 AND t.task_id = $3 ORDER BY e.idx",
+                &[&key.tenant, &key.scope, &key.task_id],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|row| serde_json::from_str(row.get(0)).map_err(|e| backend(format!("event: {e}"))))
+            .collect()
+    }
+
+    async fn list(&self, filter: ListFilter) -> Result<Vec<TaskRecord>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM tasks WHERE tenant = $1 AND scope = $2 \
+                     AND ($3::TEXT IS NULL OR state = $3) AND seq > $4 ORDER BY seq LIMIT $5"
+                ),
+                &[
+                    &filter.tenant,
+                    &filter.scope,
+                    &filter.state.map(TaskState::as_str),
+                    &filter.after_seq.unwrap_or(0),
+                    &i64::from(filter.limit),
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter().map(read_record).collect()
+    }
+
+    async fn unfinished(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM tasks WHERE state IN ('queued', 'running') ORDER BY seq"
+                ),
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter().map(read_record).collect()
+    }
+
+    async fn purge_finished_before(&self, at_ms: u64) -> Result<u64, StoreError> {
+        self.refuse_writes.check()?;
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM tasks WHERE finished_at_ms IS NOT NULL AND finished_at_ms < $1",
+                &[&(at_ms as i64)],
+            )
+            .await
+            .map_err(pg)
+    }
+
+    async fn purge_scope(&self, tenant: &str, scope: &str) -> Result<u64, StoreError> {
+        self.refuse_writes.check()?;
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM tasks WHERE tenant = $1 AND scope = $2",
+                &[&tenant, &scope],
+            )
+            .await
+            .map_err(pg)
+    }
+
+    fn refuse_writes(&self, refuse: bool) {
+        self.refuse_writes.set(refuse);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn a_password_never_reaches_a_message() {
+        assert_eq!(
+            redact("postgres://orch:s3cret@127.0.0.1:5432/db"),
+            "postgres://orch:***@127.0.0.1:5432/db"
+        );
+        assert_eq!(
+            redact("postgres://orch@127.0.0.1/db"),
+            "postgres://orch@127.0.0.1/db"
+        );
+        assert_eq!(
+            redact("postgresql://localhost/db"),
+            "postgresql://localhost/db"
+        );
+    }
+}
