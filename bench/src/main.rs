@@ -3,12 +3,15 @@
 //! 1. **durable admission** — `POST /v1/tasks` against the real
 //!    `orchestratord` (in process, temp SQLite store in WAL mode, dispatch
 //!    held so tasks only queue): every `202` was committed to SQLite before
-//!    it was answered;
+//!    it was answered; with `--postgres URL`, the same run again on a fresh database of that
+//!    PostgreSQL server (ORCH-7006), so the two stores are compared in one run;
 //! 2. **baseline** — the same load against a bare axum handler in the same
 //!    process that parses the same JSON body and answers `202`;
 //! 3. **SSE relay** — K tasks of T tokens on fast builtin replicas, every
 //!    stream read concurrently by a real SSE parser: tokens/s and bytes/s
-//!    relayed, and time to first token.
+//!    relayed, and time to first token (each token past the first is relayed
+//!    before it is stored; the first waits for its commit, ORCH-7009), also on
+//!    PostgreSQL with `--postgres URL`.
 //!
 //! Server and clients share the process and its cores (loopback HTTP), so the
 //! figures are a lower bound of what the daemon does with the machine to itself.
@@ -30,6 +33,7 @@ use contracts::config::{
     BuiltinEngineConfig, Config, EngineConfig, PoolConfig, QueueConfig, ReplicaConfig,
 };
 use futures::StreamExt;
+use orchestratord::store::{PostgresStore, StoreLocation};
 use serde_json::{Value, json};
 
 mod backoff;
@@ -51,6 +55,11 @@ struct Args {
     /// Tokens per task in the SSE run (≤ 4000).
     #[arg(long, default_value_t = 2000)]
     tokens: u32,
+    /// Also measure admission and the SSE relay on PostgreSQL: a server URL
+    /// (`postgres://user@host:port/db`; each run creates a fresh database on it),
+    /// e.g. the one `bash scripts/postgres/setup.sh` prints.
+    #[arg(long, env = "ORCH_BENCH_POSTGRES_URL")]
+    postgres: Option<String>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -224,15 +233,28 @@ fn warmup_of(requests: usize) -> usize {
     (requests / 10).min(500)
 }
 
-async fn admission_run(args: &Args) -> anyhow::Result<LoadFigures> {
+/// A fresh store for one run: a database on the PostgreSQL server `postgres`, else a
+/// SQLite file in `dir`.
+async fn fresh_store(
+    dir: &tempfile::TempDir,
+    postgres: Option<&str>,
+) -> anyhow::Result<StoreLocation> {
+    Ok(match postgres {
+        Some(server) => StoreLocation::Postgres(PostgresStore::create_database(server).await?),
+        None => StoreLocation::Sqlite(dir.path().join("bench.db")),
+    })
+}
+
+async fn admission_run(args: &Args, postgres: Option<&str>) -> anyhow::Result<LoadFigures> {
     let dir = tempfile::tempdir()?;
+    let store = fresh_store(&dir, postgres).await?;
     let warmup = warmup_of(args.requests);
     let mut config = Config::default();
     config.pools[0].queue = QueueConfig {
         capacity: (args.requests + warmup + 1000) as u32,
         ..QueueConfig::default()
     };
-    let server = orchestratord::start(config, "127.0.0.1:0", &dir.path().join("bench.db")).await?;
+    let server = orchestratord::start(config, "127.0.0.1:0", store).await?;
     // Replicas held: tasks only queue, so the run measures admission alone.
     server.test_handle().hold_dispatch("default", true);
     let url = format!("{}/v1/tasks", server.url());
@@ -315,7 +337,7 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     Some(rest.strip_prefix(' ').unwrap_or(rest))
 }
 
-async fn sse_run(args: &Args) -> anyhow::Result<SseFigures> {
+async fn sse_run(args: &Args, postgres: Option<&str>) -> anyhow::Result<SseFigures> {
     ensure!(
         args.tokens >= 1 && args.tokens <= 4000,
         "--tokens must be 1..=4000"
@@ -348,7 +370,8 @@ async fn sse_run(args: &Args) -> anyhow::Result<SseFigures> {
         }],
         ..Config::default()
     };
-    let server = orchestratord::start(config, "127.0.0.1:0", &dir.path().join("sse.db")).await?;
+    let server =
+        orchestratord::start(config, "127.0.0.1:0", fresh_store(&dir, postgres).await?).await?;
     let handle = server.test_handle();
     let base = server.url();
 
@@ -452,7 +475,13 @@ async fn sse_run(args: &Args) -> anyhow::Result<SseFigures> {
     })
 }
 
-fn print_table(args: &Args, admission: &LoadFigures, baseline: &LoadFigures, sse: &SseFigures) {
+fn print_table(
+    args: &Args,
+    admission: &LoadFigures,
+    on_postgres: Option<&LoadFigures>,
+    baseline: &LoadFigures,
+    sse: &SseFigures,
+) {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "orch-bench: {} requests x {} clients (plus {} warm-up), {} cores, server and clients in one process",
@@ -466,10 +495,12 @@ fn print_table(args: &Args, admission: &LoadFigures, baseline: &LoadFigures, sse
         "{:<34} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7}",
         "POST /v1/tasks", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"
     );
-    for (name, f) in [
-        ("orchestratord (durable, SQLite)", admission),
-        ("bare axum baseline (parse + 202)", baseline),
-    ] {
+    let rows = [
+        Some(("orchestratord (durable, SQLite)", admission)),
+        on_postgres.map(|f| ("orchestratord (durable, PostgreSQL)", f)),
+        Some(("bare axum baseline (parse + 202)", baseline)),
+    ];
+    for (name, f) in rows.into_iter().flatten() {
         println!(
             "{:<34} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7}",
             name,
@@ -489,10 +520,24 @@ fn print_table(args: &Args, admission: &LoadFigures, baseline: &LoadFigures, sse
         admission.pct_ms(90.0) / baseline.pct_ms(90.0),
         admission.pct_ms(99.0) / baseline.pct_ms(99.0),
     );
+    if let Some(pg) = on_postgres {
+        println!(
+            "{:<34} {:>10.2} {:>9.2} {:>9.2} {:>9.2}",
+            "ratio PostgreSQL / SQLite",
+            pg.rps() / admission.rps(),
+            pg.pct_ms(50.0) / admission.pct_ms(50.0),
+            pg.pct_ms(90.0) / admission.pct_ms(90.0),
+            pg.pct_ms(99.0) / admission.pct_ms(99.0),
+        );
+    }
     println!();
+    print_sse("SSE relay", args, sse);
+}
+
+fn print_sse(title: &str, args: &Args, sse: &SseFigures) {
     let secs = sse.elapsed.as_secs_f64();
     println!(
-        "SSE relay: {} streams x {} tokens = {} tokens in {:.3} s",
+        "{title}: {} streams x {} tokens = {} tokens in {:.3} s",
         sse.tasks, args.tokens, sse.tokens, secs
     );
     println!(
@@ -515,9 +560,25 @@ async fn main() -> anyhow::Result<()> {
         args.requests > 0 && args.concurrency > 0 && args.tasks > 0,
         "counts must be > 0"
     );
-    let admission = admission_run(&args).await.context("admission run")?;
+    let admission = admission_run(&args, None).await.context("admission run")?;
+    let on_postgres = match &args.postgres {
+        Some(url) => Some(
+            admission_run(&args, Some(url))
+                .await
+                .context("admission run on PostgreSQL")?,
+        ),
+        None => None,
+    };
     let baseline = baseline_run(&args).await.context("baseline run")?;
-    let sse = sse_run(&args).await.context("SSE run")?;
+    let sse = sse_run(&args, None).await.context("SSE run")?;
+    let sse_on_postgres = match &args.postgres {
+        Some(url) => Some(
+            sse_run(&args, Some(url))
+                .await
+                .context("SSE run on PostgreSQL")?,
+        ),
+        None => None,
+    };
     if args.json {
         let out = json!({
             "requests": args.requests,
@@ -525,6 +586,7 @@ async fn main() -> anyhow::Result<()> {
             "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
             "profile": if cfg!(debug_assertions) { "dev" } else { "release" },
             "admission": admission.to_json(),
+            "admission_postgres": on_postgres.as_ref().map(LoadFigures::to_json),
             "baseline": baseline.to_json(),
             "admission_over_baseline": {
                 "req_per_s": admission.rps() / baseline.rps(),
@@ -532,10 +594,14 @@ async fn main() -> anyhow::Result<()> {
                 "p99": admission.pct_ms(99.0) / baseline.pct_ms(99.0),
             },
             "sse": sse.to_json(),
+            "sse_postgres": sse_on_postgres.as_ref().map(SseFigures::to_json),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        print_table(&args, &admission, &baseline, &sse);
+        print_table(&args, &admission, on_postgres.as_ref(), &baseline, &sse);
+        if let Some(pg) = &sse_on_postgres {
+            print_sse("SSE relay on PostgreSQL", &args, pg);
+        }
     }
     Ok(())
 }

@@ -65,6 +65,8 @@ impl RunningServer {
             // an orchestrator that has stopped.
             self.serve.abort();
         }
+        // The next daemon may open the store now, before this process exits.
+        self.orchestrator.store.release().await;
     }
 
     /// Resolves when the listener stops (used by the binary).
@@ -89,7 +91,7 @@ pub async fn start(
         .with_context(|| format!("bind address {bind:?} resolves to nothing"))?;
     config::check_bind(&addr, &config)?;
     let store = store
-        .open()
+        .open_for_daemon()
         .await
         .with_context(|| format!("cannot open the store {store}"))?;
     let orchestrator = Orchestrator::new(&config, store, Clock::default()).await;

@@ -105,7 +105,7 @@ fn expect_not_found<T: std::fmt::Debug>(
     }
 }
 
-async fn run_case(ops: Vec<Op>) -> Result<(), String> {
+async fn run_case(ops: Vec<Op>, on_postgres: bool) -> Result<(), String> {
     let mut config = config_with(
         2,
         BuiltinEngineConfig {
@@ -117,7 +117,11 @@ async fn run_case(ops: Vec<Op>) -> Result<(), String> {
         |pool| pool.queue.capacity = 64,
     );
     config.shutdown_grace_ms = 200;
-    let server = TestServer::start(config).await;
+    let server = if on_postgres {
+        TestServer::start_on_postgres(config).await
+    } else {
+        TestServer::start(config).await
+    };
     let result = check(&server, ops).await;
     server.server.shutdown().await;
     result
@@ -262,19 +266,32 @@ async fn check(server: &TestServer, ops: Vec<Op>) -> Result<(), String> {
 // covers: ORCH-1005, ORCH-1006, ORCH-1012, ORCH-1020, ORCH-1021, ORCH-6011, ORCH-6012, ORCH-6022
 #[test]
 fn the_server_answers_like_the_reference_model() {
+    check_against_the_model(30, false);
+}
+
+// The same model with the PostgreSQL store: fewer cases, each on a fresh database.
+// covers: ORCH-7006
+#[test]
+fn the_server_on_postgres_answers_like_the_reference_model() {
+    check_against_the_model(12, true);
+}
+
+fn check_against_the_model(cases: u32, on_postgres: bool) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let mut runner = TestRunner::new(RunnerConfig {
-        cases: 30,
+        cases,
         max_shrink_iters: 64,
         failure_persistence: None,
         ..RunnerConfig::default()
     });
     let result = runner.run(&proptest::collection::vec(op(), 1..=25), |ops| {
-        runtime.block_on(run_case(ops)).map_err(TestCaseError::fail)
+        runtime
+            .block_on(run_case(ops, on_postgres))
+            .map_err(TestCaseError::fail)
     });
     if let Err(error) = result {
         panic!("{error}");

@@ -50,6 +50,8 @@ CREATE TABLE task_events (
 
 /// Daemons starting together take this advisory lock to migrate one at a time.
 const MIGRATION_LOCK: i64 = 0x6f72_6368_7175_6575; // "orchqueu"
+/// The daemon serving the database holds this session lock (ORCH-7012 is planned).
+const DAEMON_LOCK: i64 = 0x6f72_6368_6461_656d; // "orchdaem"
 
 /// Connections per daemon: admission, streaming reads and the runners' writes
 /// share them; PostgreSQL's default `max_connections` (100) allows several daemons.
@@ -64,22 +66,44 @@ const BY_KEY: &str = "tenant = $1 AND scope = $2 AND task_id = $3";
 pub struct PostgresStore {
     pool: Pool,
     refuse_writes: WriteSwitch,
+    /// The connection that holds [`DAEMON_LOCK`] for a daemon's store, until
+    /// [`TaskStore::release`] or the end of the process (PostgreSQL releases a
+    /// session's locks when its connection ends).
+    daemon_lock: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
-/// The URL with its password replaced, for messages.
+/// The URL with its password (in the user info or as `password=`) replaced, for
+/// messages.
 pub(super) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
     };
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((user_info, host)) => {
-            let user = user_info.split(':').next().unwrap_or_default();
-            let hidden = if user_info.contains(':') { ":***" } else { "" };
-            format!("{scheme}://{user}{hidden}@{host}{tail}")
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((user_info, host)) => {
+                    let user = user_info.split(':').next().unwrap_or_default();
+                    let hidden = if user_info.contains(':') { ":***" } else { "" };
+                    format!("{scheme}://{user}{hidden}@{host}{tail}")
+                }
+                None => base.to_owned(),
+            }
         }
-        None => url.to_owned(),
+        None => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some(("password", _)) => "password=***".to_owned(),
+                _ => param.to_owned(),
+            })
+            .collect();
+        out = format!("{out}?{}", params.join("&"));
     }
+    out
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -106,10 +130,52 @@ impl PostgresStore {
         Ok(store)
     }
 
+    /// [`open`](Self::open), then the daemon lock; refused with [`StoreError::InUse`]
+    /// while another process holds it.
+    pub async fn open_for_daemon(url: &str) -> Result<Self, StoreError> {
+        let mut store = Self::open(url).await?;
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(pg)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::error!(error = %e, "the connection holding the daemon lock ended");
+            }
+        });
+        let claimed: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&DAEMON_LOCK])
+            .await
+            .map_err(pg)?
+            .get(0);
+        if !claimed {
+            return Err(StoreError::InUse);
+        }
+        store.daemon_lock = tokio::sync::Mutex::new(Some(client));
+        Ok(store)
+    }
+
     /// A database migrated only up to schema `version`: how tests make an older store
     /// to show that opening it migrates it.
     pub async fn open_at_version(url: &str, version: u32) -> Result<(), StoreError> {
         Self::connect(url)?.migrate(version).await
+    }
+
+    /// Creates a new, empty database on the server of `url` (whose database is only
+    /// used to connect) and returns its URL: one per test or benchmark run.
+    pub async fn create_database(url: &str) -> Result<String, StoreError> {
+        let name = format!("orchqueue_{}", uuid::Uuid::new_v4().simple());
+        let store = Self::connect(url)?;
+        store
+            .client()
+            .await?
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .map_err(pg)?;
+        let (server, query) = match url.split_once('?') {
+            Some((server, query)) => (server, format!("?{query}")),
+            None => (url, String::new()),
+        };
+        let (scheme, rest) = server.split_once("://").unwrap_or(("postgres", server));
+        let authority = rest.split('/').next().unwrap_or(rest);
+        Ok(format!("{scheme}://{authority}/{name}{query}"))
     }
 
     fn connect(url: &str) -> Result<Self, StoreError> {
@@ -131,6 +197,7 @@ impl PostgresStore {
         Ok(Self {
             pool,
             refuse_writes: WriteSwitch::default(),
+            daemon_lock: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -486,6 +553,19 @@ impl TaskStore for PostgresStore {
             .map_err(pg)
     }
 
+    async fn release(&self) {
+        if let Some(client) = self.daemon_lock.lock().await.take() {
+            // Unlocked before the answer, so the next daemon's claim cannot race a
+            // connection that is still closing.
+            if let Err(e) = client
+                .execute("SELECT pg_advisory_unlock($1)", &[&DAEMON_LOCK])
+                .await
+            {
+                tracing::warn!(error = %pg(e), "releasing the daemon lock");
+            }
+        }
+    }
+
     fn refuse_writes(&self, refuse: bool) {
         self.refuse_writes.set(refuse);
     }
@@ -508,6 +588,10 @@ mod tests {
         assert_eq!(
             redact("postgresql://localhost/db"),
             "postgresql://localhost/db"
+        );
+        assert_eq!(
+            redact("postgres://localhost/db?user=orch&password=s3cret&sslmode=disable"),
+            "postgres://localhost/db?user=orch&password=***&sslmode=disable"
         );
     }
 }

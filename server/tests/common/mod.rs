@@ -21,6 +21,7 @@ use std::time::Duration;
 use contracts::config::{BuiltinEngineConfig, Config, EngineConfig, PoolConfig, ReplicaConfig};
 use contracts::{StreamEvent, TaskRequest, TokenEvent};
 use orchctl::Client;
+use orchestratord::store::StoreLocation;
 use orchestratord::{RunningServer, TestHandle};
 use tempfile::TempDir;
 
@@ -35,7 +36,19 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start(config: Config) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let server = orchestratord::start(config, "127.0.0.1:0", &dir.path().join("store.db"))
+        let store = StoreLocation::Sqlite(dir.path().join("store.db"));
+        Self::start_on(config, dir, store).await
+    }
+
+    /// A server on a fresh database of the test PostgreSQL cluster (ORCH-7006).
+    pub async fn start_on_postgres(config: Config) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = StoreLocation::Postgres(fresh_postgres_database().await);
+        Self::start_on(config, dir, store).await
+    }
+
+    async fn start_on(config: Config, dir: TempDir, store: StoreLocation) -> Self {
+        let server = orchestratord::start(config, "127.0.0.1:0", store)
             .await
             .expect("server starts");
         let proxy = conformance::Proxy::start(&server.url(), conformance::committed_documents())
@@ -358,14 +371,7 @@ pub async fn postgres_client(url: &str) -> tokio_postgres::Client {
 /// A new, empty database of the test cluster, for one test: its URL.
 pub async fn fresh_postgres_database() -> String {
     let admin = postgres_url();
-    let name = format!("orchq_{}", uuid::Uuid::new_v4().simple());
-    postgres_client(&admin)
+    orchestratord::store::PostgresStore::create_database(&admin)
         .await
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap_or_else(|e| panic!("CREATE DATABASE on {admin}: {e}"));
-    match admin.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/{name}"),
-        None => panic!("{admin}: expected a URL ending in /<database>"),
-    }
+        .unwrap_or_else(|e| panic!("a fresh database on {admin}: {e}"))
 }
