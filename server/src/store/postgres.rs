@@ -1,7 +1,8 @@
-//! PostgreSQL (ORCH-7006): the store several daemons share. Each operation is one
-//! transaction on a pooled connection; PostgreSQL's own group commit batches the
-//! fsyncs of concurrent commits, so there is no writer thread here. Row locks
-//! (`FOR UPDATE`) order the writes of one task that two daemons could race on.
+//! PostgreSQL (ORCH-7006). Each operation is one statement (one transaction) on a
+//! pooled connection, prepared once per connection; PostgreSQL's own group commit
+//! batches the fsyncs of concurrent commits, so there is no writer thread here. A
+//! task's log write updates its row first in the same statement, so the row lock
+//! orders a flush and the terminal write that race.
 
 use async_trait::async_trait;
 use contracts::{StreamEvent, TaskState};
@@ -127,6 +128,11 @@ impl PostgresStore {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let store = Self::connect(url)?;
         store.migrate(MIGRATIONS.len() as u32).await?;
+        // Every connection opened now, not by the first burst of work: a new
+        // connection is a new PostgreSQL backend process, milliseconds that the
+        // first tokens of that burst would otherwise wait for.
+        let warm = futures::future::try_join_all((0..POOL_SIZE).map(|_| store.client())).await?;
+        drop(warm);
         Ok(store)
     }
 
@@ -280,60 +286,96 @@ fn read_record(row: &Row) -> Result<TaskRecord, StoreError> {
     })
 }
 
+/// Statements are prepared once per connection (deadpool's statement cache), so each
+/// is one round trip after the first, not a parse and an execute.
+async fn execute(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, StoreError> {
+    let statement = client.prepare_cached(sql).await.map_err(pg)?;
+    client.execute(&statement, params).await.map_err(pg)
+}
+
+async fn query(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, StoreError> {
+    let statement = client.prepare_cached(sql).await.map_err(pg)?;
+    client.query(&statement, params).await.map_err(pg)
+}
+
+async fn query_opt(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>, StoreError> {
+    let statement = client.prepare_cached(sql).await.map_err(pg)?;
+    client.query_opt(&statement, params).await.map_err(pg)
+}
+
 async fn get_record(
     client: &impl GenericClient,
     key: &TaskKey,
     lock: &str,
 ) -> Result<Option<TaskRecord>, StoreError> {
-    let row = client
-        .query_opt(
-            &format!("SELECT {COLUMNS} FROM tasks WHERE {BY_KEY} {lock}"),
-            &[&key.tenant, &key.scope, &key.task_id],
-        )
-        .await
-        .map_err(pg)?;
+    let row = query_opt(
+        client,
+        &format!("SELECT {COLUMNS} FROM tasks WHERE {BY_KEY} {lock}"),
+        &[&key.tenant, &key.scope, &key.task_id],
+    )
+    .await?;
     row.as_ref().map(read_record).transpose()
 }
 
-/// Upserts events by index, as the SQLite store does: the terminal write rewrites
-/// any index a racing flush wrote before it.
+/// A task's new tokens and events in one statement, so one round trip: the CTE
+/// updates (and row-locks) the task, and the events are upserted by index only when
+/// it matched, as the SQLite store does — the terminal write (`finish`: more
+/// columns in `set`) rewrites any index a racing flush wrote before it, and a flush
+/// after the end (`live_only`) matches no row and writes nothing. Parameters `$1..$6`
+/// are the key and the tail; `set` uses `$7` and on for `values`.
 async fn write_tail(
     client: &impl GenericClient,
-    seq: i64,
     key: &TaskKey,
     tail: &LogTail,
+    set: &str,
+    values: &[&(dyn ToSql + Sync)],
+    live_only: bool,
 ) -> Result<(), StoreError> {
-    client
-        .execute(
-            &format!(
-                "UPDATE tasks SET tokens_out = $4::BIGINT, \
-                 first_token = first_token OR $4::BIGINT > 0 WHERE {BY_KEY}"
-            ),
-            &[
-                &key.tenant,
-                &key.scope,
-                &key.task_id,
-                &i64::from(tail.tokens_out),
-            ],
-        )
-        .await
-        .map_err(pg)?;
-    if tail.events.is_empty() {
-        return Ok(());
-    }
+    let live = if live_only {
+        "AND state IN ('queued', 'running')"
+    } else {
+        ""
+    };
     let indexes: Vec<i32> = (0..tail.events.len())
         .map(|offset| (tail.events_from + offset) as i32)
         .collect();
     let events: Vec<String> = tail.events.iter().map(json_text).collect();
-    client
-        .execute(
-            "INSERT INTO task_events (task_seq, idx, event) \
-             SELECT $1, idx, event FROM UNNEST($2::INTEGER[], $3::TEXT[]) AS e (idx, event) \
-             ON CONFLICT (task_seq, idx) DO UPDATE SET event = EXCLUDED.event",
-            &[&seq, &indexes, &events],
-        )
-        .await
-        .map_err(pg)?;
+    let tokens_out = i64::from(tail.tokens_out);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+        &key.tenant,
+        &key.scope,
+        &key.task_id,
+        &tokens_out,
+        &indexes,
+        &events,
+    ];
+    params.extend_from_slice(values);
+    execute(
+        client,
+        &format!(
+            "WITH task AS (UPDATE tasks SET tokens_out = $4::BIGINT, \
+             first_token = first_token OR $4::BIGINT > 0 {set} WHERE {BY_KEY} {live} \
+             RETURNING seq) \
+             INSERT INTO task_events (task_seq, idx, event) \
+             SELECT task.seq, e.idx, e.event \
+             FROM task, UNNEST($5::INTEGER[], $6::TEXT[]) AS e (idx, event) \
+             ON CONFLICT (task_seq, idx) DO UPDATE SET event = EXCLUDED.event"
+        ),
+        &params,
+    )
+    .await?;
     Ok(())
 }
 
@@ -347,11 +389,12 @@ impl PostgresStore {
         self.refuse_writes.check()?;
         let mut all: Vec<&(dyn ToSql + Sync)> = vec![&key.tenant, &key.scope, &key.task_id];
         all.extend_from_slice(values);
-        self.client()
-            .await?
-            .execute(&format!("UPDATE tasks SET {set} WHERE {BY_KEY}"), &all)
-            .await
-            .map_err(pg)?;
+        execute(
+            &self.client().await?,
+            &format!("UPDATE tasks SET {set} WHERE {BY_KEY}"),
+            &all,
+        )
+        .await?;
         Ok(())
     }
 }
@@ -362,27 +405,26 @@ impl TaskStore for PostgresStore {
         self.refuse_writes.check()?;
         let client = self.client().await?;
         let key = &record.key;
-        let inserted = client
-            .query_opt(
-                "INSERT INTO tasks (tenant, scope, task_id, pool_id, priority, request, \
+        let inserted = query_opt(
+            &client,
+            "INSERT INTO tasks (tenant, scope, task_id, pool_id, priority, request, \
                  body_hash, seed, state, submitted_at_ms) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                  ON CONFLICT (tenant, scope, task_id) DO NOTHING RETURNING seq",
-                &[
-                    &key.tenant,
-                    &key.scope,
-                    &key.task_id,
-                    &record.pool_id,
-                    &enum_str(&record.priority),
-                    &json_text(&record.request),
-                    &record.body_hash,
-                    &i64::from(record.seed),
-                    &TaskState::Queued.as_str(),
-                    &(record.submitted_at_ms as i64),
-                ],
-            )
-            .await
-            .map_err(pg)?;
+            &[
+                &key.tenant,
+                &key.scope,
+                &key.task_id,
+                &record.pool_id,
+                &enum_str(&record.priority),
+                &json_text(&record.request),
+                &record.body_hash,
+                &i64::from(record.seed),
+                &TaskState::Queued.as_str(),
+                &(record.submitted_at_ms as i64),
+            ],
+        )
+        .await?;
         if let Some(row) = inserted {
             return Ok(Inserted::New { seq: row.get(0) });
         }
@@ -395,14 +437,12 @@ impl TaskStore for PostgresStore {
 
     async fn delete(&self, key: &TaskKey) -> Result<(), StoreError> {
         self.refuse_writes.check()?;
-        self.client()
-            .await?
-            .execute(
-                &format!("DELETE FROM tasks WHERE {BY_KEY}"),
-                &[&key.tenant, &key.scope, &key.task_id],
-            )
-            .await
-            .map_err(pg)?;
+        execute(
+            &self.client().await?,
+            &format!("DELETE FROM tasks WHERE {BY_KEY}"),
+            &[&key.tenant, &key.scope, &key.task_id],
+        )
+        .await?;
         Ok(())
     }
 
@@ -431,45 +471,28 @@ impl TaskStore for PostgresStore {
 
     async fn append_events(&self, key: &TaskKey, tail: LogTail) -> Result<(), StoreError> {
         self.refuse_writes.check()?;
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg)?;
-        match get_record(&tx, key, "FOR UPDATE").await? {
-            Some(record) if !record.state.is_terminal() => {
-                write_tail(&tx, record.seq, key, &tail).await?;
-            }
-            _ => return Ok(()),
-        }
-        tx.commit().await.map_err(pg)
+        write_tail(&self.client().await?, key, &tail, "", &[], true).await
     }
 
     async fn finish(&self, key: &TaskKey, finish: Finish) -> Result<(), StoreError> {
         self.refuse_writes.check()?;
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg)?;
-        let Some(record) = get_record(&tx, key, "FOR UPDATE").await? else {
-            return Ok(());
-        };
         let finish_reason = finish.finish_reason.as_ref().map(enum_str);
         let error = finish.error.as_ref().map(json_text);
-        tx.execute(
-            &format!(
-                "UPDATE tasks SET state = $4, finished_at_ms = $5, finish_reason = $6, \
-                 error = $7 WHERE {BY_KEY}"
-            ),
+        let finished_at_ms = finish.finished_at_ms as i64;
+        write_tail(
+            &self.client().await?,
+            key,
+            &finish.tail,
+            ", state = $7, finished_at_ms = $8, finish_reason = $9, error = $10",
             &[
-                &key.tenant,
-                &key.scope,
-                &key.task_id,
                 &finish.state.as_str(),
-                &(finish.finished_at_ms as i64),
+                &finished_at_ms,
                 &finish_reason,
                 &error,
             ],
+            false,
         )
         .await
-        .map_err(pg)?;
-        write_tail(&tx, record.seq, key, &finish.tail).await?;
-        tx.commit().await.map_err(pg)
     }
 
     async fn get(&self, key: &TaskKey) -> Result<Option<TaskRecord>, StoreError> {
@@ -477,80 +500,67 @@ impl TaskStore for PostgresStore {
     }
 
     async fn events(&self, key: &TaskKey) -> Result<Vec<StreamEvent>, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT e.event FROM task_events e JOIN tasks t ON t.seq = e.task_seq \
+        let rows = query(
+            &self.client().await?,
+            "SELECT e.event FROM task_events e JOIN tasks t ON t.seq = e.task_seq \
                  WHERE t.tenant = $1 AND t.scope = $2 AND t.task_id = $3 ORDER BY e.idx",
-                &[&key.tenant, &key.scope, &key.task_id],
-            )
-            .await
-            .map_err(pg)?;
+            &[&key.tenant, &key.scope, &key.task_id],
+        )
+        .await?;
         rows.iter()
             .map(|row| serde_json::from_str(row.get(0)).map_err(|e| backend(format!("event: {e}"))))
             .collect()
     }
 
     async fn list(&self, filter: ListFilter) -> Result<Vec<TaskRecord>, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM tasks WHERE tenant = $1 AND scope = $2 \
+        let rows = query(
+            &self.client().await?,
+            &format!(
+                "SELECT {COLUMNS} FROM tasks WHERE tenant = $1 AND scope = $2 \
                      AND ($3::TEXT IS NULL OR state = $3) AND seq > $4 ORDER BY seq LIMIT $5"
-                ),
-                &[
-                    &filter.tenant,
-                    &filter.scope,
-                    &filter.state.map(TaskState::as_str),
-                    &filter.after_seq.unwrap_or(0),
-                    &i64::from(filter.limit),
-                ],
-            )
-            .await
-            .map_err(pg)?;
+            ),
+            &[
+                &filter.tenant,
+                &filter.scope,
+                &filter.state.map(TaskState::as_str),
+                &filter.after_seq.unwrap_or(0),
+                &i64::from(filter.limit),
+            ],
+        )
+        .await?;
         rows.iter().map(read_record).collect()
     }
 
     async fn unfinished(&self) -> Result<Vec<TaskRecord>, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM tasks WHERE state IN ('queued', 'running') ORDER BY seq"
-                ),
-                &[],
-            )
-            .await
-            .map_err(pg)?;
+        let rows = query(
+            &self.client().await?,
+            &format!(
+                "SELECT {COLUMNS} FROM tasks WHERE state IN ('queued', 'running') ORDER BY seq"
+            ),
+            &[],
+        )
+        .await?;
         rows.iter().map(read_record).collect()
     }
 
     async fn purge_finished_before(&self, at_ms: u64) -> Result<u64, StoreError> {
         self.refuse_writes.check()?;
-        self.client()
-            .await?
-            .execute(
-                "DELETE FROM tasks WHERE finished_at_ms IS NOT NULL AND finished_at_ms < $1",
-                &[&(at_ms as i64)],
-            )
-            .await
-            .map_err(pg)
+        execute(
+            &self.client().await?,
+            "DELETE FROM tasks WHERE finished_at_ms IS NOT NULL AND finished_at_ms < $1",
+            &[&(at_ms as i64)],
+        )
+        .await
     }
 
     async fn purge_scope(&self, tenant: &str, scope: &str) -> Result<u64, StoreError> {
         self.refuse_writes.check()?;
-        self.client()
-            .await?
-            .execute(
-                "DELETE FROM tasks WHERE tenant = $1 AND scope = $2",
-                &[&tenant, &scope],
-            )
-            .await
-            .map_err(pg)
+        execute(
+            &self.client().await?,
+            "DELETE FROM tasks WHERE tenant = $1 AND scope = $2",
+            &[&tenant, &scope],
+        )
+        .await
     }
 
     async fn release(&self) {
