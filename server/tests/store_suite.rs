@@ -127,6 +127,21 @@ fn end(tokens_out: u32) -> StreamEvent {
     })
 }
 
+/// The terminal write of a task that completed with one token.
+fn completed_at(finished_at_ms: u64) -> Finish {
+    Finish {
+        state: TaskState::Completed,
+        finished_at_ms,
+        finish_reason: Some(FinishReason::Length),
+        error: None,
+        tail: LogTail {
+            events_from: 0,
+            events: vec![token(0), end(1)],
+            tokens_out: 1,
+        },
+    }
+}
+
 async fn insert_new(store: &dyn TaskStore, record: TaskRecord) -> i64 {
     match store.insert(record).await.expect("insert") {
         Inserted::New { seq } => seq,
@@ -266,23 +281,7 @@ async fn unfinished_tasks_and_lists_come_in_admission_order(fixture: Fixture) {
     }
     insert_new(&*store, record(&key("other", "t0"), "p")).await;
     store.mark_started(&keys[1], "r0", 1).await.unwrap();
-    store
-        .finish(
-            &keys[2],
-            Finish {
-                state: TaskState::Completed,
-                finished_at_ms: 2,
-                finish_reason: Some(FinishReason::Length),
-                error: None,
-                tail: LogTail {
-                    events_from: 0,
-                    events: vec![token(0), end(1)],
-                    tokens_out: 1,
-                },
-            },
-        )
-        .await
-        .unwrap();
+    store.finish(&keys[2], completed_at(2)).await.unwrap();
     let unfinished: Vec<(String, TaskState)> = store
         .unfinished()
         .await
@@ -335,23 +334,7 @@ async fn purges_delete_tasks_with_their_logs(fixture: Fixture) {
         insert_new(&*store, record(k, "p")).await;
     }
     for (k, at) in [(&old, 100), (&fresh, 300)] {
-        store
-            .finish(
-                k,
-                Finish {
-                    state: TaskState::Completed,
-                    finished_at_ms: at,
-                    finish_reason: Some(FinishReason::Length),
-                    error: None,
-                    tail: LogTail {
-                        events_from: 0,
-                        events: vec![token(0), end(1)],
-                        tokens_out: 1,
-                    },
-                },
-            )
-            .await
-            .unwrap();
+        store.finish(k, completed_at(at)).await.unwrap();
     }
     assert_eq!(store.purge_finished_before(200).await.unwrap(), 1);
     assert_eq!(store.get(&old).await.unwrap(), None);
