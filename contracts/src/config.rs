@@ -12,6 +12,12 @@ pub struct Config {
     /// Where tasks are stored: a SQLite file, or a PostgreSQL URL
     /// (`postgres://…`) that several daemons share; `--store` overrides it.
     pub store: String,
+    /// This daemon's name: the `daemon` label of its metrics and how the cluster
+    /// names its dispatcher (ORCH-7014). Defaults to the address it listens on.
+    /// Like `bind` and `store` it may differ between the daemons of one cluster.
+    pub instance: Option<String>,
+    /// Several daemons on one PostgreSQL store (ORCH-7012, ORCH-7013).
+    pub cluster: ClusterConfig,
     /// How long terminal tasks and their event logs stay readable (ORCH-7004).
     pub retention_ms: u64,
     /// On SIGTERM, how long in-flight work may run before it is persisted and
@@ -34,6 +40,8 @@ impl Default for Config {
         Self {
             bind: "127.0.0.1:8080".into(),
             store: "orchqueue.db".into(),
+            instance: None,
+            cluster: ClusterConfig::default(),
             retention_ms: 24 * 3600 * 1000,
             shutdown_grace_ms: 10_000,
             keepalive_ms: 5_000,
@@ -46,6 +54,22 @@ impl Default for Config {
                 ..PoolConfig::default()
             }],
         }
+    }
+}
+
+/// The dispatcher lease of a cluster (ORCH-7013).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// How long the dispatching daemon's lease lasts without a renewal before
+    /// another daemon takes over; renewed every third of it. A shorter lease fails
+    /// over sooner and costs more writes.
+    pub lease_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { lease_ms: 5_000 }
     }
 }
 
@@ -378,6 +402,10 @@ pub struct BuiltinEngineConfig {
     /// The replica reports Unready for this long after start (model preload).
     pub start_unready_ms: u64,
     pub faults: BuiltinFaults,
+    /// Test aid: a file to which every generation appends one line (its prompt and
+    /// this process's id), so a test counts the generations of a task across
+    /// daemons on the engine side (ORCH-7012).
+    pub journal: Option<String>,
 }
 
 impl Default for BuiltinEngineConfig {
@@ -391,6 +419,7 @@ impl Default for BuiltinEngineConfig {
             model_ref: "builtin:tiny-words".into(),
             start_unready_ms: 0,
             faults: BuiltinFaults::default(),
+            journal: None,
         }
     }
 }

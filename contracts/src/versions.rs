@@ -9,7 +9,7 @@ pub const CONTROL_API: &str = "1.1.1";
 /// `contracts/openapi/openai.yaml` (`info.version`).
 pub const OPENAI_API: &str = "1.0.0";
 /// `contracts/schemas/config.schema.json` (`x-version`).
-pub const CONFIG_SCHEMA: &str = "1.5.0";
+pub const CONFIG_SCHEMA: &str = "1.6.0";
 /// `contracts/schemas/error.schema.json` (`x-version`).
 pub const ERROR_SCHEMA: &str = "1.0.1";
 /// `contracts/schemas/sse-event.schema.json` (`x-version`).

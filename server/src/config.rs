@@ -244,6 +244,10 @@ const SESSION_TURNS_MAX: u32 = 8;
 /// SSE keep-alive comments: often enough for proxies, rare enough to cost nothing.
 const KEEPALIVE_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
 
+/// The dispatcher lease (ORCH-7013): long enough for a renewal round trip under
+/// load, short enough that a failover is not a long outage.
+const LEASE_MS: std::ops::RangeInclusive<u64> = 300..=600_000;
+
 /// Longest pool alias: model names such as `HuggingFaceTB/SmolLM2-135M-Instruct`.
 const ALIAS_MAX_LEN: usize = 256;
 
@@ -397,6 +401,28 @@ pub fn semantic_issues(config: &Config) -> Vec<ConfigIssue> {
 }
 
 fn server_issues(config: &Config, issues: &mut Vec<ConfigIssue>) {
+    if !LEASE_MS.contains(&config.cluster.lease_ms) {
+        issues.push(ConfigIssue::new(
+            "cluster.lease_ms",
+            format!(
+                "must be between {} and {} (a lease renewed every third of it), got {}",
+                LEASE_MS.start(),
+                LEASE_MS.end(),
+                config.cluster.lease_ms
+            ),
+        ));
+    }
+    if let Some(instance) = &config.instance
+        && !contracts::limits::is_id(instance)
+    {
+        issues.push(ConfigIssue::new(
+            "instance",
+            format!(
+                "instance {instance:?} must be 1-{} characters of [A-Za-z0-9._:-] (it is a metrics label)",
+                contracts::limits::ID_MAX_LEN
+            ),
+        ));
+    }
     if config.sessions.ttl_ms == 0 || config.sessions.ttl_ms > SESSION_TTL_MAX_MS {
         issues.push(ConfigIssue::new(
             "sessions.ttl_ms",

@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod api;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod cursor;
 pub mod engines;
@@ -29,13 +30,22 @@ use tokio::task::JoinHandle;
 pub use test_handle::TestHandle;
 
 use crate::clock::Clock;
-use crate::runtime::Orchestrator;
-use crate::store::StoreLocation;
+use crate::cluster::{ClusterMetrics, Member};
+use crate::runtime::{Daemon, Orchestrator};
+use crate::store::{ClusterTable, StoreLocation};
+
+/// How a daemon serves: alone on its store, or as a member of a cluster on a
+/// PostgreSQL store (ORCH-7012).
+enum Node {
+    Alone(Arc<Orchestrator>),
+    Member(Arc<Member>),
+}
 
 /// A started daemon: its address, its test handle, and its stop switch.
 pub struct RunningServer {
     pub addr: SocketAddr,
-    orchestrator: Arc<Orchestrator>,
+    node: Node,
+    clock: Clock,
     stop: Option<oneshot::Sender<()>>,
     serve: JoinHandle<std::io::Result<()>>,
     grace: Duration,
@@ -46,14 +56,41 @@ impl RunningServer {
         format!("http://{}", self.addr)
     }
 
+    /// The hooks of this daemon's orchestrator; a cluster member has one only while
+    /// it dispatches.
     pub fn test_handle(&self) -> TestHandle {
-        TestHandle::new(Arc::clone(&self.orchestrator))
+        let orchestrator = match &self.node {
+            Node::Alone(orchestrator) => Arc::clone(orchestrator),
+            Node::Member(member) => {
+                member
+                    .local()
+                    .expect("test handle: this cluster member does not dispatch")
+                    .orchestrator
+            }
+        };
+        TestHandle::new(orchestrator)
+    }
+
+    /// Its membership, when the store is PostgreSQL.
+    pub fn member(&self) -> Option<&Arc<Member>> {
+        match &self.node {
+            Node::Alone(_) => None,
+            Node::Member(member) => Some(member),
+        }
+    }
+
+    /// Moves this daemon's clock (watchdogs, deadlines, retention, the lease).
+    pub fn advance_clock(&self, ms: u64) {
+        self.clock.advance(ms);
     }
 
     /// Graceful stop (ORCH-7007): admission closes, running work gets the
-    /// grace period, then the listener closes.
+    /// grace period, then the listener closes; a dispatcher gives its lease up.
     pub async fn shutdown(mut self) {
-        self.orchestrator.shutdown(self.grace).await;
+        match &self.node {
+            Node::Alone(orchestrator) => orchestrator.shutdown(self.grace).await,
+            Node::Member(member) => member.leave(self.grace).await,
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -65,8 +102,16 @@ impl RunningServer {
             // an orchestrator that has stopped.
             self.serve.abort();
         }
-        // The next daemon may open the store now, before this process exits.
-        self.orchestrator.store.release().await;
+    }
+
+    /// Stops the way `kill -9` does, for in-process tests: nothing more is written,
+    /// the lease is not given up, connections are dropped.
+    pub fn crash(self) {
+        match &self.node {
+            Node::Alone(orchestrator) => orchestrator.halt(),
+            Node::Member(member) => member.crash(),
+        }
+        self.serve.abort();
     }
 
     /// Resolves when the listener stops (used by the binary).
@@ -76,13 +121,14 @@ impl RunningServer {
 }
 
 /// Open the store (a SQLite file, or `postgres://…`), recover unfinished tasks,
-/// start the workers and serve.
+/// start the workers and serve. On PostgreSQL the daemon joins the store's cluster
+/// and does all that only while it holds the dispatcher lease (ORCH-7012).
 pub async fn start(
     config: Config,
     bind: &str,
     store: impl Into<StoreLocation>,
 ) -> anyhow::Result<RunningServer> {
-    let store = store.into();
+    let location = store.into();
     config::validate(&config)?;
     let addr: SocketAddr = tokio::net::lookup_host(bind)
         .await
@@ -90,25 +136,72 @@ pub async fn start(
         .next()
         .with_context(|| format!("bind address {bind:?} resolves to nothing"))?;
     config::check_bind(&addr, &config)?;
-    let store = store
-        .open_for_daemon()
+    let store = location
+        .open()
         .await
-        .with_context(|| format!("cannot open the store {store}"))?;
-    let orchestrator = Orchestrator::new(&config, store, Clock::default()).await;
-    let (requeued, reset) = orchestrator.recover().await?;
-    if requeued + reset > 0 {
-        tracing::info!(requeued, reset, "recovered unfinished tasks from the store");
-    }
-    orchestrator.spawn_workers();
+        .with_context(|| format!("cannot open the store {location}"))?;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let addr = listener.local_addr()?;
-    let app = api::router(api::AppState::new(
-        Arc::clone(&orchestrator),
-        config.keepalive_ms,
-        config.max_body_bytes,
-    ));
+    let daemon = Daemon {
+        instance: config.instance.clone().unwrap_or_else(|| addr.to_string()),
+        cluster: ClusterMetrics::default(),
+    };
+    let clock = Clock::default();
+    let (node, app) = match &location {
+        StoreLocation::Sqlite(_) => {
+            daemon.cluster.dispatching.set(1);
+            let orchestrator = dispatch(&config, store, &clock, &daemon).await?;
+            let app = api::router(api::AppState::new(
+                Arc::clone(&orchestrator),
+                config.keepalive_ms,
+                config.max_body_bytes,
+            ));
+            (Node::Alone(orchestrator), app)
+        }
+        StoreLocation::Postgres(url) => {
+            let table = ClusterTable::connect(url)
+                .await
+                .with_context(|| format!("cannot open the store {location}"))?;
+            let dispatcher: cluster::Dispatcher = {
+                let (config, clock, daemon) = (config.clone(), clock.clone(), daemon.clone());
+                Arc::new(move || {
+                    let (config, store, clock, daemon) = (
+                        config.clone(),
+                        Arc::clone(&store),
+                        clock.clone(),
+                        daemon.clone(),
+                    );
+                    Box::pin(async move {
+                        let orchestrator = dispatch(&config, store, &clock, &daemon).await?;
+                        let router = api::router(api::AppState::new(
+                            Arc::clone(&orchestrator),
+                            config.keepalive_ms,
+                            config.max_body_bytes,
+                        ));
+                        Ok(cluster::Local {
+                            orchestrator,
+                            router,
+                        })
+                    })
+                })
+            };
+            let member = Member::join(
+                table,
+                &config,
+                daemon.instance.clone(),
+                format!("http://{addr}"),
+                clock.clone(),
+                dispatcher,
+                daemon.cluster.clone(),
+            )
+            .await?;
+            tracing::info!(role = ?member.role(), "joined the cluster of the store");
+            let app = api::front::router(Arc::clone(&member), config.max_body_bytes);
+            (Node::Member(member), app)
+        }
+    };
     let (stop, stopped) = oneshot::channel::<()>();
     let serve = tokio::spawn(async move {
         // Without TCP_NODELAY each SSE event waits for the client's delayed
@@ -122,12 +215,30 @@ pub async fn start(
             })
             .await
     });
-    tracing::info!(%addr, "orchestratord listening");
+    tracing::info!(%addr, instance = %daemon.instance, "orchestratord listening");
     Ok(RunningServer {
         addr,
-        orchestrator,
+        node,
+        clock,
         stop: Some(stop),
         serve,
         grace: Duration::from_millis(config.shutdown_grace_ms),
     })
+}
+
+/// The orchestrator of a dispatching daemon: pools built, unfinished tasks recovered
+/// from the store, workers running.
+async fn dispatch(
+    config: &Config,
+    store: Arc<dyn store::TaskStore>,
+    clock: &Clock,
+    daemon: &Daemon,
+) -> anyhow::Result<Arc<Orchestrator>> {
+    let orchestrator = Orchestrator::new(config, store, clock.clone(), daemon).await;
+    let (requeued, reset) = orchestrator.recover().await?;
+    if requeued + reset > 0 {
+        tracing::info!(requeued, reset, "recovered unfinished tasks from the store");
+    }
+    orchestrator.spawn_workers();
+    Ok(orchestrator)
 }

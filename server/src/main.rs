@@ -25,6 +25,10 @@ struct Args {
     /// PostgreSQL URL (`postgres://user@host:5432/db`) that several daemons share.
     #[arg(long, env = "ORCH_STORE", value_name = "FILE|URL")]
     store: Option<String>,
+    /// This daemon's name in metrics and logs, overriding the config's `instance`
+    /// (default: the address it listens on). Daemons of one cluster may differ here.
+    #[arg(long, env = "ORCH_INSTANCE")]
+    instance: Option<String>,
     /// Validate the config file against the config schema and the semantic
     /// checks, print every error with its path, and exit (0 = valid).
     #[arg(long, value_name = "FILE")]
@@ -59,10 +63,13 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => orchestratord::config::load(path)?,
         None => Config::default(),
     };
+    if let Some(instance) = args.instance.clone() {
+        config.instance = Some(instance);
+    }
     let bind = args.bind.clone().unwrap_or_else(|| config.bind.clone());
     let store = StoreLocation::parse(args.store.as_deref().unwrap_or(&config.store));
     let mut server = orchestratord::start(config, &bind, store)

@@ -60,6 +60,18 @@ struct RejectLabels {
 
 type GaugeF64 = Gauge<f64, AtomicU64>;
 
+/// A registry whose every series carries `daemon="<instance>"` (ORCH-7014), so the
+/// daemons of a cluster are told apart without the scraper's own `instance`.
+pub fn daemon_registry(instance: &str) -> Registry {
+    Registry::with_labels(
+        [(
+            std::borrow::Cow::Borrowed("daemon"),
+            std::borrow::Cow::Owned(instance.to_owned()),
+        )]
+        .into_iter(),
+    )
+}
+
 fn latency_histogram() -> Histogram {
     // 1 ms .. ~65 s
     Histogram::new(exponential_buckets(1.0, 2.0, 17))
@@ -91,8 +103,13 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub fn new<'a>(pool_ids: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut registry = Registry::default();
+    pub fn new<'a>(
+        instance: &str,
+        pool_ids: impl IntoIterator<Item = &'a str>,
+        cluster: &crate::cluster::ClusterMetrics,
+    ) -> Self {
+        let mut registry = daemon_registry(instance);
+        cluster.register(&mut registry);
         let this = Self {
             pools: pool_ids.into_iter().map(str::to_owned).collect(),
             tasks_enqueued: Family::default(),
@@ -380,7 +397,7 @@ mod tests {
     // covers: ORCH-7106
     #[test]
     fn user_supplied_pool_names_never_become_label_values() {
-        let metrics = Metrics::new(["default"]);
+        let metrics = Metrics::new("d", ["default"], &Default::default());
         let error = OrchError::invalid("pool_id", "unknown pool");
         metrics.rejected(Some("made-up-pool-1"), &error);
         metrics.rejected(Some("made-up-pool-2"), &error);

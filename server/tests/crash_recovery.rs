@@ -36,6 +36,7 @@ const ORDER_JITTER_MS: u64 = 15;
 const SLOW_CONFIG: &str = r#"
 shutdown_grace_ms: 0
 keepalive_ms: 1000
+cluster: { lease_ms: 1000 }
 pools:
   - id: default
     metrics_interval_ms: 0
@@ -53,6 +54,7 @@ pools:
 const FAST_CONFIG: &str = r#"
 shutdown_grace_ms: 0
 keepalive_ms: 1000
+cluster: { lease_ms: 1000 }
 pools:
   - id: default
     metrics_interval_ms: 0
@@ -575,4 +577,262 @@ async fn sigkill_mid_stream_loses_at_most_the_last_flush_interval() {
         terminal.map(|(e, d)| (e, d["message"].clone())),
         Some(("error".into(), error["message"].clone()))
     );
+}
+
+/// Three daemons of one cluster on PostgreSQL, each killed in turn (ORCH-7013): a short
+/// lease so that each failover takes about a second of real time, a journal of every
+/// generation the engines start, and replicas slow enough that tasks are streaming at
+/// each kill.
+fn cluster_config(journal: &Path) -> String {
+    format!(
+        r#"
+shutdown_grace_ms: 0
+keepalive_ms: 1000
+cluster: {{ lease_ms: 1000 }}
+pools:
+  - id: default
+    metrics_interval_ms: 0
+    queue:
+      capacity: 100000
+    replicas:
+      - id: r0
+        engine: {{ kind: builtin, tokens_per_s: 100.0, ttft_ms: 5, slots: 2, journal: "{0}" }}
+      - id: r1
+        engine: {{ kind: builtin, tokens_per_s: 100.0, ttft_ms: 5, slots: 2, journal: "{0}" }}
+"#,
+        journal.display()
+    )
+}
+
+/// Submits until told to stop, each task through the next daemon; a task whose
+/// answer was not a complete `202` is sent again, same body, to the next daemon
+/// (idempotent by its `task_id`), so each ends accepted.
+async fn cluster_worker(
+    urls: Arc<std::sync::Mutex<Vec<String>>>,
+    worker: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    accepted_total: Arc<AtomicUsize>,
+) -> (Vec<(String, Value)>, usize) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let scope = format!("cluster-{worker}");
+    let (mut accepted, mut resent) = (Vec::new(), 0);
+    let mut turn = worker;
+    for k in 0..PER_WORKER {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let task_id = format!("w{worker}-t{k}");
+        let request = json!({
+            "task_id": task_id,
+            "scope": scope,
+            "prompt": format!("cluster crash prompt {worker}-{k}"),
+            "max_tokens": MAX_TOKENS,
+            "seed": k as u32,
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "{scope}/{task_id} never accepted"
+            );
+            turn += 1;
+            let url = {
+                let urls = urls.lock().unwrap();
+                urls[turn % urls.len()].clone()
+            };
+            let answer = match http
+                .post(format!("{url}/v1/tasks"))
+                .json(&request)
+                .send()
+                .await
+            {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    response
+                        .json::<Value>()
+                        .await
+                        .ok()
+                        .map(|body| (status, body))
+                }
+                Err(_) => None,
+            };
+            match answer {
+                Some((202, body)) => {
+                    assert_eq!(body["task_id"], json!(task_id));
+                    break;
+                }
+                Some((503, body)) => assert_eq!(body["retriable"], json!(true), "{body}"),
+                Some((status, body)) => panic!("{scope}/{task_id}: {status} {body}"),
+                None => {}
+            }
+            resent += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        accepted.push((task_id, request));
+        accepted_total.fetch_add(1, Ordering::SeqCst);
+    }
+    (accepted, resent)
+}
+
+async fn dispatcher_of(http: &reqwest::Client, urls: &[String]) -> Option<usize> {
+    for (n, url) in urls.iter().enumerate() {
+        if let Ok(response) = http.get(format!("{url}/metrics")).send().await
+            && let Ok(text) = response.text().await
+            && text
+                .lines()
+                .any(|l| l.starts_with("cluster_dispatching{") && l.ends_with(" 1"))
+        {
+            return Some(n);
+        }
+    }
+    None
+}
+
+// covers: ORCH-7013, ORCH-7012, ORCH-7003
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_each_cluster_daemon_in_turn_loses_no_task_and_runs_none_twice() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("journal");
+    let config = dir.path().join("cluster.yaml");
+    std::fs::write(&config, cluster_config(&journal)).unwrap();
+    let store = common::fresh_postgres_database().await;
+    let store = OsStr::new(&store);
+    let mut daemons = Vec::new();
+    for _ in 0..3 {
+        daemons.push(spawn_daemon(&config, store).await);
+    }
+    let urls = Arc::new(std::sync::Mutex::new(
+        daemons.iter().map(|d| d.url.clone()).collect::<Vec<_>>(),
+    ));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let accepted_total = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..6)
+        .map(|w| {
+            tokio::spawn(cluster_worker(
+                Arc::clone(&urls),
+                w,
+                Arc::clone(&stop),
+                Arc::clone(&accepted_total),
+            ))
+        })
+        .collect();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (mut killed_pids, mut killed_dispatchers) = (Vec::new(), 0);
+    // Each victim is replaced in its slot, so it is named by index.
+    #[allow(clippy::needless_range_loop)]
+    for victim in 0..daemons.len() {
+        let target = accepted_total.load(Ordering::SeqCst) + 60;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while accepted_total.load(Ordering::SeqCst) < target {
+            assert!(
+                Instant::now() < deadline,
+                "the burst stalled before kill {victim}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let current: Vec<String> = urls.lock().unwrap().clone();
+        if dispatcher_of(&http, &current).await == Some(victim) {
+            killed_dispatchers += 1;
+        }
+        killed_pids.push(daemons[victim].child.id().expect("a running daemon"));
+        daemons[victim]
+            .child
+            .kill()
+            .await
+            .expect("SIGKILL orchestratord");
+        daemons[victim] = spawn_daemon(&config, store).await;
+        urls.lock().unwrap()[victim] = daemons[victim].url.clone();
+    }
+    let target = accepted_total.load(Ordering::SeqCst) + 30;
+    while accepted_total.load(Ordering::SeqCst) < target {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (mut accepted, mut resent) = (Vec::new(), 0);
+    for worker in workers {
+        let (mine, again) = worker.await.expect("worker");
+        accepted.extend(mine);
+        resent += again;
+    }
+
+    // Every accepted task settles, read through the daemons in turn.
+    let url_list: Vec<String> = urls.lock().unwrap().clone();
+    let mut states: BTreeMap<String, usize> = BTreeMap::new();
+    for (n, (task_id, request)) in accepted.iter().enumerate() {
+        let scope = scope_of(request);
+        let url = &url_list[n % url_list.len()];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            let (code, status) = status(&http, url, &scope, task_id).await;
+            assert_eq!(code, 200, "accepted task {scope}/{task_id} lost: {status}");
+            if matches!(status["state"].as_str(), Some("completed" | "failed")) {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{scope}/{task_id} never settled: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if status["state"] == "failed" {
+            assert_eq!(
+                status["error"]["code"], "WORKER_RESET",
+                "{scope}/{task_id}: {status}"
+            );
+        }
+        *states
+            .entry(status["state"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+
+    // The engines' journal: a task ran again only after the daemon that ran it was
+    // killed (a retry before its first token, ORCH-7003), never twice in one daemon
+    // and never while its first run lived on.
+    let mut runs: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for line in std::fs::read_to_string(&journal).unwrap().lines() {
+        let entry: Value = serde_json::from_str(line).unwrap();
+        runs.entry(entry["prompt"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(entry["pid"].as_u64().unwrap() as u32);
+    }
+    let mut rerun = 0;
+    for (_, request) in &accepted {
+        let prompt = request["prompt"].as_str().unwrap();
+        let pids = runs.get(prompt).cloned().unwrap_or_default();
+        if let Some((_, earlier)) = pids.split_last() {
+            for pid in earlier {
+                assert!(
+                    killed_pids.contains(pid),
+                    "{prompt} ran twice, first in the live daemon {pid}: {pids:?}"
+                );
+            }
+            rerun += earlier.len();
+        }
+        let mut distinct = pids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            pids.len(),
+            "{prompt} ran twice in one daemon: {pids:?}"
+        );
+    }
+    println!(
+        "cluster crash: 3 daemons, each SIGKILLed once ({killed_dispatchers} of them dispatching at the kill); \
+         accepted {} tasks ({resent} submissions sent again after a kill), final states {states:?}, \
+         runs started again after a kill {rerun}, wall time {:?}",
+        accepted.len(),
+        started.elapsed()
+    );
+    assert!(killed_dispatchers >= 1, "no kill hit the dispatcher");
+    for daemon in &mut daemons {
+        let _ = daemon.child.kill().await;
+    }
 }

@@ -6,6 +6,7 @@ mod auth;
 mod control;
 mod error;
 mod extract;
+pub mod front;
 mod openai;
 mod sessions;
 mod tasks;

@@ -238,6 +238,9 @@ impl Engine for BuiltinEngine {
         if let Some(messages) = request.messages.take() {
             request.prompt = super::simple_chat_template(&messages);
         }
+        if let Some(journal) = &self.config.journal {
+            journal_generation(journal, &request.prompt)?;
+        }
         let mut texts = token_text(&request, &self.properties.engine_version);
         let mut stops = StopMatcher::new(std::mem::take(&mut request.stop));
         let max_tokens = request.max_tokens;
@@ -276,6 +279,19 @@ impl Engine for BuiltinEngine {
     fn faults(&self) -> Option<&FaultSwitch> {
         Some(&self.faults)
     }
+}
+
+/// One line per generation, appended whole (`O_APPEND`), so the daemons of a test
+/// cluster can share the file: the test counts a task's generations by its prompt.
+fn journal_generation(path: &str, prompt: &str) -> Result<(), EngineError> {
+    use std::io::Write;
+    let line = serde_json::json!({ "pid": std::process::id(), "prompt": prompt }).to_string();
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(format!("{line}\n").as_bytes()))
+        .map_err(|e| EngineError::Refused(format!("cannot append to the journal {path}: {e}")))
 }
 
 #[cfg(test)]

@@ -49,6 +49,13 @@ pub struct Orchestrator {
     pub metrics: crate::metrics::Metrics,
 }
 
+/// Who this daemon is: its name in metrics, and the cluster counters they include.
+#[derive(Debug, Clone, Default)]
+pub struct Daemon {
+    pub instance: String,
+    pub cluster: crate::cluster::ClusterMetrics,
+}
+
 /// Where a stream reader resumes (ORCH-1104).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resume {
@@ -67,7 +74,12 @@ pub struct Admitted {
 impl Orchestrator {
     /// Build pools and replicas from config; replicas start `Starting` and
     /// are probed once before this returns.
-    pub async fn new(config: &Config, store: Arc<dyn TaskStore>, clock: Clock) -> Arc<Self> {
+    pub async fn new(
+        config: &Config,
+        store: Arc<dyn TaskStore>,
+        clock: Clock,
+        daemon: &Daemon,
+    ) -> Arc<Self> {
         let pools = config
             .pools
             .iter()
@@ -95,7 +107,11 @@ impl Orchestrator {
             stopped: AtomicBool::new(false),
             grace_ends_ms: AtomicU64::new(0),
             retention_ms: config.retention_ms,
-            metrics: crate::metrics::Metrics::new(config.pools.iter().map(|p| p.id.as_str())),
+            metrics: crate::metrics::Metrics::new(
+                &daemon.instance,
+                config.pools.iter().map(|p| p.id.as_str()),
+                &daemon.cluster,
+            ),
         });
         for pool in orchestrator.pools.values() {
             for replica in pool.replicas() {
@@ -793,6 +809,19 @@ impl Orchestrator {
             frozen,
             "shutdown: admission stopped; finished work settled, the rest persisted as far as it streamed"
         );
+    }
+
+    /// Stops at once, writing nothing more: what a dispatcher that lost its lease
+    /// does, since the daemon that holds it now owns these tasks (ORCH-7013).
+    pub fn halt(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+        self.stopped.store(true, Ordering::SeqCst);
+        for task in self.live().values() {
+            task.freeze();
+        }
+        for pool in self.pools.values() {
+            pool.wake.notify_one();
+        }
     }
 
     pub fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {

@@ -8,7 +8,7 @@
 mod postgres;
 mod sqlite;
 
-pub use postgres::PostgresStore;
+pub use postgres::{ClusterTable, LeaseRow, PostgresStore};
 pub use sqlite::SqliteStore;
 
 use std::ops::Range;
@@ -100,12 +100,6 @@ pub enum StoreError {
          at another store"
     )]
     SchemaTooNew { found: u32, known: u32 },
-    #[error(
-        "another orchestratord already serves this store: several daemons on one store \
-         are not supported yet (ORCH-7012, planned); stop the other daemon, or give this \
-         one its own store"
-    )]
-    InUse,
 }
 
 /// Where the tasks live: `postgres://…` (or `postgresql://…`) is a PostgreSQL
@@ -123,19 +117,6 @@ impl StoreLocation {
         } else {
             Self::Sqlite(PathBuf::from(text))
         }
-    }
-
-    /// Opens the store for a daemon: the migrations it lacks applied, and claimed by
-    /// this process so that a second daemon on it is refused ([`StoreError::InUse`])
-    /// rather than dispatching the same tasks. A SQLite file is claimed by SQLite's
-    /// own locking only; a PostgreSQL database by an advisory lock held for the
-    /// store's life, which PostgreSQL releases when the daemon's connection ends,
-    /// `kill -9` included.
-    pub async fn open_for_daemon(&self) -> Result<Arc<dyn TaskStore>, StoreError> {
-        Ok(match self {
-            Self::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
-            Self::Postgres(url) => Arc::new(PostgresStore::open_for_daemon(url).await?),
-        })
     }
 
     /// Opens the store, applying the migrations it lacks.
@@ -254,10 +235,6 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn purge_finished_before(&self, at_ms: u64) -> Result<u64, StoreError>;
     /// Delete every task of a namespace and its event log (ORCH-6013).
     async fn purge_scope(&self, tenant: &str, scope: &str) -> Result<u64, StoreError>;
-    /// Ends a daemon's claim on the store ([`StoreLocation::open_for_daemon`]) at the
-    /// end of its shutdown, so that the next daemon can open it while this process
-    /// lives on (tests, an embedding program). SQLite holds no claim to end.
-    async fn release(&self) {}
     /// Test hook: make every write fail, to reach `INTERNAL` for real.
     fn refuse_writes(&self, refuse: bool);
 }

@@ -17,7 +17,8 @@ use super::{
 
 /// Schema migrations, version `i + 1` at index `i`; the applied version is the one
 /// row of `orchqueue_schema`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE tasks (
     seq BIGSERIAL PRIMARY KEY,
     tenant TEXT NOT NULL,
@@ -47,12 +48,26 @@ CREATE TABLE task_events (
     event TEXT NOT NULL,
     PRIMARY KEY (task_seq, idx)
 );
-"];
+",
+    "
+CREATE TABLE orchqueue_lease (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    holder TEXT,
+    address TEXT,
+    epoch BIGINT NOT NULL,
+    renewals BIGINT NOT NULL
+);
+INSERT INTO orchqueue_lease VALUES (1, NULL, NULL, 0, 0);
+CREATE TABLE orchqueue_config (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    hash TEXT NOT NULL,
+    config TEXT NOT NULL
+);
+",
+];
 
 /// Daemons starting together take this advisory lock to migrate one at a time.
 const MIGRATION_LOCK: i64 = 0x6f72_6368_7175_6575; // "orchqueu"
-/// The daemon serving the database holds this session lock (ORCH-7012 is planned).
-const DAEMON_LOCK: i64 = 0x6f72_6368_6461_656d; // "orchdaem"
 
 /// Connections per daemon: admission, streaming reads and the runners' writes
 /// share them; PostgreSQL's default `max_connections` (100) allows several daemons.
@@ -67,10 +82,6 @@ const BY_KEY: &str = "tenant = $1 AND scope = $2 AND task_id = $3";
 pub struct PostgresStore {
     pool: Pool,
     refuse_writes: WriteSwitch,
-    /// The connection that holds [`DAEMON_LOCK`] for a daemon's store, until
-    /// [`TaskStore::release`] or the end of the process (PostgreSQL releases a
-    /// session's locks when its connection ends).
-    daemon_lock: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
 /// The URL with its password (in the user info or as `password=`) replaced, for
@@ -136,28 +147,6 @@ impl PostgresStore {
         Ok(store)
     }
 
-    /// [`open`](Self::open), then the daemon lock; refused with [`StoreError::InUse`]
-    /// while another process holds it.
-    pub async fn open_for_daemon(url: &str) -> Result<Self, StoreError> {
-        let mut store = Self::open(url).await?;
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(pg)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::error!(error = %e, "the connection holding the daemon lock ended");
-            }
-        });
-        let claimed: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&DAEMON_LOCK])
-            .await
-            .map_err(pg)?
-            .get(0);
-        if !claimed {
-            return Err(StoreError::InUse);
-        }
-        store.daemon_lock = tokio::sync::Mutex::new(Some(client));
-        Ok(store)
-    }
-
     /// A database migrated only up to schema `version`: how tests make an older store
     /// to show that opening it migrates it.
     pub async fn open_at_version(url: &str, version: u32) -> Result<(), StoreError> {
@@ -203,7 +192,6 @@ impl PostgresStore {
         Ok(Self {
             pool,
             refuse_writes: WriteSwitch::default(),
-            daemon_lock: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -563,21 +551,133 @@ impl TaskStore for PostgresStore {
         .await
     }
 
-    async fn release(&self) {
-        if let Some(client) = self.daemon_lock.lock().await.take() {
-            // Unlocked before the answer, so the next daemon's claim cannot race a
-            // connection that is still closing.
-            if let Err(e) = client
-                .execute("SELECT pg_advisory_unlock($1)", &[&DAEMON_LOCK])
-                .await
-            {
-                tracing::warn!(error = %pg(e), "releasing the daemon lock");
-            }
-        }
-    }
-
     fn refuse_writes(&self, refuse: bool) {
         self.refuse_writes.set(refuse);
+    }
+}
+
+/// The dispatcher lease as one daemon read it (ORCH-7013): who holds it, where
+/// that daemon listens, the epoch of its tenure and how often it renewed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub holder: Option<String>,
+    pub address: Option<String>,
+    pub epoch: i64,
+    pub renewals: i64,
+}
+
+/// The rows several daemons share beyond the tasks: the lease and the cluster's
+/// configuration. Its own connection, so a renewal never waits behind the task
+/// traffic of the pool.
+pub struct ClusterTable {
+    client: tokio_postgres::Client,
+}
+
+impl ClusterTable {
+    /// Connects to a store [`PostgresStore::open`] has migrated.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(pg)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "the cluster connection ended");
+            }
+        });
+        Ok(Self { client })
+    }
+
+    pub async fn lease(&self) -> Result<LeaseRow, StoreError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT holder, address, epoch, renewals FROM orchqueue_lease WHERE id = 1",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(LeaseRow {
+            holder: row.get(0),
+            address: row.get(1),
+            epoch: row.get(2),
+            renewals: row.get(3),
+        })
+    }
+
+    /// Takes the lease if it is still as `seen` (nobody renewed or took it since):
+    /// the new epoch, or `None` when another daemon moved first.
+    pub async fn take(
+        &self,
+        seen: &LeaseRow,
+        holder: &str,
+        address: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let row = self
+            .client
+            .query_opt(
+                "UPDATE orchqueue_lease SET holder = $1, address = $2, epoch = epoch + 1, \
+                 renewals = 0 WHERE id = 1 AND epoch = $3 AND renewals = $4 RETURNING epoch",
+                &[&holder, &address, &seen.epoch, &seen.renewals],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    /// Renews the lease of `epoch`; false when it is no longer this daemon's.
+    pub async fn renew(&self, epoch: i64, holder: &str) -> Result<bool, StoreError> {
+        let renewed = self
+            .client
+            .execute(
+                "UPDATE orchqueue_lease SET renewals = renewals + 1 \
+                 WHERE id = 1 AND epoch = $1 AND holder = $2",
+                &[&epoch, &holder],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(renewed == 1)
+    }
+
+    /// Gives the lease up at a clean stop, so a follower takes over at once.
+    pub async fn release(&self, epoch: i64, holder: &str) -> Result<(), StoreError> {
+        self.client
+            .execute(
+                "UPDATE orchqueue_lease SET holder = NULL, address = NULL, \
+                 renewals = renewals + 1 WHERE id = 1 AND epoch = $1 AND holder = $2",
+                &[&epoch, &holder],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    /// The cluster's configuration: stores `config` when there is none yet and
+    /// returns the one stored.
+    pub async fn config_or_store(&self, hash: &str, config: &str) -> Result<String, StoreError> {
+        self.client
+            .execute(
+                "INSERT INTO orchqueue_config (id, hash, config) VALUES (1, $1, $2) \
+                 ON CONFLICT (id) DO NOTHING",
+                &[&hash, &config],
+            )
+            .await
+            .map_err(pg)?;
+        let row = self
+            .client
+            .query_one("SELECT config FROM orchqueue_config WHERE id = 1", &[])
+            .await
+            .map_err(pg)?;
+        Ok(row.get(0))
+    }
+
+    /// Replaces the cluster's configuration: only when no daemon dispatches.
+    pub async fn replace_config(&self, hash: &str, config: &str) -> Result<(), StoreError> {
+        self.client
+            .execute(
+                "UPDATE orchqueue_config SET hash = $1, config = $2 WHERE id = 1",
+                &[&hash, &config],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
     }
 }
 

@@ -47,6 +47,12 @@ impl TestServer {
         Self::start_on(config, dir, store).await
     }
 
+    /// A daemon on the PostgreSQL database `url`, which others may share (ORCH-7012).
+    pub async fn start_on_database(config: Config, url: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_on(config, dir, StoreLocation::Postgres(url.to_owned())).await
+    }
+
     async fn start_on(config: Config, dir: TempDir, store: StoreLocation) -> Self {
         let server = orchestratord::start(config, "127.0.0.1:0", store)
             .await
