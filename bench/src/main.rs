@@ -37,6 +37,7 @@ use orchestratord::store::{PostgresStore, StoreLocation};
 use serde_json::{Value, json};
 
 mod backoff;
+mod cluster;
 
 #[derive(Debug, Parser)]
 #[command(about = "Load generator for orchestratord (durable admission, baseline, SSE relay)")]
@@ -69,6 +70,9 @@ struct Args {
 enum Command {
     /// How well the 429 backoff hint predicts, at a pinned overload (ORCH-2003, ORCH-3012).
     Backoff(backoff::BackoffArgs),
+    /// Admission and time to first token for 1, 2 and 3 daemons on one PostgreSQL
+    /// database, next to one daemon on SQLite (ORCH-7012).
+    Cluster(cluster::ClusterArgs),
 }
 
 #[derive(Debug, Clone)]
@@ -162,10 +166,10 @@ fn task_body(n: usize, max_tokens: u32) -> Value {
     })
 }
 
-/// `total` POSTs of `task_body` to `url` from `concurrency` clients, each
-/// with its own keep-alive connection.
+/// `total` POSTs of `task_body` from `concurrency` clients, each with its own
+/// keep-alive connection, client `i` to `urls[i % urls.len()]`.
 async fn post_load(
-    url: &str,
+    urls: &[String],
     total: usize,
     concurrency: usize,
     offset: usize,
@@ -177,9 +181,10 @@ async fn post_load(
     let started = Instant::now();
     let workers: Vec<_> = clients
         .into_iter()
-        .map(|client| {
+        .enumerate()
+        .map(|(i, client)| {
             let next = Arc::clone(&next);
-            let url = url.to_owned();
+            let url = urls[i % urls.len()].clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(total / concurrency + 1);
                 let mut errors = 0usize;
@@ -257,7 +262,7 @@ async fn admission_run(args: &Args, postgres: Option<&str>) -> anyhow::Result<Lo
     let server = orchestratord::start(config, "127.0.0.1:0", store).await?;
     // Replicas held: tasks only queue, so the run measures admission alone.
     server.test_handle().hold_dispatch("default", true);
-    let url = format!("{}/v1/tasks", server.url());
+    let url = [format!("{}/v1/tasks", server.url())];
     post_load(&url, warmup, args.concurrency, 0).await?;
     let figures = post_load(&url, args.requests, args.concurrency, warmup).await?;
     let queued = server.test_handle().queue_len("default");
@@ -287,7 +292,7 @@ async fn baseline_run(args: &Args) -> anyhow::Result<LoadFigures> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr: SocketAddr = listener.local_addr()?;
     let serve = tokio::spawn(async move { axum::serve(listener, app).await });
-    let url = format!("http://{addr}/v1/tasks");
+    let url = [format!("http://{addr}/v1/tasks")];
     post_load(&url, warmup_of(args.requests), args.concurrency, 0).await?;
     let figures = post_load(&url, args.requests, args.concurrency, 0).await?;
     serve.abort();
@@ -553,8 +558,10 @@ fn print_sse(title: &str, args: &Args, sse: &SseFigures) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Command::Backoff(backoff)) = args.command {
-        return backoff::main(backoff).await;
+    match args.command {
+        Some(Command::Backoff(backoff)) => return backoff::main(backoff).await,
+        Some(Command::Cluster(cluster)) => return cluster::main(cluster).await,
+        None => {}
     }
     ensure!(
         args.requests > 0 && args.concurrency > 0 && args.tasks > 0,

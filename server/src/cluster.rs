@@ -355,6 +355,11 @@ impl Member {
         text
     }
 
+    /// Whether this daemon has left the cluster (stopped, or crashed in a test).
+    pub fn has_left(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
     pub fn pause_renewals(&self, paused: bool) {
         self.renewals_paused.store(paused, Ordering::SeqCst);
     }

@@ -406,7 +406,9 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &metrics.registry).unwrap();
         assert!(!text.contains("made-up-pool"), "{text}");
         assert!(
-            text.contains(r#"tasks_rejected_total{pool="_unknown",reason="invalid-params"} 2"#),
+            text.contains(
+                r#"tasks_rejected_total{daemon="d",pool="_unknown",reason="invalid-params"} 2"#
+            ),
             "{text}"
         );
         assert!(text.contains("tokens_in_total{"), "{text}");

@@ -46,6 +46,17 @@ async fn serve(State(front): State<Front>, request: Request) -> Response {
         };
     }
     let path = request.uri().path().to_owned();
+    if front.member.has_left() {
+        // A connection that outlived this daemon's stop: it forwards nothing more.
+        return failure(
+            &path,
+            OrchError::new(
+                contracts::ErrorCode::PoolUnavailable,
+                "this daemon has stopped; send the request to another daemon of the cluster",
+            )
+            .with_backoff(100),
+        );
+    }
     match path.as_str() {
         "/healthz" => return "ok".into_response(),
         "/readyz" => {
@@ -141,7 +152,9 @@ impl Front {
                     .await;
                 match sent {
                     Ok(response) => return Ok(response),
-                    Err(e) if !e.is_connect() => {
+                    // A read (GET) is safe to send again; anything else is only sent
+                    // again when it never reached the dispatcher.
+                    Err(e) if !e.is_connect() && parts.method != Method::GET => {
                         return Err(OrchError::new(
                             contracts::ErrorCode::PoolUnavailable,
                             "the dispatching daemon failed while answering; retry the \
@@ -249,11 +262,22 @@ fn resumed_stream(
             }
             // The dispatcher went away mid-stream: resume from its successor after
             // the last token relayed, skipping the events already passed on.
+            // A dead dispatcher's last connections may still answer, or fail, until
+            // the lease moves: try again, within two leases.
             relayed.partial.clear();
             skip = relayed.events_since;
-            match front.send(&parts, Bytes::new(), relayed.last_token).await {
-                Ok(next) if next.status() == StatusCode::OK => upstream = next.bytes_stream(),
-                _ => return,
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(front.member.lease_ms() * 2);
+            loop {
+                match front.send(&parts, Bytes::new(), relayed.last_token).await {
+                    Ok(next) if next.status() == StatusCode::OK => {
+                        upstream = next.bytes_stream();
+                        break;
+                    }
+                    _ if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    _ => return,
+                }
             }
         }
     }
