@@ -105,7 +105,16 @@ fn expect_not_found<T: std::fmt::Debug>(
     }
 }
 
-async fn run_case(ops: Vec<Op>, on_postgres: bool) -> Result<(), String> {
+/// Where a case runs: one daemon on SQLite or PostgreSQL, or three daemons of one
+/// cluster on PostgreSQL, each step sent through the next daemon (ORCH-7012).
+#[derive(Debug, Clone, Copy)]
+enum Setup {
+    Sqlite,
+    Postgres,
+    ThreeDaemons,
+}
+
+async fn run_case(ops: Vec<Op>, setup: Setup) -> Result<(), String> {
     let mut config = config_with(
         2,
         BuiltinEngineConfig {
@@ -117,21 +126,35 @@ async fn run_case(ops: Vec<Op>, on_postgres: bool) -> Result<(), String> {
         |pool| pool.queue.capacity = 64,
     );
     config.shutdown_grace_ms = 200;
-    let server = if on_postgres {
-        TestServer::start_on_postgres(config).await
-    } else {
-        TestServer::start(config).await
+    let servers = match setup {
+        Setup::Sqlite => vec![TestServer::start(config).await],
+        Setup::Postgres => vec![TestServer::start_on_postgres(config).await],
+        Setup::ThreeDaemons => {
+            let database = common::fresh_postgres_database().await;
+            let mut servers = Vec::new();
+            for _ in 0..3 {
+                servers.push(TestServer::start_on_database(config.clone(), &database).await);
+            }
+            servers
+        }
     };
-    let result = check(&server, ops).await;
-    server.server.shutdown().await;
+    let result = check(&servers, ops).await;
+    for server in servers {
+        server.server.shutdown().await;
+    }
     result
 }
 
-async fn check(server: &TestServer, ops: Vec<Op>) -> Result<(), String> {
-    let clients: Vec<Client> = (0..SCOPES).map(|_| server.client()).collect();
+async fn check(servers: &[TestServer], ops: Vec<Op>) -> Result<(), String> {
+    let scopes: Vec<String> = (0..SCOPES).map(|_| common::unique_scope()).collect();
     let mut model = Model::default();
     for (step, op) in ops.into_iter().enumerate() {
         let context = format!("step {step}: {op:?}");
+        let through = &servers[step % servers.len()];
+        let clients: Vec<Client> = scopes
+            .iter()
+            .map(|scope| Client::new(through.url()).with_scope(scope))
+            .collect();
         match op {
             Op::Submit { scope, id, variant } => {
                 let answer = clients[scope as usize].submit(request(id, variant)).await;
@@ -266,17 +289,25 @@ async fn check(server: &TestServer, ops: Vec<Op>) -> Result<(), String> {
 // covers: ORCH-1005, ORCH-1006, ORCH-1012, ORCH-1020, ORCH-1021, ORCH-6011, ORCH-6012, ORCH-6022
 #[test]
 fn the_server_answers_like_the_reference_model() {
-    check_against_the_model(30, false);
+    check_against_the_model(30, Setup::Sqlite);
 }
 
 // The same model with the PostgreSQL store: fewer cases, each on a fresh database.
 // covers: ORCH-7006
 #[test]
 fn the_server_on_postgres_answers_like_the_reference_model() {
-    check_against_the_model(12, true);
+    check_against_the_model(12, Setup::Postgres);
 }
 
-fn check_against_the_model(cases: u32, on_postgres: bool) {
+// Three daemons of one cluster answer like one: each step through the next daemon, a
+// drain through one holds for the others.
+// covers: ORCH-7012, ORCH-6022
+#[test]
+fn three_daemons_on_one_database_answer_like_the_reference_model() {
+    check_against_the_model(10, Setup::ThreeDaemons);
+}
+
+fn check_against_the_model(cases: u32, setup: Setup) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -290,7 +321,7 @@ fn check_against_the_model(cases: u32, on_postgres: bool) {
     });
     let result = runner.run(&proptest::collection::vec(op(), 1..=25), |ops| {
         runtime
-            .block_on(run_case(ops, on_postgres))
+            .block_on(run_case(ops, setup))
             .map_err(TestCaseError::fail)
     });
     if let Err(error) = result {
