@@ -80,14 +80,15 @@ async fn serve(State(front): State<Front>, request: Request) -> Response {
     let body = match axum::body::to_bytes(body, front.max_body_bytes).await {
         Ok(body) => body,
         Err(_) => {
-            return failure(
+            let mut response = failure(
                 &path,
                 OrchError::invalid(
                     "body",
                     "is larger than the server's limit (max_body_bytes in the config)",
                 ),
-            )
-            .with_status(StatusCode::PAYLOAD_TOO_LARGE);
+            );
+            *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            return response;
         }
     };
     let resumable = parts.method == Method::GET && path.ends_with("/stream");
@@ -199,17 +200,20 @@ struct Relayed {
     last_token: Option<u32>,
     events_since: usize,
     ended: bool,
-    partial: String,
+    /// Bytes of an event not complete yet: a chunk may end inside an event, even
+    /// inside a character.
+    partial: Vec<u8>,
 }
 
 impl Relayed {
     /// Reads `chunk` (complete events end with a blank line) and returns the text to
     /// relay: everything, except the first `skip` events of a resumed stream.
-    fn feed(&mut self, chunk: &str, skip: &mut usize) -> String {
-        self.partial.push_str(chunk);
+    fn feed(&mut self, chunk: &[u8], skip: &mut usize) -> String {
+        self.partial.extend_from_slice(chunk);
         let mut out = String::new();
-        while let Some(end) = self.partial.find("\n\n") {
-            let event: String = self.partial.drain(..end + 2).collect();
+        while let Some(end) = self.partial.windows(2).position(|w| w == b"\n\n") {
+            let bytes: Vec<u8> = self.partial.drain(..end + 2).collect();
+            let event = String::from_utf8_lossy(&bytes).into_owned();
             let name = event
                 .lines()
                 .find_map(|l| l.strip_prefix("event:"))
@@ -252,7 +256,7 @@ fn resumed_stream(
         loop {
             while let Some(chunk) = upstream.next().await {
                 let Ok(chunk) = chunk else { break };
-                let text = relayed.feed(&String::from_utf8_lossy(&chunk), &mut skip);
+                let text = relayed.feed(&chunk, &mut skip);
                 if !text.is_empty() {
                     yield Ok(Bytes::from(text));
                 }
@@ -292,17 +296,6 @@ fn failure(path: &str, error: OrchError) -> Response {
     }
 }
 
-trait WithStatus {
-    fn with_status(self, status: StatusCode) -> Response;
-}
-
-impl WithStatus for Response {
-    fn with_status(mut self, status: StatusCode) -> Response {
-        *self.status_mut() = status;
-        self
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::Relayed;
@@ -313,7 +306,7 @@ mod tests {
         let mut relayed = Relayed::default();
         let mut skip = 0;
         let first = relayed.feed(
-            "event: started\ndata: {}\n\nevent: token\nid: 0\ndata: {}\n\n: keep-alive\n\nevent: metrics\nid: 0\ndata: {}\n\nevent: tok",
+            b"event: started\ndata: {}\n\nevent: token\nid: 0\ndata: {}\n\n: keep-alive\n\nevent: metrics\nid: 0\ndata: {}\n\nevent: tok",
             &mut skip,
         );
         assert_eq!(first.matches("event:").count(), 3);
@@ -323,11 +316,25 @@ mod tests {
         relayed.partial.clear();
         skip = relayed.events_since;
         let second = relayed.feed(
-            "event: metrics\nid: 0\ndata: {}\n\nevent: token\nid: 1\ndata: {}\n\nevent: end\nid: 1\ndata: {}\n\n",
+            b"event: metrics\nid: 0\ndata: {}\n\nevent: token\nid: 1\ndata: {}\n\nevent: end\nid: 1\ndata: {}\n\n",
             &mut skip,
         );
         assert_eq!(second.matches("event:").count(), 2, "{second}");
         assert!(second.starts_with("event: token\nid: 1"));
         assert!(relayed.ended);
+    }
+
+    // covers: ORCH-7012
+    #[test]
+    fn a_character_split_between_chunks_is_relayed_whole() {
+        let event = "event: token\nid: 0\ndata: {\"t\":\" caf\u{e9} \u{1f600}\",\"i\":0}\n\n";
+        let bytes = event.as_bytes();
+        let mut skip = 0;
+        for cut in 1..bytes.len() {
+            let mut relayed = Relayed::default();
+            let mut out = relayed.feed(&bytes[..cut], &mut skip);
+            out.push_str(&relayed.feed(&bytes[cut..], &mut skip));
+            assert_eq!(out, event, "cut at byte {cut}");
+        }
     }
 }
