@@ -74,6 +74,14 @@ impl TestHandle {
             .active()
     }
 
+    /// Make every admission wait `ms` after its insert commits, before the queue:
+    /// the window in which a client can give up on a task already stored.
+    pub fn pause_admissions_after_insert(&self, ms: u64) {
+        self.orchestrator
+            .admission_pause_ms
+            .store(ms, Ordering::SeqCst);
+    }
+
     pub fn queue_len(&self, pool: &str) -> usize {
         self.pool(pool).queue().len()
     }

@@ -647,3 +647,41 @@ async fn no_token_follows_an_acknowledged_cancel() {
     })
     .await;
 }
+
+/// A client that gives up while its task is being admitted — after the insert
+/// commits, before the task is queued — loses nothing: the admission finishes without
+/// it, and the task runs (it was left stored as queued and never dispatched).
+// covers: ORCH-7001
+#[tokio::test]
+async fn a_client_that_gives_up_mid_admission_leaves_a_task_that_runs() {
+    let server = TestServer::default().await;
+    server.handle().pause_admissions_after_insert(400);
+    let client = server.client();
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("{}/v1/tasks", server.url()))
+        .json(&serde_json::json!({
+            "task_id": "impatient",
+            "scope": client.scope().unwrap(),
+            "prompt": "given up on",
+            "max_tokens": 3,
+        }))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client timed out: {gave_up:?}");
+    server.handle().pause_admissions_after_insert(0);
+    let events = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.collect("impatient"),
+    )
+    .await
+    .expect("the task admitted without its client runs to its end")
+    .unwrap();
+    assert!(
+        matches!(events.last(), Some(StreamEvent::End(_))),
+        "{events:?}"
+    );
+}

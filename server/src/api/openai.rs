@@ -494,6 +494,7 @@ async fn run(
     let pool = request.task.pool_id.clone().unwrap_or_default();
     let scope = request.task.scope.clone().unwrap_or_default();
     let admitted = app
+        .orchestrator()
         .submit(&tenant, request.task)
         .await
         .inspect_err(|e| app.metrics.rejected(Some(&pool), e))

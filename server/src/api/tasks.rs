@@ -106,7 +106,7 @@ pub async fn create_task(
 ) -> Result<Response, OrchError> {
     let request: TaskRequest = parse_json(&body).inspect_err(|e| app.metrics.rejected(None, e))?;
     let pool = request.pool_id.clone().unwrap_or_else(|| "default".into());
-    let admission = (app.submit(&tenant, request).await)
+    let admission = (app.orchestrator().submit(&tenant, request).await)
         .inspect_err(|e| app.metrics.rejected(Some(&pool), e))?
         .response;
     let mut response = (StatusCode::ACCEPTED, Json(&admission)).into_response();

@@ -47,6 +47,8 @@ pub struct Orchestrator {
     retention_ms: u64,
     /// This server's Prometheus registry (ORCH-7101).
     pub metrics: crate::metrics::Metrics,
+    /// Test hook: how long an admission waits between its insert and the queue.
+    pub(crate) admission_pause_ms: AtomicU64,
 }
 
 /// Who this daemon is: its name in metrics, and the cluster counters they include.
@@ -107,6 +109,7 @@ impl Orchestrator {
             stopped: AtomicBool::new(false),
             grace_ends_ms: AtomicU64::new(0),
             retention_ms: config.retention_ms,
+            admission_pause_ms: AtomicU64::new(0),
             metrics: crate::metrics::Metrics::new(
                 &daemon.instance,
                 config.pools.iter().map(|p| p.id.as_str()),
@@ -163,8 +166,22 @@ impl Orchestrator {
     }
 
     /// `POST /v1/tasks` (ORCH-1001..ORCH-1009, ORCH-3004..ORCH-3006,
-    /// ORCH-3010, ORCH-5010, ORCH-7001).
+    /// ORCH-3010, ORCH-5010, ORCH-7001). The admission runs to its end in a task of
+    /// its own: were it dropped with a client that goes away (a timeout, a killed
+    /// follower of a cluster), the insert could have committed and the task never
+    /// reached the queue, stored as queued and never dispatched.
     pub async fn submit(
+        self: &Arc<Self>,
+        tenant: &Arc<Tenant>,
+        request: TaskRequest,
+    ) -> Result<Admitted, OrchError> {
+        let (orchestrator, tenant) = (Arc::clone(self), Arc::clone(tenant));
+        tokio::spawn(async move { orchestrator.validate_and_admit(&tenant, request).await })
+            .await
+            .unwrap_or_else(|e| Err(OrchError::internal(format!("the admission failed: {e}"))))
+    }
+
+    async fn validate_and_admit(
         &self,
         tenant: &Tenant,
         request: TaskRequest,
@@ -315,6 +332,10 @@ impl Orchestrator {
         match self.store.insert(record.clone()).await? {
             Inserted::New { .. } => {}
             Inserted::Existing(existing) => return self.resubmission(&existing, &body_hash),
+        }
+        let pause = self.admission_pause_ms.load(Ordering::SeqCst);
+        if pause > 0 {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
         let task = Arc::new(self.live_task_from(&record, Vec::new()));
         self.live().insert(key.clone(), Arc::clone(&task));
