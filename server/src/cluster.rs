@@ -220,8 +220,9 @@ pub struct Local {
     pub router: Router,
 }
 
-/// Builds the dispatcher when this daemon takes the lease (recovery included).
-pub type Dispatcher = Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<Local>> + Send + Sync>;
+/// Builds the dispatcher when this daemon takes the lease of an epoch: the store
+/// fenced at that epoch, then recovery.
+pub type Dispatcher = Arc<dyn Fn(i64) -> BoxFuture<'static, anyhow::Result<Local>> + Send + Sync>;
 
 /// Who dispatches, as this daemon knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -424,8 +425,11 @@ impl Member {
                         }
                         if verdict == Verdict::Held {
                             self.role.send_if_modified(|role| {
+                                // Its own lease, left after a step-down, is no dispatcher
+                                // to forward to: that would be a loop to itself.
+                                let own = row.holder.as_deref() == Some(self.holder.as_str());
                                 let known = Role::Follower {
-                                    dispatcher: row.address.clone(),
+                                    dispatcher: row.address.clone().filter(|_| !own),
                                 };
                                 let changed = *role != known;
                                 *role = known;
@@ -468,7 +472,7 @@ impl Member {
     fn spawn_dispatcher(self: &Arc<Self>, epoch: i64) {
         let member = Arc::clone(self);
         tokio::spawn(async move {
-            match (member.dispatcher)().await {
+            match (member.dispatcher)(epoch).await {
                 Ok(local) => {
                     let still_ours = member.role()
                         == Role::Dispatcher {

@@ -166,7 +166,7 @@ pub async fn start(
                 .with_context(|| format!("cannot open the store {location}"))?;
             let dispatcher: cluster::Dispatcher = {
                 let (config, clock, daemon) = (config.clone(), clock.clone(), daemon.clone());
-                Arc::new(move || {
+                Arc::new(move |epoch| {
                     let (config, store, clock, daemon) = (
                         config.clone(),
                         Arc::clone(&store),
@@ -174,6 +174,7 @@ pub async fn start(
                         daemon.clone(),
                     );
                     Box::pin(async move {
+                        store.fence(epoch).await?;
                         let orchestrator = dispatch(&config, store, &clock, &daemon).await?;
                         let router = api::router(api::AppState::new(
                             Arc::clone(&orchestrator),

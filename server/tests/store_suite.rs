@@ -583,3 +583,85 @@ mod postgres {
         .await;
     }
 }
+
+/// Two daemons' stores on one PostgreSQL database, one dispatching after the other
+/// took the lease (ORCH-7013): the earlier dispatcher, paused past its lease, wakes
+/// and writes; every write is refused and the new dispatcher's rows stay as it wrote
+/// them.
+// covers: ORCH-7013
+#[tokio::test]
+async fn a_dispatcher_of_an_earlier_epoch_writes_nothing_after_a_takeover() {
+    use orchestratord::store::ClusterTable;
+    let url = common::fresh_postgres_database().await;
+    let location = StoreLocation::Postgres(url.clone());
+    let (old, new) = (
+        location.open().await.unwrap(),
+        location.open().await.unwrap(),
+    );
+    let table = ClusterTable::connect(&url).await.unwrap();
+    let first = table
+        .take(&table.lease().await.unwrap(), "old", "http://old")
+        .await
+        .unwrap();
+    old.fence(first.unwrap()).await.unwrap();
+    let (running, queued) = (key("fence", "running"), key("fence", "queued"));
+    insert_new(
+        old.as_ref(),
+        record(&running, "running under the old epoch"),
+    )
+    .await;
+    insert_new(old.as_ref(), record(&queued, "queued under the old epoch")).await;
+    old.mark_started(&running, "r0", 10).await.unwrap();
+
+    // The takeover: a new epoch, and the store fenced at it before recovery.
+    let second = table
+        .take(&table.lease().await.unwrap(), "new", "http://new")
+        .await
+        .unwrap();
+    new.fence(second.unwrap()).await.unwrap();
+    new.mark_requeued(&running).await.unwrap();
+
+    let refused = |result: Result<(), StoreError>, what: &str| match result {
+        Err(StoreError::WriteRefused(message)) => {
+            assert!(message.contains("ORCH-7013"), "{what}: {message}")
+        }
+        other => panic!("{what}: the old dispatcher's write was not refused: {other:?}"),
+    };
+    refused(old.mark_started(&queued, "r1", 20).await, "mark_started");
+    refused(
+        old.append_events(
+            &running,
+            LogTail {
+                events_from: 0,
+                events: vec![token(0)],
+                tokens_out: 1,
+            },
+        )
+        .await,
+        "append_events",
+    );
+    refused(old.finish(&running, completed_at(30)).await, "finish");
+    match old
+        .insert(record(&key("fence", "late"), "admitted too late"))
+        .await
+    {
+        Err(StoreError::WriteRefused(message)) => assert!(message.contains("ORCH-7013")),
+        other => panic!("insert: {other:?}"),
+    }
+    old.delete(&queued).await.unwrap();
+
+    // The new dispatcher's view is intact: both tasks queued, no event, nothing late.
+    for task in [&running, &queued] {
+        let stored = new.get(task).await.unwrap().expect("still there");
+        assert_eq!(stored.state, TaskState::Queued, "{task:?}");
+        assert!(new.events(task).await.unwrap().is_empty());
+    }
+    assert!(new.get(&key("fence", "late")).await.unwrap().is_none());
+    // And it writes as usual.
+    new.mark_started(&queued, "r0", 40).await.unwrap();
+    new.finish(&queued, completed_at(50)).await.unwrap();
+    assert_eq!(
+        new.get(&queued).await.unwrap().unwrap().state,
+        TaskState::Completed
+    );
+}

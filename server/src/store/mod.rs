@@ -235,6 +235,13 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn purge_finished_before(&self, at_ms: u64) -> Result<u64, StoreError>;
     /// Delete every task of a namespace and its event log (ORCH-6013).
     async fn purge_scope(&self, tenant: &str, scope: &str) -> Result<u64, StoreError>;
+    /// Writes from now on under lease `epoch` (ORCH-7013): the unfinished tasks become
+    /// this epoch's, and a write of a dispatcher of an earlier epoch (a daemon that
+    /// was paused past its lease) is refused with [`StoreError::WriteRefused`] instead
+    /// of overwriting them. SQLite has one daemon and nothing to fence.
+    async fn fence(&self, _epoch: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Test hook: make every write fail, to reach `INTERNAL` for real.
     fn refuse_writes(&self, refuse: bool);
 }

@@ -4,6 +4,8 @@
 //! task's log write updates its row first in the same statement, so the row lock
 //! orders a flush and the terminal write that race.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use async_trait::async_trait;
 use contracts::{StreamEvent, TaskState};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -64,6 +66,10 @@ CREATE TABLE orchqueue_config (
     config TEXT NOT NULL
 );
 ",
+    // The lease epoch a task's writes belong to (ORCH-7013, `TaskStore::fence`).
+    "
+ALTER TABLE tasks ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
+",
 ];
 
 /// Daemons starting together take this advisory lock to migrate one at a time.
@@ -82,6 +88,8 @@ const BY_KEY: &str = "tenant = $1 AND scope = $2 AND task_id = $3";
 pub struct PostgresStore {
     pool: Pool,
     refuse_writes: WriteSwitch,
+    /// The lease epoch this store writes under ([`TaskStore::fence`]); 0 = unfenced.
+    epoch: AtomicI64,
 }
 
 /// The URL with its password (in the user info or as `password=`) replaced, for
@@ -192,6 +200,7 @@ impl PostgresStore {
         Ok(Self {
             pool,
             refuse_writes: WriteSwitch::default(),
+            epoch: AtomicI64::new(0),
         })
     }
 
@@ -322,7 +331,7 @@ async fn get_record(
 /// it matched, as the SQLite store does — the terminal write (`finish`: more
 /// columns in `set`) rewrites any index a racing flush wrote before it, and a flush
 /// after the end (`live_only`) matches no row and writes nothing. Parameters `$1..$6`
-/// are the key and the tail; `set` uses `$7` and on for `values`.
+/// are the key and the tail; `set` uses `$7` and on for `values`; the fence comes last.
 async fn write_tail(
     client: &impl GenericClient,
     key: &TaskKey,
@@ -330,6 +339,7 @@ async fn write_tail(
     set: &str,
     values: &[&(dyn ToSql + Sync)],
     live_only: bool,
+    epoch: i64,
 ) -> Result<(), StoreError> {
     let live = if live_only {
         "AND state IN ('queued', 'running')"
@@ -350,12 +360,14 @@ async fn write_tail(
         &events,
     ];
     params.extend_from_slice(values);
-    execute(
+    params.push(&epoch);
+    let fence = params.len();
+    let written = execute(
         client,
         &format!(
             "WITH task AS (UPDATE tasks SET tokens_out = $4::BIGINT, \
              first_token = first_token OR $4::BIGINT > 0 {set} WHERE {BY_KEY} {live} \
-             RETURNING seq) \
+             AND epoch <= ${fence} RETURNING seq) \
              INSERT INTO task_events (task_seq, idx, event) \
              SELECT task.seq, e.idx, e.event \
              FROM task, UNNEST($5::INTEGER[], $6::TEXT[]) AS e (idx, event) \
@@ -364,7 +376,37 @@ async fn write_tail(
         &params,
     )
     .await?;
+    if written == 0 {
+        check_fence(client, key, epoch).await?;
+    }
     Ok(())
+}
+
+/// A write that matched no row: refused if the task now belongs to a later epoch
+/// (another daemon dispatches it, ORCH-7013), else it was a no-op (a flush after the
+/// end).
+async fn check_fence(
+    client: &impl GenericClient,
+    key: &TaskKey,
+    epoch: i64,
+) -> Result<(), StoreError> {
+    let row = query_opt(
+        client,
+        &format!("SELECT epoch FROM tasks WHERE {BY_KEY}"),
+        &[&key.tenant, &key.scope, &key.task_id],
+    )
+    .await?;
+    match row.map(|row| row.get::<_, i64>(0)) {
+        Some(owner) if owner > epoch => Err(fenced(owner, epoch)),
+        _ => Ok(()),
+    }
+}
+
+fn fenced(owner: i64, epoch: i64) -> StoreError {
+    StoreError::WriteRefused(format!(
+        "this daemon dispatched under lease epoch {epoch}, and the dispatcher of epoch \
+         {owner} owns the task now (ORCH-7013)"
+    ))
 }
 
 impl PostgresStore {
@@ -375,15 +417,28 @@ impl PostgresStore {
         values: &[&(dyn ToSql + Sync)],
     ) -> Result<(), StoreError> {
         self.refuse_writes.check()?;
+        let epoch = self.epoch();
         let mut all: Vec<&(dyn ToSql + Sync)> = vec![&key.tenant, &key.scope, &key.task_id];
         all.extend_from_slice(values);
-        execute(
-            &self.client().await?,
-            &format!("UPDATE tasks SET {set} WHERE {BY_KEY}"),
+        all.push(&epoch);
+        let client = self.client().await?;
+        let updated = execute(
+            &client,
+            &format!(
+                "UPDATE tasks SET {set} WHERE {BY_KEY} AND epoch <= ${}",
+                all.len()
+            ),
             &all,
         )
         .await?;
+        if updated == 0 {
+            check_fence(&client, key, epoch).await?;
+        }
         Ok(())
+    }
+
+    fn epoch(&self) -> i64 {
+        self.epoch.load(Ordering::SeqCst)
     }
 }
 
@@ -391,13 +446,15 @@ impl PostgresStore {
 impl TaskStore for PostgresStore {
     async fn insert(&self, record: TaskRecord) -> Result<Inserted, StoreError> {
         self.refuse_writes.check()?;
+        let epoch = self.epoch();
         let client = self.client().await?;
         let key = &record.key;
         let inserted = query_opt(
             &client,
             "INSERT INTO tasks (tenant, scope, task_id, pool_id, priority, request, \
-                 body_hash, seed, state, submitted_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 body_hash, seed, state, submitted_at_ms, epoch) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::BIGINT \
+                 WHERE $11::BIGINT = 0 OR $11::BIGINT = (SELECT epoch FROM orchqueue_lease WHERE id = 1) \
                  ON CONFLICT (tenant, scope, task_id) DO NOTHING RETURNING seq",
             &[
                 &key.tenant,
@@ -410,6 +467,7 @@ impl TaskStore for PostgresStore {
                 &i64::from(record.seed),
                 &TaskState::Queued.as_str(),
                 &(record.submitted_at_ms as i64),
+                &epoch,
             ],
         )
         .await?;
@@ -418,6 +476,16 @@ impl TaskStore for PostgresStore {
         }
         match get_record(&client, key, "").await? {
             Some(existing) => Ok(Inserted::Existing(Box::new(existing))),
+            None if epoch != 0 => {
+                let lease = query_opt(
+                    &client,
+                    "SELECT epoch FROM orchqueue_lease WHERE id = 1",
+                    &[],
+                )
+                .await?
+                .map_or(0, |row| row.get::<_, i64>(0));
+                Err(fenced(lease, epoch))
+            }
             // Deleted between the conflict and the read: a purge raced the resubmission.
             None => Err(backend("the task was deleted while it was resubmitted")),
         }
@@ -427,8 +495,8 @@ impl TaskStore for PostgresStore {
         self.refuse_writes.check()?;
         execute(
             &self.client().await?,
-            &format!("DELETE FROM tasks WHERE {BY_KEY}"),
-            &[&key.tenant, &key.scope, &key.task_id],
+            &format!("DELETE FROM tasks WHERE {BY_KEY} AND epoch <= $4"),
+            &[&key.tenant, &key.scope, &key.task_id, &self.epoch()],
         )
         .await?;
         Ok(())
@@ -459,7 +527,16 @@ impl TaskStore for PostgresStore {
 
     async fn append_events(&self, key: &TaskKey, tail: LogTail) -> Result<(), StoreError> {
         self.refuse_writes.check()?;
-        write_tail(&self.client().await?, key, &tail, "", &[], true).await
+        write_tail(
+            &self.client().await?,
+            key,
+            &tail,
+            "",
+            &[],
+            true,
+            self.epoch(),
+        )
+        .await
     }
 
     async fn finish(&self, key: &TaskKey, finish: Finish) -> Result<(), StoreError> {
@@ -479,6 +556,7 @@ impl TaskStore for PostgresStore {
                 &error,
             ],
             false,
+            self.epoch(),
         )
         .await
     }
@@ -545,10 +623,23 @@ impl TaskStore for PostgresStore {
         self.refuse_writes.check()?;
         execute(
             &self.client().await?,
-            "DELETE FROM tasks WHERE tenant = $1 AND scope = $2",
-            &[&tenant, &scope],
+            "DELETE FROM tasks WHERE tenant = $1 AND scope = $2 AND epoch <= $3",
+            &[&tenant, &scope, &self.epoch()],
         )
         .await
+    }
+
+    async fn fence(&self, epoch: i64) -> Result<(), StoreError> {
+        // The unfinished tasks are this epoch's from now on: a write of an earlier
+        // dispatcher to any of them matches no row.
+        execute(
+            &self.client().await?,
+            "UPDATE tasks SET epoch = $1 WHERE state IN ('queued', 'running') AND epoch < $1",
+            &[&epoch],
+        )
+        .await?;
+        self.epoch.store(epoch, Ordering::SeqCst);
+        Ok(())
     }
 
     fn refuse_writes(&self, refuse: bool) {
