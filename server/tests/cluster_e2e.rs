@@ -430,3 +430,61 @@ async fn a_daemon_whose_config_differs_is_refused_naming_the_difference() {
     client.collect(&accepted.task_id).await.unwrap();
     next.server.shutdown().await;
 }
+
+// A tenant's rate limit and concurrency quota are counted once for the cluster, not
+// once per daemon.
+// covers: ORCH-7012, ORCH-3010, ORCH-3011
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_rate_limit_and_quota_hold_across_daemons() {
+    use contracts::config::{RateLimitConfig, Role as TenantRole, TenantConfig};
+    let engine = BuiltinEngineConfig {
+        slots: 4,
+        tokens_per_s: 20.0,
+        ..BuiltinEngineConfig::default()
+    };
+    let mut config = cluster_config(engine, 5_000);
+    config.tenants = vec![TenantConfig {
+        id: "app".into(),
+        role: TenantRole::Client,
+        api_key_sha256: vec![orchestratord::runtime::key_hash("app-key")],
+        max_concurrent: Some(1),
+        rate_limit: Some(RateLimitConfig {
+            per_second: 0.1,
+            burst: 2,
+        }),
+    }];
+    let (_database, daemons) = three_daemons(&config).await;
+    let through = |n: usize| Client::new(daemons[n].url()).with_api_key("app-key");
+    // Two admissions through two daemons spend the burst of 2 ...
+    let first = through(0).submit(task("first", 40)).await.unwrap();
+    let second = through(1).submit(task("second", 2)).await.unwrap();
+    // ... so the third, through the third daemon, is over the tenant's rate.
+    let limited = through(2).submit(task("third", 2)).await.unwrap_err();
+    assert_eq!(limited.status(), Some(429));
+    assert_eq!(
+        limited.envelope().unwrap().known_policy(),
+        Some(contracts::RejectPolicy::RateLimit)
+    );
+    // One task at a time for the tenant, whichever daemon is asked: the second waits
+    // while the first runs, though the replica has free slots.
+    eventually(Duration::from_secs(5), "the first task runs", async || {
+        through(2).status(&first.task_id).await.unwrap().state == TaskState::Running
+    })
+    .await;
+    for n in 0..3 {
+        assert_eq!(
+            through(n).status(&second.task_id).await.unwrap().state,
+            TaskState::Queued,
+            "through daemon {n}"
+        );
+    }
+    through(1).cancel(&first.task_id).await.unwrap();
+    let events = through(2).collect(&second.task_id).await.unwrap();
+    assert!(
+        matches!(events.last(), Some(StreamEvent::End(_))),
+        "{events:?}"
+    );
+    for daemon in daemons {
+        daemon.server.shutdown().await;
+    }
+}
