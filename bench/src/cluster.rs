@@ -31,6 +31,10 @@ pub struct ClusterArgs {
     /// Tasks of the time-to-first-token run per setup (8 at a time).
     #[arg(long, default_value_t = 200)]
     tasks: usize,
+    /// The cluster sizes on PostgreSQL to run, beside one daemon on SQLite and one on
+    /// PostgreSQL (the baselines of the ratios); e.g. `--daemons 3` to profile one.
+    #[arg(long, value_delimiter = ',', default_values_t = [2, 3])]
+    daemons: Vec<usize>,
 }
 
 struct Setup {
@@ -160,12 +164,13 @@ async fn time_to_first_token(
 }
 
 pub async fn main(args: ClusterArgs) -> anyhow::Result<()> {
-    let setups: [(String, usize, Option<&str>); 4] = [
+    let mut setups: Vec<(String, usize, Option<&str>)> = vec![
         ("1 daemon, SQLite".into(), 1, None),
         ("1 daemon, PostgreSQL".into(), 1, Some(&args.postgres)),
-        ("2 daemons, PostgreSQL".into(), 2, Some(&args.postgres)),
-        ("3 daemons, PostgreSQL".into(), 3, Some(&args.postgres)),
     ];
+    for &n in args.daemons.iter().filter(|n| **n > 1) {
+        setups.push((format!("{n} daemons, PostgreSQL"), n, Some(&args.postgres)));
+    }
     let mut results = Vec::new();
     for (name, daemons, postgres) in setups {
         let admission = admission(&args, daemons, postgres)
