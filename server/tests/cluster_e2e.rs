@@ -73,7 +73,7 @@ fn journal(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-// covers: ORCH-7012, ORCH-6010, ORCH-6012
+// covers: ORCH-7012, ORCH-6010, ORCH-6012, ORCH-6021, ORCH-6022
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_daemons_serve_one_queue_and_any_of_them_answers_for_every_task() {
     let journal_dir = tempfile::tempdir().unwrap();
@@ -178,6 +178,35 @@ async fn three_daemons_serve_one_queue_and_any_of_them_answers_for_every_task() 
         .map(|n| format!("cluster task {n}"))
         .collect();
     assert_eq!(journal(journal_dir.path()), expected);
+    // The control plane acts on the pool for the whole cluster: pool health and the
+    // replica sets read the same through every daemon, and a drain through a follower
+    // closes admission through the others.
+    let health = client_of(&daemons[0], &scope)
+        .pool_health("default")
+        .await
+        .unwrap();
+    let sets = client_of(&daemons[0], &scope).replica_sets().await.unwrap();
+    for daemon in &daemons[1..] {
+        let client = client_of(daemon, &scope);
+        assert_eq!(client.pool_health("default").await.unwrap(), health);
+        assert_eq!(
+            client.replica_sets().await.unwrap().replica_sets.len(),
+            sets.replica_sets.len()
+        );
+    }
+    client_of(&daemons[follower], &scope)
+        .drain_pool("default", 60_000)
+        .await
+        .unwrap();
+    for daemon in &daemons {
+        let client = client_of(daemon, &scope);
+        assert!(client.pool_health("default").await.unwrap().draining);
+        let closed = client.submit(task("after the drain", 2)).await.unwrap_err();
+        assert_eq!(
+            (closed.status(), closed.envelope().unwrap().code.known()),
+            (Some(503), Some(ErrorCode::PoolUnavailable))
+        );
+    }
     // Each daemon's metrics carry its instance; only the dispatcher says it dispatches.
     for (n, daemon) in daemons.iter().enumerate() {
         let text = reqwest::get(format!("{}/metrics", daemon.url()))
