@@ -38,6 +38,8 @@ use serde_json::{Value, json};
 
 mod backoff;
 mod cluster;
+mod instructions;
+mod scale;
 
 #[derive(Debug, Parser)]
 #[command(about = "Load generator for orchestratord (durable admission, baseline, SSE relay)")]
@@ -73,6 +75,12 @@ enum Command {
     /// Admission and time to first token for 1, 2 and 3 daemons on one PostgreSQL
     /// database, next to one daemon on SQLite (ORCH-7012).
     Cluster(cluster::ClusterArgs),
+    /// Instructions per queue and placement operation at 10 to 100k queued tasks,
+    /// counted by valgrind's callgrind (the flat-cost figure of issue 14).
+    Instructions(instructions::InstructionsArgs),
+    /// Admission and dispatch cost at 10 to 100k queued tasks; restart time and
+    /// memory per queued task at the deepest (issue 14).
+    Scale(scale::ScaleArgs),
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +182,17 @@ async fn post_load(
     concurrency: usize,
     offset: usize,
 ) -> anyhow::Result<LoadFigures> {
+    post_load_with(urls, total, concurrency, offset, |n| task_body(n, 16)).await
+}
+
+/// [`post_load`] with the `n`-th request's body from `body`.
+async fn post_load_with(
+    urls: &[String],
+    total: usize,
+    concurrency: usize,
+    offset: usize,
+    body: impl Fn(usize) -> Value + Copy + Send + 'static,
+) -> anyhow::Result<LoadFigures> {
     let next = Arc::new(AtomicUsize::new(0));
     let clients: Vec<reqwest::Client> = (0..concurrency)
         .map(|_| http_client())
@@ -193,7 +212,7 @@ async fn post_load(
                     if n >= total {
                         break;
                     }
-                    let body = serde_json::to_vec(&task_body(offset + n, 16)).expect("json");
+                    let body = serde_json::to_vec(&body(offset + n)).expect("json");
                     let sent = Instant::now();
                     let result = client
                         .post(&url)
@@ -561,6 +580,8 @@ async fn main() -> anyhow::Result<()> {
     match args.command {
         Some(Command::Backoff(backoff)) => return backoff::main(backoff).await,
         Some(Command::Cluster(cluster)) => return cluster::main(cluster).await,
+        Some(Command::Instructions(instructions)) => return instructions::run(&instructions),
+        Some(Command::Scale(scale)) => return scale::main(&scale).await,
         None => {}
     }
     ensure!(

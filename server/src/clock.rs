@@ -3,11 +3,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
 
 #[derive(Debug, Clone, Default)]
 pub struct Clock {
     offset_ms: Arc<AtomicU64>,
+    /// Wakes every [`Clock::sleep_until`] when the test handle moves time.
+    advanced: Arc<Notify>,
 }
 
 impl Clock {
@@ -22,5 +26,28 @@ impl Clock {
 
     pub fn advance(&self, ms: u64) {
         self.offset_ms.fetch_add(ms, Ordering::SeqCst);
+        self.advanced.notify_waiters();
+    }
+
+    /// Until this clock reads `at_ms` or later (never, for `None`): a real
+    /// timer, woken early when the test handle moves time.
+    pub async fn sleep_until(&self, at_ms: Option<u64>) {
+        let Some(at_ms) = at_ms else {
+            return std::future::pending().await;
+        };
+        loop {
+            let advanced = self.advanced.notified();
+            tokio::pin!(advanced);
+            // Registered before the clock is read: an advance in between wakes it.
+            advanced.as_mut().enable();
+            let now = self.now_ms();
+            if now >= at_ms {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(at_ms - now)) => {}
+                () = advanced => {}
+            }
+        }
     }
 }

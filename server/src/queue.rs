@@ -4,16 +4,213 @@
 //! refused tasks, and the forecast behind every backoff hint (ORCH-2003). No
 //! I/O, no clocks: the runtime drives it under a lock and passes the time in.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::hash::{BuildHasher, Hash, RandomState};
+
+use hashbrown::HashTable;
 
 use contracts::config::FullPolicy;
 use contracts::{ErrorCode, Priority, RejectPolicy};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A queue that keeps `n` tasks does every admission, dispatch, cancel and
+/// position in O(log n) (issue 14). Each key is stored once, in `entries`; a
+/// hash index finds a key's entry; each lane orders entries by a number
+/// handed out at the back (counting up) or the front (counting down); a
+/// Fenwick tree over a lane's numbers counts the keys ahead of one. Nothing
+/// walks or copies the whole queue but `dispatch_order`, which lists it.
+#[derive(Debug, Clone)]
 struct Entry<K> {
     key: K,
+    priority: Priority,
+    order: i64,
     /// Admission order, kept across requeues so drop-lru finds the oldest.
     seq: u64,
+}
+
+/// Where the queued keys are: a slab of entries and the index of their keys.
+#[derive(Clone)]
+struct Entries<K> {
+    slots: Vec<Option<Entry<K>>>,
+    free: Vec<u32>,
+    index: HashTable<u32>,
+    hasher: RandomState,
+}
+
+impl<K: Eq + Hash> Entries<K> {
+    fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: HashTable::new(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn get(&self, slot: u32) -> &Entry<K> {
+        self.slots[slot as usize]
+            .as_ref()
+            .expect("the lanes and the index name live slots")
+    }
+
+    fn find(&self, key: &K) -> Option<u32> {
+        let slots = &self.slots;
+        self.index
+            .find(self.hasher.hash_one(key), |&slot| {
+                slots[slot as usize].as_ref().is_some_and(|e| &e.key == key)
+            })
+            .copied()
+    }
+
+    fn insert(&mut self, entry: Entry<K>) -> u32 {
+        let hash = self.hasher.hash_one(&entry.key);
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(entry);
+                slot
+            }
+            None => {
+                self.slots.push(Some(entry));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index.insert_unique(hash, slot, |&s| {
+            hasher.hash_one(&slots[s as usize].as_ref().expect("live slot").key)
+        });
+        slot
+    }
+
+    fn remove(&mut self, key: &K) -> Option<Entry<K>> {
+        let slots = &self.slots;
+        let found = self
+            .index
+            .find_entry(self.hasher.hash_one(key), |&slot| {
+                slots[slot as usize].as_ref().is_some_and(|e| &e.key == key)
+            })
+            .ok()?;
+        let (slot, _) = found.remove();
+        self.free.push(slot);
+        self.slots[slot as usize].take()
+    }
+}
+
+impl<K: std::fmt::Debug> std::fmt::Debug for Entries<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.slots.iter().flatten()).finish()
+    }
+}
+
+/// One priority lane: slots of `Entries` in dispatch order.
+#[derive(Debug, Clone)]
+struct Lane {
+    by_order: BTreeMap<i64, u32>,
+    /// Smallest number handed out; a requeue at the front takes `front - 1`.
+    front: i64,
+    /// Next number for the back.
+    back: i64,
+    ranks: Ranks,
+}
+
+impl Lane {
+    fn new() -> Self {
+        Self {
+            by_order: BTreeMap::new(),
+            front: 0,
+            back: 0,
+            ranks: Ranks::default(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.by_order.len()
+    }
+
+    /// The number of a new key at the back (or the front), renumbering the
+    /// lane first when it falls outside the rank tree.
+    fn next_order<K>(&mut self, at_front: bool, entries: &mut Entries<K>) -> i64 {
+        let wanted = if at_front { self.front - 1 } else { self.back };
+        if !self.ranks.covers(wanted) {
+            self.renumber(entries);
+        }
+        if at_front {
+            self.front -= 1;
+            self.front
+        } else {
+            self.back += 1;
+            self.back - 1
+        }
+    }
+
+    fn insert(&mut self, order: i64, slot: u32) {
+        self.ranks.add(order, 1);
+        self.by_order.insert(order, slot);
+    }
+
+    fn remove(&mut self, order: i64) {
+        if self.by_order.remove(&order).is_some() {
+            self.ranks.add(order, -1);
+        }
+    }
+
+    /// Give the keys the numbers `slack..slack + len`, with room for `slack`
+    /// more at either end: O(len), once per `slack` pushes at the most, so
+    /// O(1) per push amortised.
+    fn renumber<K>(&mut self, entries: &mut Entries<K>) {
+        let len = self.by_order.len();
+        let slack = (len / 2).max(32);
+        let slots = std::mem::take(&mut self.by_order);
+        self.ranks = Ranks::new(len + 2 * slack);
+        for (i, slot) in slots.into_values().enumerate() {
+            let order = (slack + i) as i64;
+            if let Some(entry) = entries.slots[slot as usize].as_mut() {
+                entry.order = order;
+            }
+            self.insert(order, slot);
+        }
+        self.front = slack as i64;
+        self.back = (slack + len) as i64;
+    }
+}
+
+/// A Fenwick tree of how many keys hold each number of a lane.
+#[derive(Debug, Clone, Default)]
+struct Ranks {
+    tree: Vec<u32>,
+}
+
+impl Ranks {
+    fn new(size: usize) -> Self {
+        Self {
+            tree: vec![0; size],
+        }
+    }
+
+    fn covers(&self, order: i64) -> bool {
+        order >= 0 && (order as usize) < self.tree.len()
+    }
+
+    fn add(&mut self, order: i64, delta: i32) {
+        let mut i = order as usize + 1;
+        while i <= self.tree.len() {
+            self.tree[i - 1] = self.tree[i - 1].wrapping_add_signed(delta);
+            i += i & i.wrapping_neg();
+        }
+    }
+
+    /// Keys with a number below `order`.
+    fn before(&self, order: i64) -> usize {
+        let mut i = order as usize;
+        let mut count = 0;
+        while i > 0 {
+            count += self.tree[i - 1] as usize;
+            i -= i & i.wrapping_neg();
+        }
+        count
+    }
 }
 
 /// A queued task pushed out to make room; its stream ends with `code`.
@@ -52,8 +249,11 @@ pub struct PoolQueue<K> {
     capacity: usize,
     policy: FullPolicy,
     starvation_bound: u32,
-    interactive: VecDeque<Entry<K>>,
-    batch: VecDeque<Entry<K>>,
+    entries: Entries<K>,
+    interactive: Lane,
+    batch: Lane,
+    /// Queued entries by admission order: drop-lru's victim is the first.
+    by_age: BTreeMap<u64, u32>,
     /// Interactive dispatches in a row while a batch task was waiting.
     streak: u32,
     next_seq: u64,
@@ -63,14 +263,16 @@ pub struct PoolQueue<K> {
     keeps_retry_line: bool,
 }
 
-impl<K: Clone + PartialEq> PoolQueue<K> {
+impl<K: Clone + Eq + Hash> PoolQueue<K> {
     pub fn new(capacity: u32, policy: FullPolicy, starvation_bound: u32) -> Self {
         Self {
             capacity: capacity as usize,
             policy,
             starvation_bound,
-            interactive: VecDeque::new(),
-            batch: VecDeque::new(),
+            entries: Entries::new(),
+            interactive: Lane::new(),
+            batch: Lane::new(),
+            by_age: BTreeMap::new(),
             streak: 0,
             next_seq: 0,
             retry_line: VecDeque::new(),
@@ -85,7 +287,7 @@ impl<K: Clone + PartialEq> PoolQueue<K> {
     }
 
     pub fn len(&self) -> usize {
-        self.interactive.len() + self.batch.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -137,18 +339,40 @@ impl<K: Clone + PartialEq> PoolQueue<K> {
 
     /// Give up the places whose retry did not come by their expiry.
     pub fn expire_holds(&mut self, now_ms: u64) {
-        self.retry_line.retain(|hold| hold.expires_ms > now_ms);
+        if !self.retry_line.is_empty() {
+            self.retry_line.retain(|hold| hold.expires_ms > now_ms);
+        }
     }
 
     pub fn holds(&self) -> usize {
         self.retry_line.len()
     }
 
-    fn lane(&mut self, priority: Priority) -> &mut VecDeque<Entry<K>> {
+    fn lane(&self, priority: Priority) -> &Lane {
         match priority {
+            Priority::Interactive => &self.interactive,
+            Priority::Batch => &self.batch,
+        }
+    }
+
+    /// Queue `key` at the back (or the front) of its lane, as the newest
+    /// admission (drop-lru's order).
+    fn push(&mut self, key: K, priority: Priority, at_front: bool) {
+        let lane = match priority {
             Priority::Interactive => &mut self.interactive,
             Priority::Batch => &mut self.batch,
-        }
+        };
+        let order = lane.next_order(at_front, &mut self.entries);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let slot = self.entries.insert(Entry {
+            key,
+            priority,
+            order,
+            seq,
+        });
+        lane.insert(order, slot);
+        self.by_age.insert(seq, slot);
     }
 
     /// Admit `key` at the back of its priority lane, applying the full policy;
@@ -163,7 +387,9 @@ impl<K: Clone + PartialEq> PoolQueue<K> {
                         policy: RejectPolicy::Reject,
                     };
                 }
-                self.retry_line.retain(|hold| hold.key != key);
+                if !self.retry_line.is_empty() {
+                    self.retry_line.retain(|hold| hold.key != key);
+                }
             }
             _ if !self.is_full() => {}
             FullPolicy::DropLru => match self.pop_oldest() {
@@ -182,13 +408,19 @@ impl<K: Clone + PartialEq> PoolQueue<K> {
             },
             FullPolicy::ShedLowPriority => {
                 let victim = match priority {
-                    Priority::Interactive => self.batch.pop_back(),
+                    Priority::Interactive => self
+                        .batch
+                        .by_order
+                        .values()
+                        .next_back()
+                        .map(|&slot| self.entries.get(slot).key.clone()),
                     Priority::Batch => None,
                 };
                 match victim {
                     Some(victim) => {
+                        self.remove(&victim);
                         evicted = Some(Eviction {
-                            key: victim.key,
+                            key: victim,
                             code: ErrorCode::AdmissionReject,
                             policy: RejectPolicy::ShedLowPriority,
                         })
@@ -201,9 +433,7 @@ impl<K: Clone + PartialEq> PoolQueue<K> {
                 }
             }
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.lane(priority).push_back(Entry { key, seq });
+        self.push(key, priority, false);
         let position = match priority {
             Priority::Interactive => self.interactive_position(self.interactive.len() - 1),
             Priority::Batch => self.batch_position(self.batch.len() - 1),
@@ -218,7 +448,7 @@ impl<K: Clone + PartialEq> PoolQueue<K> {
             FullPolicy::Reject => (self.places_needed(key) > 0).then_some(RejectPolicy::Reject),
             _ if !self.is_full() => None,
             FullPolicy::DropLru => self.is_empty().then_some(RejectPolicy::DropLru),
-            FullPolicy::ShedLowPriority => (priority == Priority::Batch || self.batch.is_empty())
+            FullPolicy::ShedLowPriority => (priority == Priority::Batch || self.batch.len() == 0)
                 .then_some(RejectPolicy::ShedLowPriority),
         }
     }
@@ -226,17 +456,13 @@ impl<K: Clone + PartialEq> PoolQueue<K> {
     /// Append a recovered task in its original order, regardless of
     /// capacity: it was admitted before the restart (ORCH-7002).
     pub fn restore(&mut self, key: K, priority: Priority) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.lane(priority).push_back(Entry { key, seq });
+        self.push(key, priority, false);
     }
 
     /// Put a task back at the head of its lane (a retry after a replica
     /// failure, or recovery), regardless of capacity: it was admitted before.
     pub fn requeue_front(&mut self, key: K, priority: Priority) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.lane(priority).push_front(Entry { key, seq });
+        self.push(key, priority, true);
     }
 
     /// Next task to dispatch (ORCH-3002, ORCH-3003).
@@ -246,12 +472,15 @@ impl<K: Clone + PartialEq> PoolQueue<K> {
 
     /// Next task to dispatch among those `eligible` says may start now (a
     /// tenant at its concurrency quota waits, ORCH-3011); the others keep
-    /// their place.
+    /// their place. Walks the dispatch order only as far as the first
+    /// eligible task.
     pub fn pop_next_where(&mut self, mut eligible: impl FnMut(&K) -> bool) -> Option<K> {
-        let key = self.dispatch_order().into_iter().find(|k| eligible(k))?;
-        let from_batch = self.batch.iter().any(|e| e.key == key);
+        let (priority, key) = self
+            .in_dispatch_order()
+            .find(|(_, key)| eligible(key))
+            .map(|(priority, key)| (priority, key.clone()))?;
         self.remove(&key);
-        self.streak = if from_batch || self.batch.is_empty() {
+        self.streak = if priority == Priority::Batch || self.batch.len() == 0 {
             0
         } else {
             self.streak + 1
@@ -259,63 +488,66 @@ impl<K: Clone + PartialEq> PoolQueue<K> {
         Some(key)
     }
 
-    /// Keys in the order they would be dispatched: the pops that would empty
-    /// the queue, simulated.
-    pub fn dispatch_order(&self) -> Vec<K> {
-        let (mut i, mut b, mut streak) = (0, 0, self.streak);
-        let mut order = Vec::with_capacity(self.len());
-        while i < self.interactive.len() || b < self.batch.len() {
-            let batch_waiting = b < self.batch.len();
-            let batch_turn =
-                batch_waiting && (i >= self.interactive.len() || streak >= self.starvation_bound);
-            if batch_turn {
-                order.push(self.batch[b].key.clone());
-                b += 1;
+    /// The queued keys in the order they would be dispatched, lazily: the
+    /// pops that would empty the queue, simulated.
+    fn in_dispatch_order(&self) -> impl Iterator<Item = (Priority, &K)> {
+        let key = |slot: &u32| &self.entries.get(*slot).key;
+        let mut interactive = self.interactive.by_order.values().map(key).peekable();
+        let mut batch = self.batch.by_order.values().map(key).peekable();
+        let mut streak = self.streak;
+        let bound = self.starvation_bound;
+        std::iter::from_fn(move || {
+            let batch_waiting = batch.peek().is_some();
+            if batch_waiting && (interactive.peek().is_none() || streak >= bound) {
                 streak = 0;
-            } else {
-                order.push(self.interactive[i].key.clone());
-                i += 1;
-                streak = if b < self.batch.len() { streak + 1 } else { 0 };
+                return batch.next().map(|key| (Priority::Batch, key));
             }
-        }
-        order
+            let key = interactive.next()?;
+            streak = if batch.peek().is_some() {
+                streak + 1
+            } else {
+                0
+            };
+            Some((Priority::Interactive, key))
+        })
+    }
+
+    /// Keys in the order they would be dispatched.
+    pub fn dispatch_order(&self) -> Vec<K> {
+        self.in_dispatch_order()
+            .map(|(_, key)| key.clone())
+            .collect()
     }
 
     fn pop_oldest(&mut self) -> Option<K> {
-        let oldest_interactive = self
-            .interactive
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, e)| e.seq);
-        let oldest_batch = self.batch.iter().enumerate().min_by_key(|(_, e)| e.seq);
-        match (oldest_interactive, oldest_batch) {
-            (Some((i, a)), Some((_, b))) if a.seq < b.seq => self.interactive.remove(i),
-            (Some((i, _)), None) => self.interactive.remove(i),
-            (_, Some((j, _))) => self.batch.remove(j),
-            (None, None) => None,
-        }
-        .map(|e| e.key)
+        let slot = *self.by_age.values().next()?;
+        let key = self.entries.get(slot).key.clone();
+        self.remove(&key);
+        Some(key)
     }
 
     pub fn remove(&mut self, key: &K) -> bool {
-        for lane in [&mut self.interactive, &mut self.batch] {
-            if let Some(index) = lane.iter().position(|e| &e.key == key) {
-                lane.remove(index);
-                return true;
-            }
+        let Some(entry) = self.entries.remove(key) else {
+            return false;
+        };
+        self.by_age.remove(&entry.seq);
+        match entry.priority {
+            Priority::Interactive => self.interactive.remove(entry.order),
+            Priority::Batch => self.batch.remove(entry.order),
         }
-        false
+        true
     }
 
     /// 0-based dispatch position of `key`, computed from its lane index
     /// without simulating: with streak `s` and bound `b`, batch picks happen
     /// once `c1 = b - s` interactive picks are done, then after every `b`.
     pub fn position(&self, key: &K) -> Option<u32> {
-        if let Some(i) = self.interactive.iter().position(|e| &e.key == key) {
-            return Some(self.interactive_position(i));
-        }
-        let j = self.batch.iter().position(|e| &e.key == key)?;
-        Some(self.batch_position(j))
+        let entry = self.entries.get(self.entries.find(key)?);
+        let index = self.lane(entry.priority).ranks.before(entry.order);
+        Some(match entry.priority {
+            Priority::Interactive => self.interactive_position(index),
+            Priority::Batch => self.batch_position(index),
+        })
     }
 
     fn first_batch_turn(&self) -> usize {
@@ -508,6 +740,79 @@ mod tests {
                 }
             }
         }
+    }
+
+    // covers: ORCH-3002, ORCH-3003
+    #[test]
+    fn positions_stay_right_through_renumbering_at_both_ends() {
+        // Far more pushes at either end than one numbering has room for.
+        let mut q = PoolQueue::new(10_000, FullPolicy::Reject, 3);
+        let mut next = 0u32;
+        for round in 0..400u32 {
+            let priority = if round % 3 == 0 {
+                Priority::Batch
+            } else {
+                Priority::Interactive
+            };
+            q.admit(next, priority);
+            next += 1;
+            if round % 2 == 0 {
+                let key = q.pop_next().expect("queued");
+                q.requeue_front(key, priority);
+            }
+            if round % 5 == 4 {
+                q.pop_next();
+            }
+            if round % 7 == 0 {
+                q.remove(&(next / 2));
+            }
+            let order = q.dispatch_order();
+            assert_eq!(order.len(), q.len());
+            for (index, key) in order.iter().enumerate() {
+                assert_eq!(
+                    q.position(key),
+                    Some(index as u32),
+                    "round {round}, key {key}"
+                );
+            }
+        }
+    }
+
+    // covers: ORCH-3014, ORCH-3011
+    #[test]
+    fn a_dispatch_looks_only_as_far_as_the_first_task_that_may_start() {
+        let mut q = PoolQueue::new(200_000, FullPolicy::Reject, 4);
+        for k in 0..100_000u32 {
+            let priority = if k % 4 == 0 {
+                Priority::Batch
+            } else {
+                Priority::Interactive
+            };
+            q.admit(k, priority);
+        }
+        let mut looked = 0;
+        assert_eq!(
+            q.pop_next_where(|_| {
+                looked += 1;
+                true
+            }),
+            Some(1)
+        );
+        assert_eq!(looked, 1, "the head may start: nothing else is looked at");
+        // Tasks 2 and 3 wait on their tenant's quota: two skipped, then 5.
+        looked = 0;
+        assert_eq!(
+            q.pop_next_where(|k| {
+                looked += 1;
+                ![2, 3].contains(k)
+            }),
+            Some(5)
+        );
+        assert_eq!(looked, 3);
+        assert_eq!(q.position(&2), Some(0), "the skipped keep their places");
+        let order = q.dispatch_order();
+        let last = order.iter().position(|k| *k == 99_999).unwrap() as u32;
+        assert_eq!(q.position(&99_999), Some(last));
     }
 
     /// Evict the least recently queued task of a full drop-lru queue by

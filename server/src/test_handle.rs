@@ -85,4 +85,18 @@ impl TestHandle {
     pub fn queue_len(&self, pool: &str) -> usize {
         self.pool(pool).queue().len()
     }
+
+    /// The task id the pool would dispatch next.
+    pub fn queue_head(&self, pool: &str) -> Option<String> {
+        let queue = self.pool(pool).queue();
+        queue
+            .dispatch_order()
+            .first()
+            .map(|key| key.task_id.clone())
+    }
+
+    /// How many times the pool's dispatch loop has woken up.
+    pub fn dispatch_wakeups(&self, pool: &str) -> u64 {
+        self.pool(pool).wakeups.load(Ordering::Relaxed)
+    }
 }

@@ -338,3 +338,33 @@ async fn every_non_2xx_answer_carries_the_envelope() {
         e.message
     );
 }
+
+// covers: ORCH-3013
+#[tokio::test]
+async fn an_idle_daemon_never_wakes_its_dispatcher_and_a_task_wakes_it() {
+    // A fast health probe: replicas are watched, but health that does not
+    // change is no reason to dispatch.
+    let server = TestServer::start(config_with(2, BuiltinEngineConfig::default(), |p| {
+        p.health_interval_ms = 10
+    }))
+    .await;
+    let handle = server.handle();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        handle.dispatch_wakeups("default"),
+        0,
+        "nothing queued, running or due: the dispatcher sleeps"
+    );
+    let client = server.client();
+    let id = client.submit(task("wake up", 3)).await.unwrap().task_id;
+    assert_eq!(tokens(&client.collect(&id).await.unwrap()).len(), 3);
+    let woken = handle.dispatch_wakeups("default");
+    assert!(woken >= 1, "the admission woke the dispatcher");
+    // The task's end frees its slot (one more wake-up, maybe still to come);
+    // after that, idle again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let settled = handle.dispatch_wakeups("default");
+    assert!(settled <= woken + 2, "{settled} wake-ups for one task");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(handle.dispatch_wakeups("default"), settled, "idle again");
+}

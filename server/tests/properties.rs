@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 
 use contracts::{FinishReason, Priority, StartedEvent, StreamEvent};
-use orchestratord::engines::GenerateRequest;
 use orchestratord::runtime::{LiveTask, Outcome};
 use orchestratord::store::TaskKey;
 use proptest::prelude::*;
@@ -23,17 +22,7 @@ fn live_task() -> LiveTask {
         Priority::Interactive,
         contracts::TaskRequest::default(),
         "hash".into(),
-        GenerateRequest {
-            prompt: "p".into(),
-            messages: None,
-            stop: Vec::new(),
-            max_tokens: 10_000,
-            seed: 1,
-            temperature: 0.8,
-            top_p: 1.0,
-            top_k: 0,
-            reuse_prompt_cache: false,
-        },
+        1,
         0,
         Vec::new(),
     );

@@ -299,6 +299,26 @@ async fn unfinished_tasks_and_lists_come_in_admission_order(fixture: Fixture) {
             ("t4".into(), TaskState::Queued),
         ]
     );
+    // Their logs come in one read, by seq: the running task's, and none
+    // for a finished one or a task without events.
+    let log = vec![token(0), token(1)];
+    for k in [&keys[1], &keys[2]] {
+        store
+            .append_events(
+                k,
+                LogTail {
+                    events_from: 0,
+                    events: log.clone(),
+                    tokens_out: 2,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let logs = store.unfinished_events().await.unwrap();
+    assert_eq!(logs.get(&seqs[1]), Some(&log));
+    assert!(!logs.contains_key(&seqs[2]), "t2 is finished");
+    assert!(!logs.contains_key(&seqs[0]), "t0 has no events");
     let ids = |records: Vec<TaskRecord>| -> Vec<String> {
         records.into_iter().map(|r| r.key.task_id).collect()
     };

@@ -28,7 +28,7 @@ use futures::Stream;
 
 use crate::admission;
 use crate::clock::Clock;
-use crate::engines::{self, GenerateRequest};
+use crate::engines;
 use crate::error::OrchError;
 use crate::queue::{self, Admission};
 use crate::store::{Inserted, ListFilter, TaskKey, TaskRecord, TaskStore};
@@ -750,12 +750,13 @@ impl Orchestrator {
     /// (ORCH-7002, ORCH-7003).
     pub async fn recover(&self) -> Result<(usize, usize), OrchError> {
         let (mut requeued, mut reset) = (0, 0);
+        let mut logs = self.store.unfinished_events().await?;
         for record in self.store.unfinished().await? {
             let Some(pool) = self.pools.get(&record.pool_id).cloned() else {
                 tracing::warn!(task_id = %record.key.task_id, pool = %record.pool_id, "recovered task names an unknown pool");
                 continue;
             };
-            let events = self.store.events(&record.key).await.unwrap_or_default();
+            let events = logs.remove(&record.seq).unwrap_or_default();
             let task = Arc::new(self.live_task_from(&record, events));
             self.live().insert(record.key.clone(), Arc::clone(&task));
             if record.state == TaskState::Running && record.first_token {
@@ -784,8 +785,6 @@ impl Orchestrator {
                 pool.watch_deadline(at, record.key.clone());
             }
             requeued += 1;
-        }
-        for pool in self.pools.values() {
             pool.wake.notify_one();
         }
         Ok((requeued, reset))
@@ -799,7 +798,7 @@ impl Orchestrator {
             record.priority,
             request.clone(),
             record.body_hash.clone(),
-            GenerateRequest::of_task(request, record.seed),
+            record.seed,
             record.submitted_at_ms,
             events,
         )
@@ -816,6 +815,9 @@ impl Orchestrator {
         );
         self.accepting.store(false, Ordering::SeqCst);
         self.stopped.store(true, Ordering::SeqCst);
+        for pool in self.pools.values() {
+            pool.wake.notify_one();
+        }
         let deadline = tokio::time::Instant::now() + grace;
         while self.running_tasks() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -859,9 +861,14 @@ impl Orchestrator {
         }
     }
 
+    /// A task of `tenant` left its slot: its tasks waiting in any pool on
+    /// its concurrency quota may start (ORCH-3011).
     pub fn tenant_stopped(&self, tenant: &str) {
         if let Some(t) = self.tenants.get(tenant) {
             t.stopped();
+            for pool in self.pools.values() {
+                pool.wake.notify_one();
+            }
         }
     }
 

@@ -1,7 +1,8 @@
 //! A pool at run time: its queue, its replicas with their health and load,
 //! and the observed service time behind every wait prediction.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
@@ -245,9 +246,13 @@ pub struct Pool {
     pub config: PoolConfig,
     replicas: RwLock<Vec<Arc<Replica>>>,
     drain: Mutex<Option<Drain>>,
+    /// The drain's deadline passed and what was left was ended: no more
+    /// reason to wake for it.
+    pub drain_ended: AtomicBool,
     recent: Mutex<VecDeque<Completion>>,
-    /// Start deadlines of queued tasks (ORCH-3008), checked each dispatch tick.
-    deadlines: Mutex<Vec<(u64, TaskKey)>>,
+    /// Start deadlines of queued tasks (ORCH-3008), soonest first: the
+    /// dispatch loop sleeps until the first.
+    deadlines: Mutex<BinaryHeap<Reverse<(u64, TaskKey)>>>,
     /// Serializes reloads of this pool.
     pub reloading: tokio::sync::Mutex<()>,
     /// The replica that first reported the set's identity, and that identity.
@@ -255,6 +260,9 @@ pub struct Pool {
     pub sampler_profile_version: String,
     queue: Mutex<PoolQueue<TaskKey>>,
     pub wake: Notify,
+    /// Times the dispatch loop woke up (the test handle reads it: an idle
+    /// pool wakes never).
+    pub wakeups: AtomicU64,
     /// EWMA of observed task service time (ORCH-3007).
     mean_service_ms: Mutex<f64>,
     /// Start times of the tasks on this pool's slots, by ticket.
@@ -298,11 +306,13 @@ impl Pool {
             config,
             replicas: RwLock::new(replicas),
             drain: Mutex::new(None),
+            drain_ended: AtomicBool::new(false),
             recent: Mutex::new(VecDeque::new()),
-            deadlines: Mutex::new(Vec::new()),
+            deadlines: Mutex::new(BinaryHeap::new()),
             reloading: tokio::sync::Mutex::new(()),
             queue: Mutex::new(queue),
             wake: Notify::new(),
+            wakeups: AtomicU64::new(0),
             mean_service_ms: Mutex::new(initial_service_ms),
             running: Mutex::new(Vec::new()),
             next_ticket: AtomicU64::new(0),
@@ -371,6 +381,7 @@ impl Pool {
     }
 
     pub fn set_drain(&self, drain: Option<Drain>) {
+        self.drain_ended.store(false, Ordering::SeqCst);
         *self.drain.lock().unwrap() = drain;
     }
 
@@ -382,17 +393,43 @@ impl Pool {
         recent.push_back(completion);
     }
 
+    /// Watch a queued task's start deadline; the caller wakes the dispatch
+    /// loop so it sleeps until the new soonest.
     pub fn watch_deadline(&self, at_ms: u64, key: TaskKey) {
-        self.deadlines.lock().unwrap().push((at_ms, key));
+        self.deadlines.lock().unwrap().push(Reverse((at_ms, key)));
     }
 
-    /// Keys whose start deadline is due; they leave the watch list.
+    /// Keys whose start deadline is due; they leave the watch list. A key
+    /// that started or ended since stays in it until its deadline, then is
+    /// skipped by the caller.
     pub fn due_deadlines(&self, now_ms: u64) -> Vec<TaskKey> {
         let mut deadlines = self.deadlines.lock().unwrap();
-        let (due, pending): (Vec<_>, Vec<_>) =
-            deadlines.drain(..).partition(|(at, _)| *at <= now_ms);
-        *deadlines = pending;
-        due.into_iter().map(|(_, key)| key).collect()
+        let mut due = Vec::new();
+        while deadlines
+            .peek()
+            .is_some_and(|Reverse((at, _))| *at <= now_ms)
+        {
+            if let Some(Reverse((_, key))) = deadlines.pop() {
+                due.push(key);
+            }
+        }
+        due
+    }
+
+    /// When the dispatch loop must look at the pool without being woken:
+    /// the soonest start deadline, or a drain's.
+    pub fn next_due_ms(&self) -> Option<u64> {
+        let deadline = self
+            .deadlines
+            .lock()
+            .unwrap()
+            .peek()
+            .map(|Reverse((at, _))| *at);
+        let drain = self
+            .drain()
+            .filter(|_| !self.drain_ended.load(Ordering::SeqCst))
+            .map(|d| d.deadline_ms);
+        deadline.into_iter().chain(drain).min()
     }
 
     pub fn recent_completions(&self) -> Vec<Completion> {

@@ -3,26 +3,34 @@
 //! and turn engine failures into retries or typed errors (ORCH-4014, ORCH-5003).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use contracts::{ErrorCode, FinishReason, StartedEvent};
 use futures::StreamExt;
 
 use super::pool::Completion;
 use super::{LiveTask, Orchestrator, Outcome, Pool, Replica};
-use crate::engines::{EngineError, EngineEvent};
+use crate::engines::{EngineError, EngineEvent, GenerateRequest};
 use crate::error::OrchError;
-
-/// How often a running task checks its watchdogs and metrics timer.
-const TICK: Duration = Duration::from_millis(20);
 
 /// How often a running task's new events are written to the store: what a crash
 /// may lose (ORCH-7010).
 const FLUSH_EVERY_MS: u64 = 200;
 
+/// Dispatch wakes on events only (issue 14): an admission, a freed slot, a
+/// replica Ready again, a tenant under its quota again, a drain, a hold, a
+/// stop — each notifies `pool.wake` — or the soonest deadline. An idle pool
+/// sleeps without a timer.
 pub(super) async fn dispatch_loop(orchestrator: Arc<Orchestrator>, pool: Arc<Pool>) {
     while !orchestrator.is_stopped() {
-        let _ = tokio::time::timeout(Duration::from_millis(25), pool.wake.notified()).await;
+        tokio::select! {
+            () = pool.wake.notified() => {}
+            () = orchestrator.clock.sleep_until(pool.next_due_ms()) => {}
+        }
+        pool.wakeups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if orchestrator.is_stopped() {
+            break;
+        }
         expire_deadlines(&orchestrator, &pool).await;
         end_drain(&orchestrator, &pool).await;
         if pool.is_held() {
@@ -85,6 +93,8 @@ async fn end_drain(orchestrator: &Orchestrator, pool: &Pool) {
     if orchestrator.clock.now_ms() < drain.deadline_ms {
         return;
     }
+    pool.drain_ended
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let queued = pool.queue().dispatch_order();
     for key in &queued {
         pool.queue().remove(key);
@@ -226,7 +236,7 @@ async fn decode(
         replica_id: replica.id.clone(),
         engine: properties.engine.clone(),
         engine_version: properties.engine_version.clone(),
-        seed: task.generate.seed,
+        seed: task.seed,
         sampler_profile_version: pool.sampler_profile_version.clone(),
         kv_warmth,
     };
@@ -273,17 +283,38 @@ async fn decode(
         Step::Done(Outcome::Error(envelope))
     };
 
-    let mut stream = match replica.engine.generate(task.generate.clone()).await {
+    let mut stream = match replica
+        .engine
+        .generate(GenerateRequest::of_task(&task.request, task.seed))
+        .await
+    {
         Ok(stream) => stream,
         Err(error) => return failure(error, 0),
     };
     let timeouts = pool.timeouts();
     let metrics_every = pool.config.metrics_interval_ms;
+    let started_ms = task.started_ms().unwrap_or(now);
     let mut last_progress = now;
-    let mut next_metrics = now + metrics_every;
-    let mut next_flush = now + FLUSH_EVERY_MS;
-    let mut ticker = tokio::time::interval(TICK);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_metrics = (metrics_every > 0).then_some(now + metrics_every);
+    // Set while some event is not yet in the store: when it must be.
+    let mut flush_due: Option<u64> = None;
+    // One timer per running task, for the soonest of its watchdogs, its
+    // metrics event and its flush; a token moves the idle watchdog later
+    // without touching it: when it rings early, the checks find nothing due
+    // and it is set again.
+    let alarm_at = |last_progress: u64, next_metrics: Option<u64>, flush_due: Option<u64>| {
+        [
+            Some(started_ms.saturating_add(timeouts.wall_ms)),
+            Some(last_progress.saturating_add(timeouts.idle_ms)),
+            next_metrics,
+            flush_due,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    };
+    let mut alarm_ms = alarm_at(last_progress, next_metrics, flush_due);
+    let mut alarm = Box::pin(orchestrator.clock.sleep_until(alarm_ms.map(|at| at + 1)));
     loop {
         tokio::select! {
             biased;
@@ -306,27 +337,32 @@ async fn decode(
                     let Some(i) = task.push_token(text) else {
                         return Step::Stop;
                     };
+                    last_progress = orchestrator.clock.now_ms();
                     if let Some(upto) = stored_upto {
                         task.mark_persisted(upto);
+                    } else if flush_due.is_none() {
+                        flush_due = Some(last_progress + FLUSH_EVERY_MS);
+                        if alarm_ms.is_none_or(|at| at > last_progress + FLUSH_EVERY_MS) {
+                            alarm_ms = flush_due;
+                            alarm = Box::pin(orchestrator.clock.sleep_until(alarm_ms.map(|at| at + 1)));
+                        }
                     }
-                    last_progress = orchestrator.clock.now_ms();
                     metered.token(i, last_progress);
                     ttft_ms.get_or_insert(last_progress.saturating_sub(now));
-                    // Checked here too, not only on the ticker: a backlog of ready
+                    // Checked here too, not only on the alarm: a backlog of ready
                     // tokens must not starve the flush (the crash bound, ORCH-7010).
-                    if last_progress >= next_flush {
+                    if flush_due.is_some_and(|due| last_progress >= due) {
                         orchestrator.flush_events(task).await;
-                        next_flush = last_progress + FLUSH_EVERY_MS;
+                        flush_due = None;
                     }
                 }
                 Some(Ok(EngineEvent::Finished(reason))) => return Step::Done(Outcome::End(reason)),
                 Some(Err(error)) => return failure(error, task.tokens_out()),
                 None => return failure(EngineError::Lost("the engine closed the stream without finishing".into()), task.tokens_out()),
             },
-            _ = ticker.tick() => {
+            () = &mut alarm => {
                 let now = orchestrator.clock.now_ms();
-                let started = task.started_ms().unwrap_or(now);
-                let watchdog = if now.saturating_sub(started) > timeouts.wall_ms {
+                let watchdog = if now.saturating_sub(started_ms) > timeouts.wall_ms {
                     Some(format!("wall watchdog: running for more than {} ms", timeouts.wall_ms))
                 } else if now.saturating_sub(last_progress) > timeouts.idle_ms {
                     Some(format!("idle watchdog: no token for more than {} ms", timeouts.idle_ms))
@@ -339,14 +375,17 @@ async fn decode(
                         .envelope();
                     return Step::Done(Outcome::Error(envelope));
                 }
-                if metrics_every > 0 && now >= next_metrics {
+                if next_metrics.is_some_and(|at| now >= at) {
                     task.push_metrics(now);
-                    next_metrics = now + metrics_every;
+                    next_metrics = Some(now + metrics_every);
+                    flush_due.get_or_insert(now + FLUSH_EVERY_MS);
                 }
-                if now >= next_flush {
+                if flush_due.is_some_and(|due| now >= due) {
                     orchestrator.flush_events(task).await;
-                    next_flush = now + FLUSH_EVERY_MS;
+                    flush_due = None;
                 }
+                alarm_ms = alarm_at(last_progress, next_metrics, flush_due);
+                alarm = Box::pin(orchestrator.clock.sleep_until(alarm_ms.map(|at| at + 1)));
             }
         }
     }

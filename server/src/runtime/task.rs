@@ -12,7 +12,6 @@ use contracts::{
 use tokio::sync::{Notify, watch};
 
 use super::sessions::SessionKey;
-use crate::engines::GenerateRequest;
 use crate::store::{Finish, LogTail, TaskKey};
 
 #[derive(Debug)]
@@ -22,7 +21,8 @@ pub struct LiveTask {
     pub priority: Priority,
     pub request: TaskRequest,
     pub body_hash: String,
-    pub generate: GenerateRequest,
+    /// The seed the engine samples with (the request's, or the default).
+    pub seed: u32,
     pub submitted_at_ms: u64,
     /// Start deadline from `deadline_ms` (ORCH-3008).
     pub start_deadline_ms: Option<u64>,
@@ -82,7 +82,7 @@ impl LiveTask {
         priority: Priority,
         request: TaskRequest,
         body_hash: String,
-        generate: GenerateRequest,
+        seed: u32,
         submitted_at_ms: u64,
         events: Vec<StreamEvent>,
     ) -> Self {
@@ -105,7 +105,7 @@ impl LiveTask {
             priority,
             request,
             body_hash,
-            generate,
+            seed,
             submitted_at_ms,
             start_deadline_ms,
             session,

@@ -17,6 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
+use std::collections::HashMap;
+
 use contracts::{ErrorEnvelope, FinishReason, Priority, StreamEvent, TaskRequest, TaskState};
 
 /// A task's identity: ids are unique per (tenant, scope) namespace (ORCH-6012).
@@ -231,6 +233,9 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn list(&self, filter: ListFilter) -> Result<Vec<TaskRecord>, StoreError>;
     /// Every queued or running task, in admission order (recovery, ORCH-7002).
     async fn unfinished(&self) -> Result<Vec<TaskRecord>, StoreError>;
+    /// The event logs of every queued or running task that has one, by
+    /// `seq`, in one read: what recovery resumes them from.
+    async fn unfinished_events(&self) -> Result<HashMap<i64, Vec<StreamEvent>>, StoreError>;
     /// Drop terminal tasks finished before `at_ms` (retention, ORCH-7004).
     async fn purge_finished_before(&self, at_ms: u64) -> Result<u64, StoreError>;
     /// Delete every task of a namespace and its event log (ORCH-6013).

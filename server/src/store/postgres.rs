@@ -4,6 +4,7 @@
 //! task's log write updates its row first in the same statement, so the row lock
 //! orders a flush and the terminal write that race.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use async_trait::async_trait;
@@ -607,6 +608,23 @@ impl TaskStore for PostgresStore {
         )
         .await?;
         rows.iter().map(read_record).collect()
+    }
+
+    async fn unfinished_events(&self) -> Result<HashMap<i64, Vec<StreamEvent>>, StoreError> {
+        let rows = query(
+            &self.client().await?,
+            "SELECT e.task_seq, e.event FROM task_events e JOIN tasks t ON t.seq = e.task_seq \
+                 WHERE t.state IN ('queued', 'running') ORDER BY e.task_seq, e.idx",
+            &[],
+        )
+        .await?;
+        let mut logs: HashMap<i64, Vec<StreamEvent>> = HashMap::new();
+        for row in &rows {
+            let event =
+                serde_json::from_str(row.get(1)).map_err(|e| backend(format!("event: {e}")))?;
+            logs.entry(row.get(0)).or_default().push(event);
+        }
+        Ok(logs)
     }
 
     async fn purge_finished_before(&self, at_ms: u64) -> Result<u64, StoreError> {

@@ -2,12 +2,15 @@
 //! every job waiting in its channel as one transaction (group commit), so
 //! admission stays durable without one fsync per request.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
 
 use async_trait::async_trait;
 use contracts::{ErrorEnvelope, FinishReason, Priority, StreamEvent, TaskRequest, TaskState};
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params,
+};
 use tokio::sync::oneshot;
 
 use super::{
@@ -98,7 +101,12 @@ where
 }
 
 pub struct SqliteStore {
+    /// Writes, committed in batches by the one writer thread.
     jobs: mpsc::Sender<Box<dyn Job>>,
+    /// Reads, on a connection and thread of their own: WAL lets them read the
+    /// last commit while a batch is being written, so a status or a stream's
+    /// catch-up never waits behind one (issue 14).
+    reads: mpsc::Sender<Box<dyn Job>>,
     refuse_writes: WriteSwitch,
 }
 
@@ -118,13 +126,27 @@ impl SqliteStore {
             MigrateError::Sqlite(e) => backend(e),
             MigrateError::Store(e) => e,
         })?;
+        let mut reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(backend)?;
+        reader
+            .pragma_update(None, "busy_timeout", 5_000)
+            .map_err(backend)?;
         let (jobs, inbox) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name("sqlite-store".into())
             .spawn(move || writer_loop(&mut conn, &inbox))
             .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let (reads, read_inbox) = mpsc::channel::<Box<dyn Job>>();
+        std::thread::Builder::new()
+            .name("sqlite-reader".into())
+            .spawn(move || reader_loop(&mut reader, &read_inbox))
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
         Ok(Self {
             jobs,
+            reads,
             refuse_writes: WriteSwitch::default(),
         })
     }
@@ -153,7 +175,8 @@ impl SqliteStore {
             result: None,
             reply,
         };
-        self.jobs
+        let queue = if write { &self.jobs } else { &self.reads };
+        queue
             .send(Box::new(job))
             .map_err(|_| StoreError::Backend("store thread stopped".into()))?;
         answer
@@ -207,6 +230,20 @@ fn writer_loop(conn: &mut Connection, inbox: &mpsc::Receiver<Box<dyn Job>>) {
         for job in batch {
             job.complete(commit.clone());
         }
+    }
+}
+
+/// Each read in a transaction of its own: one snapshot of the last commit.
+fn reader_loop(conn: &mut Connection, inbox: &mpsc::Receiver<Box<dyn Job>>) {
+    while let Ok(mut job) = inbox.recv() {
+        let done = match conn.transaction() {
+            Ok(tx) => {
+                job.run(&tx);
+                tx.commit().map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        job.complete(done);
     }
 }
 
@@ -458,6 +495,25 @@ impl TaskStore for SqliteStore {
             ))?;
             let rows = query.query_map([], read_record)?;
             rows.collect()
+        })
+        .await
+    }
+
+    async fn unfinished_events(&self) -> Result<HashMap<i64, Vec<StreamEvent>>, StoreError> {
+        self.call(false, |tx| {
+            let mut query = tx.prepare_cached(
+                "SELECT e.task_seq, e.event FROM task_events e JOIN tasks t ON t.seq = e.task_seq \
+                 WHERE t.state IN ('queued', 'running') ORDER BY e.task_seq, e.idx",
+            )?;
+            let mut logs: HashMap<i64, Vec<StreamEvent>> = HashMap::new();
+            let mut rows = query.query([])?;
+            while let Some(row) = rows.next()? {
+                let text: String = row.get(1)?;
+                logs.entry(row.get(0)?)
+                    .or_default()
+                    .push(json_col::<StreamEvent>(1, &text)?);
+            }
+            Ok(logs)
         })
         .await
     }
