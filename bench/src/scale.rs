@@ -9,9 +9,10 @@
 //!
 //! Then a **restart** at the deepest: the daemon binary (`orchestratord`,
 //! next to this one) started on that store, time until `/readyz` answers
-//! 200, its resident memory less that of the same daemon on an empty store
-//! (per queued task), the queue positions it reports against those before
-//! the restart, and which task it dispatches first.
+//! 200, its anonymous resident memory (heap, not the store file's mapped
+//! pages) less that of the same daemon on an empty store (per queued task),
+//! the queue positions it reports against those before the restart, and
+//! which task it dispatches first.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -197,7 +198,7 @@ pub async fn main(args: &ScaleArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "restart with {} queued: ready in {:.2} s; {:.0} bytes per queued task ({} MB resident, {} MB on an empty store); positions {}; first dispatch {}",
+        "restart with {} queued: ready in {:.2} s; {:.0} bytes per queued task ({} MB anonymous memory, {} MB on an empty store); positions {}; first dispatch {}",
         restart["queued"],
         restart["ready_s"].as_f64().unwrap_or_default(),
         restart["bytes_per_task"].as_f64().unwrap_or_default(),
@@ -319,8 +320,8 @@ fn rss_bytes(daemon: &Daemon) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()))?;
     let kb: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .context("no VmRSS")?
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .context("no RssAnon")?
         .trim()
         .trim_end_matches(" kB")
         .trim()

@@ -134,6 +134,11 @@ impl SqliteStore {
         reader
             .pragma_update(None, "busy_timeout", 5_000)
             .map_err(backend)?;
+        // Its own page cache would start cold and stay small: reads go through
+        // the OS's cache of the file instead, which the writer keeps warm.
+        reader
+            .pragma_update(None, "mmap_size", 1i64 << 30)
+            .map_err(backend)?;
         let (jobs, inbox) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name("sqlite-store".into())
