@@ -104,36 +104,44 @@ impl<K: std::fmt::Debug> std::fmt::Debug for Entries<K> {
     }
 }
 
-/// One priority lane: slots of `Entries` in dispatch order.
+/// One priority lane: slots of `Entries` in dispatch order, each at its
+/// number in `at`. Removing one leaves a hole; `front` and `back` move past
+/// holes at the ends, so the first and the last key are found at once, and a
+/// renumbering closes the holes between.
 #[derive(Debug, Clone)]
 struct Lane {
-    by_order: BTreeMap<i64, u32>,
-    /// Smallest number handed out; a requeue at the front takes `front - 1`.
+    /// The slot holding each number, or `HOLE`.
+    at: Vec<u32>,
+    /// Smallest number in use; a requeue at the front takes `front - 1`.
     front: i64,
-    /// Next number for the back.
+    /// One past the largest number in use: the next number for the back.
     back: i64,
+    len: usize,
     ranks: Ranks,
 }
+
+const HOLE: u32 = u32::MAX;
 
 impl Lane {
     fn new() -> Self {
         Self {
-            by_order: BTreeMap::new(),
+            at: Vec::new(),
             front: 0,
             back: 0,
+            len: 0,
             ranks: Ranks::default(),
         }
     }
 
     fn len(&self) -> usize {
-        self.by_order.len()
+        self.len
     }
 
     /// The number of a new key at the back (or the front), renumbering the
-    /// lane first when it falls outside the rank tree.
+    /// lane first when it falls outside the numbers it has room for.
     fn next_order<K>(&mut self, at_front: bool, entries: &mut Entries<K>) -> i64 {
         let wanted = if at_front { self.front - 1 } else { self.back };
-        if !self.ranks.covers(wanted) {
+        if !(0..self.at.len() as i64).contains(&wanted) {
             self.renumber(entries);
         }
         if at_front {
@@ -147,32 +155,50 @@ impl Lane {
 
     fn insert(&mut self, order: i64, slot: u32) {
         self.ranks.add(order, 1);
-        self.by_order.insert(order, slot);
+        self.at[order as usize] = slot;
+        self.len += 1;
     }
 
     fn remove(&mut self, order: i64) {
-        if self.by_order.remove(&order).is_some() {
-            self.ranks.add(order, -1);
+        if self.at[order as usize] == HOLE {
+            return;
         }
+        self.at[order as usize] = HOLE;
+        self.ranks.add(order, -1);
+        self.len -= 1;
+        while self.front < self.back && self.at[self.front as usize] == HOLE {
+            self.front += 1;
+        }
+        while self.back > self.front && self.at[self.back as usize - 1] == HOLE {
+            self.back -= 1;
+        }
+    }
+
+    /// The slots in dispatch order.
+    fn slots(&self) -> impl DoubleEndedIterator<Item = u32> + '_ {
+        self.at[self.front as usize..self.back as usize]
+            .iter()
+            .copied()
+            .filter(|&slot| slot != HOLE)
     }
 
     /// Give the keys the numbers `slack..slack + len`, with room for `slack`
     /// more at either end: O(len), once per `slack` pushes at the most, so
     /// O(1) per push amortised.
     fn renumber<K>(&mut self, entries: &mut Entries<K>) {
-        let len = self.by_order.len();
-        let slack = (len / 2).max(32);
-        let slots = std::mem::take(&mut self.by_order);
-        self.ranks = Ranks::new(len + 2 * slack);
-        for (i, slot) in slots.into_values().enumerate() {
-            let order = (slack + i) as i64;
+        let slack = (self.len / 2).max(32);
+        let mut at = vec![HOLE; self.len + 2 * slack];
+        for (i, slot) in self.slots().enumerate() {
+            let order = slack + i;
             if let Some(entry) = entries.slots[slot as usize].as_mut() {
-                entry.order = order;
+                entry.order = order as i64;
             }
-            self.insert(order, slot);
+            at[order] = slot;
         }
+        self.ranks = Ranks::counting(&at);
+        self.at = at;
         self.front = slack as i64;
-        self.back = (slack + len) as i64;
+        self.back = (slack + self.len) as i64;
     }
 }
 
@@ -183,14 +209,17 @@ struct Ranks {
 }
 
 impl Ranks {
-    fn new(size: usize) -> Self {
-        Self {
-            tree: vec![0; size],
+    /// The tree of a lane's `at`, built in O(len): each node adds itself
+    /// to its parent.
+    fn counting(at: &[u32]) -> Self {
+        let mut tree: Vec<u32> = at.iter().map(|&slot| u32::from(slot != HOLE)).collect();
+        for i in 1..=tree.len() {
+            let parent = i + (i & i.wrapping_neg());
+            if parent <= tree.len() {
+                tree[parent - 1] += tree[i - 1];
+            }
         }
-    }
-
-    fn covers(&self, order: i64) -> bool {
-        order >= 0 && (order as usize) < self.tree.len()
+        Self { tree }
     }
 
     fn add(&mut self, order: i64, delta: i32) {
@@ -252,7 +281,8 @@ pub struct PoolQueue<K> {
     entries: Entries<K>,
     interactive: Lane,
     batch: Lane,
-    /// Queued entries by admission order: drop-lru's victim is the first.
+    /// Queued entries by admission order, under drop-lru, whose victim is
+    /// the first.
     by_age: BTreeMap<u64, u32>,
     /// Interactive dispatches in a row while a batch task was waiting.
     streak: u32,
@@ -372,7 +402,9 @@ impl<K: Clone + Eq + Hash> PoolQueue<K> {
             seq,
         });
         lane.insert(order, slot);
-        self.by_age.insert(seq, slot);
+        if self.policy == FullPolicy::DropLru {
+            self.by_age.insert(seq, slot);
+        }
     }
 
     /// Admit `key` at the back of its priority lane, applying the full policy;
@@ -410,10 +442,9 @@ impl<K: Clone + Eq + Hash> PoolQueue<K> {
                 let victim = match priority {
                     Priority::Interactive => self
                         .batch
-                        .by_order
-                        .values()
+                        .slots()
                         .next_back()
-                        .map(|&slot| self.entries.get(slot).key.clone()),
+                        .map(|slot| self.entries.get(slot).key.clone()),
                     Priority::Batch => None,
                 };
                 match victim {
@@ -491,9 +522,9 @@ impl<K: Clone + Eq + Hash> PoolQueue<K> {
     /// The queued keys in the order they would be dispatched, lazily: the
     /// pops that would empty the queue, simulated.
     fn in_dispatch_order(&self) -> impl Iterator<Item = (Priority, &K)> {
-        let key = |slot: &u32| &self.entries.get(*slot).key;
-        let mut interactive = self.interactive.by_order.values().map(key).peekable();
-        let mut batch = self.batch.by_order.values().map(key).peekable();
+        let key = |slot: u32| &self.entries.get(slot).key;
+        let mut interactive = self.interactive.slots().map(key).peekable();
+        let mut batch = self.batch.slots().map(key).peekable();
         let mut streak = self.streak;
         let bound = self.starvation_bound;
         std::iter::from_fn(move || {
