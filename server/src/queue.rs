@@ -28,7 +28,7 @@ struct Entry<K> {
 }
 
 /// Where the queued keys are: a slab of entries and the index of their keys.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 struct Entries<K> {
     slots: Vec<Option<Entry<K>>>,
     free: Vec<u32>,
@@ -95,12 +95,6 @@ impl<K: Eq + Hash> Entries<K> {
         let (slot, _) = found.remove();
         self.free.push(slot);
         self.slots[slot as usize].take()
-    }
-}
-
-impl<K: std::fmt::Debug> std::fmt::Debug for Entries<K> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.slots.iter().flatten()).finish()
     }
 }
 
@@ -806,6 +800,46 @@ mod tests {
                     "round {round}, key {key}"
                 );
             }
+        }
+    }
+
+    // covers: ORCH-3014
+    #[test]
+    fn a_lane_keeps_its_ends_at_live_keys_and_room_in_proportion() {
+        let mut q = queue(10_000, FullPolicy::Reject);
+        for key in 0..1000 {
+            q.admit(key, Priority::Interactive);
+        }
+        let number = |q: &PoolQueue<u32>, key: u32| {
+            q.entries.get(q.entries.find(&key).expect("queued")).order
+        };
+        // Holes at either end are stepped over at once: the ends stay at live
+        // keys, so the first and the last are found without a walk.
+        q.pop_next();
+        q.remove(&1);
+        assert_eq!(q.interactive.front, number(&q, 2));
+        q.remove(&999);
+        q.remove(&998);
+        assert_eq!(q.interactive.back, number(&q, 997) + 1);
+        // A renumbering leaves room for half the lane again at either end, so
+        // it comes once per that many pushes (O(1) amortised).
+        q.interactive.renumber(&mut q.entries);
+        assert_eq!(q.interactive.front, 498);
+        assert_eq!(q.interactive.at.len(), 996 + 2 * 498);
+        assert_eq!(q.dispatch_order(), (2..998).collect::<Vec<_>>());
+        // Long runs at the front alone, then at the back alone, each past the
+        // room one numbering has.
+        let mut q = queue(10_000, FullPolicy::Reject);
+        for key in 0..200 {
+            q.requeue_front(key, Priority::Interactive);
+        }
+        for key in 200..400 {
+            q.restore(key, Priority::Interactive);
+        }
+        let expected: Vec<u32> = (0..200).rev().chain(200..400).collect();
+        assert_eq!(q.dispatch_order(), expected);
+        for (index, key) in expected.iter().enumerate() {
+            assert_eq!(q.position(key), Some(index as u32));
         }
     }
 
