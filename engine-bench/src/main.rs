@@ -23,6 +23,9 @@
 //! per request (same length) so neither side profits from the prompt cache. Besides
 //! the time to first token, each side's decode rate: tokens after the first over
 //! the time from the first to the last.
+//!
+//! `--peers`: the same llama-server behind vLLM's and SGLang's routers and
+//! orchestratord, side by side (see `peers`).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -34,6 +37,8 @@ use contracts::config::{Config, EngineConfig, LlamaCppEngineConfig, PoolConfig, 
 use futures::StreamExt;
 use serde_json::json;
 
+mod peers;
+
 #[derive(Parser)]
 struct Args {
     /// Measured requests per side (after the warm-up).
@@ -44,6 +49,16 @@ struct Args {
     /// Tokens per request.
     #[arg(long, default_value_t = 8)]
     max_tokens: u32,
+    /// Instead: orchestratord beside vllm-router and smg, `--requests` rounds
+    /// (the routers from `bash scripts/bench/peers-setup.sh`).
+    #[arg(long)]
+    peers: bool,
+    /// The venv holding the routers (default: where the setup script puts it).
+    #[arg(long)]
+    peers_venv: Option<PathBuf>,
+    /// Streams at once through each side, after the rounds (`--peers`).
+    #[arg(long, default_value_t = 8)]
+    concurrent: usize,
 }
 
 struct Llama(Child);
@@ -252,6 +267,20 @@ async fn main() -> anyhow::Result<()> {
     let server =
         orchestratord::start(config, "127.0.0.1:0", &store.path().join("bench.db")).await?;
     let orch = server.url();
+    if args.peers {
+        let venv = args.peers_venv.clone().unwrap_or_else(peers::default_venv);
+        let run = peers::run(
+            &venv,
+            &llama_url,
+            &orch,
+            args.requests,
+            args.max_tokens,
+            args.concurrent,
+        );
+        let outcome = run.await;
+        server.shutdown().await;
+        return outcome;
+    }
     let mut direct_times = Vec::new();
     let mut orch_times = Vec::new();
     let mut admission_times = Vec::new();
