@@ -56,9 +56,10 @@ struct Args {
     /// The venv holding the routers (default: where the setup script puts it).
     #[arg(long)]
     peers_venv: Option<PathBuf>,
-    /// Streams at once through each side, after the rounds (`--peers`).
-    #[arg(long, default_value_t = 8)]
-    concurrent: usize,
+    /// Streams at once through each side, after the rounds (`--peers`): each
+    /// count in turn.
+    #[arg(long, value_delimiter = ',', default_value = "8,64")]
+    concurrent: Vec<usize>,
 }
 
 struct Llama(Child);
@@ -275,7 +276,7 @@ async fn main() -> anyhow::Result<()> {
             &orch,
             args.requests,
             args.max_tokens,
-            args.concurrent,
+            &args.concurrent,
         );
         let outcome = run.await;
         server.shutdown().await;

@@ -10,9 +10,10 @@
 //! - orchestratord, task API: `POST /v1/tasks`, then `GET …/stream`.
 //!
 //! One request per side per round, the sides' order rotated every round, so
-//! a slow moment of the machine does not fall on one side. Then `concurrent`
-//! streams at once through each side: how many failed, and the retries the
-//! router's own metrics admit (a retried request is a silent one to a client).
+//! a slow moment of the machine does not fall on one side. Then, for each
+//! count of `concurrent` streams, that many at once through each side: how
+//! many failed, the retries the router's own metrics admit (a retried
+//! request is a silent one to a client), and the median decode rate.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -163,6 +164,13 @@ async fn until_serving(side: &Side) -> anyhow::Result<()> {
     }
 }
 
+/// The median decode rate of `timings`.
+fn median_rate(timings: &[Timing]) -> f64 {
+    let mut rates: Vec<f64> = timings.iter().map(|t| t.tokens_per_s).collect();
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
 /// The sum of the samples of every metric whose name speaks of retries.
 async fn retries(metrics: &Option<String>) -> Option<f64> {
     let text = reqwest::get(metrics.as_ref()?)
@@ -185,7 +193,7 @@ pub async fn run(
     orch: &str,
     rounds: usize,
     max_tokens: u32,
-    concurrent: usize,
+    concurrent: &[usize],
 ) -> anyhow::Result<()> {
     let routers = start_routers(venv, llama)?;
     let mut sides = vec![Side {
@@ -232,40 +240,22 @@ pub async fn run(
         "peers: {rounds} rounds, {max_tokens} tokens per request, a fresh connection each, order rotated; one llama-server on loopback"
     );
     println!(
-        "{:>34} | {:>9} | {:>9} | {:>9} | {:>14} | {:>15} | {concurrent} at once: failed / router retries",
+        "{:>34} | {:>9} | {:>9} | {:>9} | {:>10} | {:>15}",
         "path", "TTFT p50", "p90", "p99", "added p50", "tokens/s"
     );
-    let direct_ttft = {
-        let mut t: Vec<Duration> = timings[0].iter().map(|t| t.ttft).collect();
-        t.sort();
-        percentile(&t, 0.5)
-    };
-    let median_rate = |t: &[Timing]| {
-        let mut r: Vec<f64> = t.iter().map(|t| t.tokens_per_s).collect();
-        r.sort_by(f64::total_cmp);
-        r[r.len() / 2]
-    };
-    let direct_rate = median_rate(&timings[0]);
-    for (side, timing) in sides.iter().zip(&timings) {
+    let ttfts = |timing: &[Timing]| {
         let mut t: Vec<Duration> = timing.iter().map(|t| t.ttft).collect();
         t.sort();
+        t
+    };
+    let direct_ttft = percentile(&ttfts(&timings[0]), 0.5);
+    let direct_rate = median_rate(&timings[0]);
+    for (side, timing) in sides.iter().zip(&timings) {
+        let t = ttfts(timing);
         let p50 = percentile(&t, 0.5);
         let rate = median_rate(timing);
-        let before = retries(&side.metrics).await;
-        let requests = (0..concurrent).map(|c| one(side, 100_000 + c, max_tokens));
-        let failed = futures::future::join_all(requests)
-            .await
-            .iter()
-            .filter(|r| r.is_err())
-            .count();
-        let after = retries(&side.metrics).await;
-        let retried = match (before, after) {
-            (Some(b), Some(a)) => format!("{}", a - b),
-            _ if side.metrics.is_some() => "metrics unread".into(),
-            _ => "-".into(),
-        };
         println!(
-            "{:>34} | {:>6.2} ms | {:>6.2} ms | {:>6.2} ms | {:>+11.2} ms | {:>6.1} ({:>4.0}%) | {failed} / {retried}",
+            "{:>34} | {:>6.2} ms | {:>6.2} ms | {:>6.2} ms | {:>+7.2} ms | {:>6.1} ({:>4.0}%)",
             side.name,
             ms(p50),
             ms(percentile(&t, 0.9)),
@@ -274,6 +264,43 @@ pub async fn run(
             rate,
             100.0 * rate / direct_rate,
         );
+    }
+    for &streams in concurrent {
+        println!("{streams} streams at once through each side:");
+        println!(
+            "{:>34} | {:>6} | {:>14} | {:>15}",
+            "path", "failed", "router retries", "tokens/s"
+        );
+        let mut direct_rate = None;
+        for side in &sides {
+            let before = retries(&side.metrics).await;
+            let requests = (0..streams).map(|c| one(side, 100_000 + c, max_tokens));
+            let (done, failed): (Vec<_>, Vec<_>) = futures::future::join_all(requests)
+                .await
+                .into_iter()
+                .partition(Result::is_ok);
+            let after = retries(&side.metrics).await;
+            let retried = match (before, after) {
+                (Some(b), Some(a)) => format!("{}", a - b),
+                _ if side.metrics.is_some() => "metrics unread".into(),
+                _ => "-".into(),
+            };
+            let done: Vec<Timing> = done.into_iter().flatten().collect();
+            let rate = if done.is_empty() {
+                0.0
+            } else {
+                median_rate(&done)
+            };
+            let base = *direct_rate.get_or_insert(rate);
+            println!(
+                "{:>34} | {:>6} | {:>14} | {:>6.1} ({:>4.0}%)",
+                side.name,
+                failed.len(),
+                retried,
+                rate,
+                100.0 * rate / base,
+            );
+        }
     }
     Ok(())
 }
