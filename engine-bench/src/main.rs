@@ -62,9 +62,10 @@ struct Args {
     concurrent: Vec<usize>,
 }
 
-struct Llama(Child);
+/// A child process, killed when dropped.
+struct Process(Child);
 
-impl Drop for Llama {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -94,7 +95,7 @@ fn llama_files() -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((server, model))
 }
 
-async fn start_llama(http: &reqwest::Client) -> anyhow::Result<(Llama, String)> {
+async fn start_llama(http: &reqwest::Client) -> anyhow::Result<(Process, String)> {
     let (server, model) = llama_files()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -108,7 +109,7 @@ async fn start_llama(http: &reqwest::Client) -> anyhow::Result<(Llama, String)> 
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {}", server.display()))?;
-    let llama = Llama(child);
+    let llama = Process(child);
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -22,14 +22,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::json;
 
-use crate::{Llama, Timing, ms, percentile, read_stream};
+use crate::{Process, Timing, ms, percentile, read_stream};
 
 /// A router process, killed when dropped.
 struct Router {
     name: &'static str,
     url: String,
     metrics: Option<String>,
-    _process: Llama,
+    _process: Process,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -38,9 +38,21 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn spawn(program: &Path, args: &[String]) -> anyhow::Result<Llama> {
+/// Start one router (`program`, then `subcommand` if it has one) on a port
+/// of its own, in front of llama-server alone, round robin, with its
+/// Prometheus metrics on another port.
+fn start_router(
+    name: &'static str,
+    program: &Path,
+    subcommand: Option<&str>,
+    llama: &str,
+) -> anyhow::Result<Router> {
+    let (port, metrics) = (free_port()?, free_port()?);
     let child = Command::new(program)
-        .args(args)
+        .args(subcommand)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--worker-urls", llama, "--policy", "round_robin"])
+        .args(["--prometheus-port", &metrics.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -51,58 +63,20 @@ fn spawn(program: &Path, args: &[String]) -> anyhow::Result<Llama> {
                 program.display()
             )
         })?;
-    Ok(Llama(child))
+    Ok(Router {
+        name,
+        url: format!("http://127.0.0.1:{port}"),
+        metrics: Some(format!("http://127.0.0.1:{metrics}/metrics")),
+        _process: Process(child),
+    })
 }
 
-/// Start both routers with one worker, llama-server, round robin. smg keeps its
-/// default backend: its `openai` one does not relay `/v1/completions`.
+/// Both routers. smg keeps its default backend: its `openai` one does not
+/// relay `/v1/completions`.
 fn start_routers(venv: &Path, llama: &str) -> anyhow::Result<Vec<Router>> {
-    let (port, metrics) = (free_port()?, free_port()?);
-    let vllm = spawn(
-        &venv.join("bin/vllm-router"),
-        &[
-            "--host".into(),
-            "127.0.0.1".into(),
-            "--port".into(),
-            port.to_string(),
-            "--worker-urls".into(),
-            llama.into(),
-            "--policy".into(),
-            "round_robin".into(),
-            "--prometheus-port".into(),
-            metrics.to_string(),
-        ],
-    )?;
-    let (smg_port, smg_metrics) = (free_port()?, free_port()?);
-    let smg = spawn(
-        &venv.join("bin/smg"),
-        &[
-            "launch".into(),
-            "--host".into(),
-            "127.0.0.1".into(),
-            "--port".into(),
-            smg_port.to_string(),
-            "--worker-urls".into(),
-            llama.into(),
-            "--policy".into(),
-            "round_robin".into(),
-            "--prometheus-port".into(),
-            smg_metrics.to_string(),
-        ],
-    )?;
     Ok(vec![
-        Router {
-            name: "vllm-router",
-            url: format!("http://127.0.0.1:{port}"),
-            metrics: Some(format!("http://127.0.0.1:{metrics}/metrics")),
-            _process: vllm,
-        },
-        Router {
-            name: "smg",
-            url: format!("http://127.0.0.1:{smg_port}"),
-            metrics: Some(format!("http://127.0.0.1:{smg_metrics}/metrics")),
-            _process: smg,
-        },
+        start_router("vllm-router", &venv.join("bin/vllm-router"), None, llama)?,
+        start_router("smg", &venv.join("bin/smg"), Some("launch"), llama)?,
     ])
 }
 
