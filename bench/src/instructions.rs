@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use contracts::Priority;
 use contracts::config::FullPolicy;
 use orchestratord::placement::{self, ReplicaLoad};
-use orchestratord::queue::PoolQueue;
+use orchestratord::queue::{PoolQueue, Share};
 use orchestratord::store::TaskKey;
 use serde_json::json;
 
@@ -139,6 +139,12 @@ fn callgrind(exe: &std::path::Path, depth: usize, ops: usize, kind: usize) -> an
         .context("callgrind's totals are not a number")
 }
 
+/// A 64-token prompt and 64 tokens to generate, at weight 1.
+const SHARE: Share = Share {
+    cost: 128,
+    weight: 1,
+};
+
 fn key(n: usize) -> TaskKey {
     TaskKey {
         tenant: format!("tenant-{}", n % 8),
@@ -151,7 +157,7 @@ fn key(n: usize) -> TaskKey {
 fn filled(depth: usize) -> PoolQueue<TaskKey> {
     let mut queue = PoolQueue::new(u32::MAX, FullPolicy::Reject, 8);
     for n in 0..depth {
-        queue.admit(key(n), priority_of(n));
+        queue.admit(key(n), priority_of(n), SHARE);
     }
     queue
 }
@@ -182,13 +188,13 @@ pub fn measured_ops(
         let n = depth + op;
         match kind {
             0 => {
-                queue.admit(key.clone(), priority_of(n));
+                queue.admit(key.clone(), priority_of(n), SHARE);
                 std::hint::black_box(queue.pop_next_where(|k| k.tenant != "tenant-none"));
             }
             1 => {
                 // A task from the middle of the queue leaves, a new one arrives.
                 std::hint::black_box(queue.remove(&middle[op]));
-                queue.admit(key.clone(), priority_of(n));
+                queue.admit(key.clone(), priority_of(n), SHARE);
             }
             2 => {
                 std::hint::black_box(queue.position(&middle[op]));

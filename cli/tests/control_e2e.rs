@@ -391,6 +391,8 @@ async fn a_reload_to_a_model_the_replicas_cannot_serve_exits_6_and_the_old_repli
 #[tokio::test]
 async fn control_plane_commands_need_an_admin_key_and_exit_6_without_one() {
     let tenant = |id: &str, role: Role, key: &str| TenantConfig {
+        weight: 1,
+        token_rate_limit: None,
         id: id.into(),
         role,
         api_key_sha256: vec![orchestratord::runtime::key_hash(key)],

@@ -85,6 +85,18 @@ pub enum FullPolicy {
     ShedLowPriority,
 }
 
+/// How a pool's queue shares a priority between tenants (ORCH-3015).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fairness {
+    /// Each tenant in turn by the tokens it was served over its weight; FIFO
+    /// within a tenant.
+    #[default]
+    Weighted,
+    /// One line in admission order, whoever the tenant.
+    Fifo,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
@@ -97,6 +109,8 @@ pub struct QueueConfig {
     /// Under `reject`, hold a place for a refused task's retry (ORCH-3012).
     /// Off, a refusal holds none and its hint is the wait for one place.
     pub retry_line: bool,
+    /// How tenants share each priority (ORCH-3015).
+    pub fairness: Fairness,
 }
 
 impl Default for QueueConfig {
@@ -106,6 +120,7 @@ impl Default for QueueConfig {
             full_policy: FullPolicy::Reject,
             batch_starvation_bound: 4,
             retry_line: true,
+            fairness: Fairness::Weighted,
         }
     }
 }
@@ -494,6 +509,32 @@ pub struct TenantConfig {
     /// Token bucket on admissions (ORCH-3010).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Bucket of tokens (prompt + `max_tokens`) on admissions (ORCH-3017).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_rate_limit: Option<TokenRateLimitConfig>,
+    /// Share of each queue this tenant gets when others want more
+    /// (ORCH-3015): served tokens are divided by it. Default 1.
+    #[serde(default = "default_weight")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Tokens a tenant's admissions may cost (ORCH-3017).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRateLimitConfig {
+    /// Sustained tokens per minute.
+    #[schemars(range(min = 1))]
+    pub per_minute: u64,
+    /// Bucket size: tokens allowed in a burst, and the most one task may
+    /// cost. Default: `per_minute`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub burst: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -1,30 +1,82 @@
-//! Pure per-pool queue logic (ORCH-3001..ORCH-3007, ORCH-3012): bounded
-//! capacity, FIFO within a priority, interactive first with a batch-starvation
-//! bound, the three full policies, the retry line of places promised to
-//! refused tasks, and the forecast behind every backoff hint (ORCH-2003). No
-//! I/O, no clocks: the runtime drives it under a lock and passes the time in.
+//! Pure per-pool queue logic (ORCH-3001..ORCH-3007, ORCH-3012, ORCH-3015):
+//! bounded capacity, interactive first with a batch-starvation bound, tenants
+//! sharing each priority by the tokens they were served over their weight
+//! (FIFO within a tenant), the three full policies, the retry line of places
+//! promised to refused tasks, and the forecast behind every backoff hint
+//! (ORCH-2003). No I/O, no clocks: the runtime drives it under a lock and
+//! passes the time in.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, RandomState};
 
 use hashbrown::HashTable;
 
-use contracts::config::FullPolicy;
+use contracts::config::{Fairness, FullPolicy};
 use contracts::{ErrorCode, Priority, RejectPolicy};
 
+/// What the queue needs of a key: the tenant whose line it waits in.
+pub trait QueueKey: Clone + Eq + Hash {
+    type Tenant: Clone + Eq + Hash;
+    fn tenant(&self) -> &Self::Tenant;
+}
+
+/// Keys of a queue with one tenant.
+impl QueueKey for u32 {
+    type Tenant = ();
+    fn tenant(&self) -> &() {
+        &()
+    }
+}
+
+/// What a task costs its tenant's share of a priority (ORCH-3015): its
+/// tokens (prompt + `max_tokens`) and the tenant's weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub cost: u64,
+    pub weight: u32,
+}
+
+/// Virtual time is counted in 1/65536 of a token per unit of weight.
+const VIRTUAL_UNIT_BITS: u32 = 16;
+
+impl Share {
+    /// One token at weight 1: a queue whose tasks all cost the same.
+    pub const UNIT: Share = Share { cost: 1, weight: 1 };
+
+    /// The virtual time a dispatch adds to its tenant: cost / weight,
+    /// rounded up, so it is never 0 and a tenant's tags strictly increase.
+    fn charge(self) -> u64 {
+        (self.cost.clamp(1, 1 << 40) << VIRTUAL_UNIT_BITS).div_ceil(u64::from(self.weight.max(1)))
+    }
+
+    /// The virtual time a refund of `cost` unused tokens gives back:
+    /// rounded down, so a refund never exceeds its charge.
+    fn refund(self) -> u64 {
+        (self.cost.min(1 << 40) << VIRTUAL_UNIT_BITS) / u64::from(self.weight.max(1))
+    }
+}
+
 /// A queue that keeps `n` tasks does every admission, dispatch, cancel and
-/// position in O(log n) (issue 14). Each key is stored once, in `entries`; a
-/// hash index finds a key's entry; each lane orders entries by a number
-/// handed out at the back (counting up) or the front (counting down); a
-/// Fenwick tree over a lane's numbers counts the keys ahead of one. Nothing
-/// walks or copies the whole queue but `dispatch_order`, which lists it.
+/// position in O(log n) (issue 14), times the tenants with tasks queued in
+/// its priority for a dispatch and a position. Each key is stored once, in
+/// `entries`; a hash index finds a key's entry; each tenant's line orders
+/// its entries by a number handed out at the back (counting up) or the front
+/// (counting down); Fenwick trees over a line's numbers count the keys and
+/// sum the charges ahead of one. Nothing walks or copies the whole queue but
+/// `dispatch_order`, which lists it.
 #[derive(Debug, Clone)]
 struct Entry<K> {
     key: K,
     priority: Priority,
+    /// The tenant's line in its priority's class.
+    line: u32,
     order: i64,
-    /// Admission order, kept across requeues so drop-lru finds the oldest.
+    /// Admission order, kept across requeues so drop-lru finds the oldest;
+    /// it also breaks ties between two tenants' tags.
     seq: u64,
+    /// The virtual time its dispatch adds to its tenant ([`Share::charge`]).
+    charge: u64,
 }
 
 /// Where the queued keys are: a slab of entries and the index of their keys.
@@ -34,6 +86,14 @@ struct Entries<K> {
     free: Vec<u32>,
     index: HashTable<u32>,
     hasher: RandomState,
+}
+
+impl<K> Entries<K> {
+    fn get(&self, slot: u32) -> &Entry<K> {
+        self.slots[slot as usize]
+            .as_ref()
+            .expect("the lanes and the index name live slots")
+    }
 }
 
 impl<K: Eq + Hash> Entries<K> {
@@ -48,12 +108,6 @@ impl<K: Eq + Hash> Entries<K> {
 
     fn len(&self) -> usize {
         self.index.len()
-    }
-
-    fn get(&self, slot: u32) -> &Entry<K> {
-        self.slots[slot as usize]
-            .as_ref()
-            .expect("the lanes and the index name live slots")
     }
 
     fn find(&self, key: &K) -> Option<u32> {
@@ -98,7 +152,7 @@ impl<K: Eq + Hash> Entries<K> {
     }
 }
 
-/// One priority lane: slots of `Entries` in dispatch order, each at its
+/// One line of keys in dispatch order: slots of `Entries`, each at its
 /// number in `at`. Removing one leaves a hole; `front` and `back` move past
 /// holes at the ends, so the first and the last key are found at once, and a
 /// renumbering closes the holes between.
@@ -111,7 +165,10 @@ struct Lane {
     /// One past the largest number in use: the next number for the back.
     back: i64,
     len: usize,
-    ranks: Ranks,
+    /// Keys at each number.
+    counts: Fenwick,
+    /// The charge of the key at each number.
+    charges: Fenwick,
 }
 
 const HOLE: u32 = u32::MAX;
@@ -123,7 +180,8 @@ impl Lane {
             front: 0,
             back: 0,
             len: 0,
-            ranks: Ranks::default(),
+            counts: Fenwick::default(),
+            charges: Fenwick::default(),
         }
     }
 
@@ -147,18 +205,20 @@ impl Lane {
         }
     }
 
-    fn insert(&mut self, order: i64, slot: u32) {
-        self.ranks.add(order, 1);
+    fn insert(&mut self, order: i64, slot: u32, charge: u64) {
+        self.counts.add(order, 1);
+        self.charges.add(order, charge);
         self.at[order as usize] = slot;
         self.len += 1;
     }
 
-    fn remove(&mut self, order: i64) {
+    fn remove(&mut self, order: i64, charge: u64) {
         if self.at[order as usize] == HOLE {
             return;
         }
         self.at[order as usize] = HOLE;
-        self.ranks.add(order, -1);
+        self.counts.sub(order, 1);
+        self.charges.sub(order, charge);
         self.len -= 1;
         while self.front < self.back && self.at[self.front as usize] == HOLE {
             self.front += 1;
@@ -176,37 +236,50 @@ impl Lane {
             .filter(|&slot| slot != HOLE)
     }
 
+    /// The first number in use after `number`.
+    fn next_after(&self, number: i64) -> Option<i64> {
+        (number + 1..self.back).find(|&n| self.at[n as usize] != HOLE)
+    }
+
+    /// The number of the key with `index` keys ahead of it in this line.
+    fn number_of(&self, index: u64) -> i64 {
+        self.counts.longest_below(index + 1).expect("index + 1 > 0") as i64
+    }
+
     /// Give the keys the numbers `slack..slack + len`, with room for `slack`
     /// more at either end: O(len), once per `slack` pushes at the most, so
     /// O(1) per push amortised.
     fn renumber<K>(&mut self, entries: &mut Entries<K>) {
         let slack = (self.len / 2).max(32);
         let mut at = vec![HOLE; self.len + 2 * slack];
+        let mut charges = vec![0; at.len()];
         for (i, slot) in self.slots().enumerate() {
             let order = slack + i;
             if let Some(entry) = entries.slots[slot as usize].as_mut() {
                 entry.order = order as i64;
+                charges[order] = entry.charge;
             }
             at[order] = slot;
         }
-        self.ranks = Ranks::counting(&at);
+        self.counts = Fenwick::build(at.iter().map(|&slot| u64::from(slot != HOLE)));
+        self.charges = Fenwick::build(charges.into_iter());
         self.at = at;
         self.front = slack as i64;
         self.back = (slack + self.len) as i64;
     }
 }
 
-/// A Fenwick tree of how many keys hold each number of a lane.
+/// A Fenwick tree of a value at each number of a lane.
 #[derive(Debug, Clone, Default)]
-struct Ranks {
-    tree: Vec<u32>,
+struct Fenwick {
+    tree: Vec<u64>,
 }
 
-impl Ranks {
-    /// The tree of a lane's `at`, built in O(len): each node adds itself
-    /// to its parent.
-    fn counting(at: &[u32]) -> Self {
-        let mut tree: Vec<u32> = at.iter().map(|&slot| u32::from(slot != HOLE)).collect();
+impl Fenwick {
+    /// The tree of the values at numbers 0, 1, …, built in O(len): each
+    /// node adds itself to its parent.
+    fn build(values: impl Iterator<Item = u64>) -> Self {
+        let mut tree: Vec<u64> = values.collect();
         for i in 1..=tree.len() {
             let parent = i + (i & i.wrapping_neg());
             if parent <= tree.len() {
@@ -216,23 +289,229 @@ impl Ranks {
         Self { tree }
     }
 
-    fn add(&mut self, order: i64, delta: i32) {
+    fn add(&mut self, order: i64, delta: u64) {
         let mut i = order as usize + 1;
         while i <= self.tree.len() {
-            self.tree[i - 1] = self.tree[i - 1].wrapping_add_signed(delta);
+            self.tree[i - 1] += delta;
             i += i & i.wrapping_neg();
         }
     }
 
-    /// Keys with a number below `order`.
-    fn before(&self, order: i64) -> usize {
+    fn sub(&mut self, order: i64, delta: u64) {
+        let mut i = order as usize + 1;
+        while i <= self.tree.len() {
+            self.tree[i - 1] -= delta;
+            i += i & i.wrapping_neg();
+        }
+    }
+
+    /// The sum of the values at numbers below `order`.
+    fn before(&self, order: i64) -> u64 {
         let mut i = order as usize;
-        let mut count = 0;
+        let mut sum = 0;
         while i > 0 {
-            count += self.tree[i - 1] as usize;
+            sum += self.tree[i - 1];
             i -= i & i.wrapping_neg();
         }
-        count
+        sum
+    }
+
+    /// The largest `p` whose `before(p)` is below `x` (none for 0).
+    fn longest_below(&self, x: u64) -> Option<usize> {
+        if x == 0 {
+            return None;
+        }
+        let (mut p, mut rest) = (0, x);
+        let mut step = self.tree.len().next_power_of_two();
+        while step > 0 {
+            if p + step <= self.tree.len() && self.tree[p + step - 1] < rest {
+                p += step;
+                rest -= self.tree[p - 1];
+            }
+            step >>= 1;
+        }
+        Some(p)
+    }
+}
+
+/// One tenant's line in a priority (ORCH-3015).
+#[derive(Debug, Clone)]
+struct Line {
+    lane: Lane,
+    /// The virtual time of the line's head: what its tenant was served,
+    /// over its weight, since it last caught up with the class.
+    virtual_time: u64,
+    weight: u32,
+}
+
+impl Line {
+    /// The head's tag: a tenant never starts behind the class, so one that
+    /// was idle, or held back by its own concurrency quota, banks no credit.
+    fn start(&self, now: u64) -> u64 {
+        self.virtual_time.max(now)
+    }
+}
+
+/// One priority of a queue: a line per tenant (one line under FIFO).
+#[derive(Debug, Clone)]
+struct Class<T> {
+    lines: Vec<Line>,
+    by_tenant: HashMap<Option<T>, u32>,
+    len: usize,
+    /// The tag of the last dispatch: it never goes back.
+    now: u64,
+}
+
+impl<T: Clone + Eq + Hash> Class<T> {
+    fn new() -> Self {
+        Self {
+            lines: Vec::new(),
+            by_tenant: HashMap::new(),
+            len: 0,
+            now: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn line_of(&mut self, tenant: Option<T>) -> u32 {
+        let lines = &mut self.lines;
+        *self.by_tenant.entry(tenant).or_insert_with(|| {
+            lines.push(Line {
+                lane: Lane::new(),
+                virtual_time: 0,
+                weight: 1,
+            });
+            (lines.len() - 1) as u32
+        })
+    }
+
+    /// A dispatch from `line` of a key that costs `charge`.
+    fn dispatched(&mut self, line: u32, charge: u64) {
+        let line = &mut self.lines[line as usize];
+        let start = line.start(self.now);
+        self.now = start;
+        line.virtual_time = start + charge;
+    }
+
+    /// Give `line` back `charge` of what it was charged, never behind the class.
+    fn give_back(&mut self, line: u32, charge: u64) {
+        let line = &mut self.lines[line as usize];
+        line.virtual_time = line.virtual_time.saturating_sub(charge).max(self.now);
+    }
+
+    /// The tag of the key at `order` of `line`.
+    fn tag(&self, line: u32, order: i64) -> u64 {
+        let line = &self.lines[line as usize];
+        line.start(self.now) + line.lane.charges.before(order)
+    }
+
+    /// Keys of this class dispatched before `entry`: those of its line
+    /// ahead of it, and of every other line those whose (tag, seq) is less.
+    fn rank<K>(&self, entry: &Entry<K>, entries: &Entries<K>) -> usize {
+        let own = &self.lines[entry.line as usize];
+        let tag = self.tag(entry.line, entry.order);
+        let mut rank = own.lane.counts.before(entry.order) as usize;
+        for (i, line) in self.lines.iter().enumerate() {
+            if i == entry.line as usize || line.lane.len() == 0 {
+                continue;
+            }
+            let below = tag.saturating_sub(line.start(self.now));
+            let ahead = match line.lane.charges.longest_below(below) {
+                Some(p) => line
+                    .lane
+                    .counts
+                    .before((p as i64 + 1).min(line.lane.at.len() as i64)),
+                None => 0,
+            };
+            // The next key of that line ties when its tag is the same; the
+            // earlier admission goes first.
+            if (ahead as usize) < line.lane.len() {
+                let number = line.lane.number_of(ahead);
+                let next = entries.get(line.lane.at[number as usize]);
+                if self.tag(i as u32, number) == tag && next.seq < entry.seq {
+                    rank += 1;
+                }
+            }
+            rank += ahead as usize;
+        }
+        rank
+    }
+
+    /// The slot dispatched last of this class: the greatest (tag, seq) of
+    /// the lines' last keys.
+    fn last<K>(&self, entries: &Entries<K>) -> Option<u32> {
+        (0..self.lines.len() as u32)
+            .filter(|&line| self.lines[line as usize].lane.len() > 0)
+            .map(|line| {
+                let lane = &self.lines[line as usize].lane;
+                let slot = lane.at[lane.back as usize - 1];
+                ((self.tag(line, lane.back - 1), entries.get(slot).seq), slot)
+            })
+            .max()
+            .map(|(_, slot)| slot)
+    }
+
+    /// This class's keys in dispatch order, lazily: the lines' heads merged
+    /// by (tag, seq).
+    fn merge<'a, K>(&'a self, entries: &'a Entries<K>) -> Merge<'a, T, K> {
+        let heads = (0..self.lines.len() as u32)
+            .filter(|&line| self.lines[line as usize].lane.len() > 0)
+            .map(|line| {
+                let line_ = &self.lines[line as usize];
+                let number = line_.lane.front;
+                let seq = entries.get(line_.lane.at[number as usize]).seq;
+                Reverse((line_.start(self.now), seq, line, number))
+            })
+            .collect();
+        Merge {
+            class: self,
+            entries,
+            heads,
+            skipped: Vec::new(),
+        }
+    }
+}
+
+/// A class's keys in dispatch order (see [`Class::merge`]).
+struct Merge<'a, T, K> {
+    class: &'a Class<T>,
+    entries: &'a Entries<K>,
+    /// Each line's next key: (tag, seq, line, number).
+    heads: BinaryHeap<Reverse<(u64, u64, u32, i64)>>,
+    /// Lines left out: their tenant may not start now.
+    skipped: Vec<u32>,
+}
+
+impl<T, K> Merge<'_, T, K> {
+    fn drop_skipped(&mut self) {
+        while let Some(Reverse((_, _, line, _))) = self.heads.peek() {
+            if !self.skipped.contains(line) {
+                break;
+            }
+            self.heads.pop();
+        }
+    }
+
+    fn is_empty(&mut self) -> bool {
+        self.drop_skipped();
+        self.heads.is_empty()
+    }
+
+    /// The next key: its line and slot.
+    fn next(&mut self) -> Option<(u32, u32)> {
+        self.drop_skipped();
+        let Reverse((tag, _, line, number)) = self.heads.pop()?;
+        let lane = &self.class.lines[line as usize].lane;
+        let slot = lane.at[number as usize];
+        if let Some(next) = lane.next_after(number) {
+            let seq = self.entries.get(lane.at[next as usize]).seq;
+            let tag = tag + self.entries.get(slot).charge;
+            self.heads.push(Reverse((tag, seq, line, next)));
+        }
+        Some((line, slot))
     }
 }
 
@@ -268,13 +547,14 @@ struct Hold<K> {
 pub const RETRY_LINE_MAX: usize = 16_384;
 
 #[derive(Debug, Clone)]
-pub struct PoolQueue<K> {
+pub struct PoolQueue<K: QueueKey> {
     capacity: usize,
     policy: FullPolicy,
     starvation_bound: u32,
+    fairness: Fairness,
     entries: Entries<K>,
-    interactive: Lane,
-    batch: Lane,
+    interactive: Class<K::Tenant>,
+    batch: Class<K::Tenant>,
     /// Queued entries by admission order, under drop-lru, whose victim is
     /// the first.
     by_age: BTreeMap<u64, u32>,
@@ -287,15 +567,16 @@ pub struct PoolQueue<K> {
     keeps_retry_line: bool,
 }
 
-impl<K: Clone + Eq + Hash> PoolQueue<K> {
+impl<K: QueueKey> PoolQueue<K> {
     pub fn new(capacity: u32, policy: FullPolicy, starvation_bound: u32) -> Self {
         Self {
             capacity: capacity as usize,
             policy,
             starvation_bound,
+            fairness: Fairness::Weighted,
             entries: Entries::new(),
-            interactive: Lane::new(),
-            batch: Lane::new(),
+            interactive: Class::new(),
+            batch: Class::new(),
             by_age: BTreeMap::new(),
             streak: 0,
             next_seq: 0,
@@ -310,6 +591,12 @@ impl<K: Clone + Eq + Hash> PoolQueue<K> {
         self
     }
 
+    /// A queue whose priorities are one line each, whoever the tenant
+    /// (`fairness: fifo`, ORCH-3015).
+    pub fn fifo_between_tenants(mut self) -> Self {
+        self.fairness = Fairness::Fifo;
+        self
+    }
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -372,39 +659,59 @@ impl<K: Clone + Eq + Hash> PoolQueue<K> {
         self.retry_line.len()
     }
 
-    fn lane(&self, priority: Priority) -> &Lane {
+    fn class(&self, priority: Priority) -> &Class<K::Tenant> {
         match priority {
             Priority::Interactive => &self.interactive,
             Priority::Batch => &self.batch,
         }
     }
 
-    /// Queue `key` at the back (or the front) of its lane, as the newest
-    /// admission (drop-lru's order).
-    fn push(&mut self, key: K, priority: Priority, at_front: bool) {
-        let lane = match priority {
+    fn class_mut(&mut self, priority: Priority) -> &mut Class<K::Tenant> {
+        match priority {
+            Priority::Interactive => &mut self.interactive,
+            Priority::Batch => &mut self.batch,
+        }
+    }
+
+    /// The line `key` waits in: its tenant's, or the one line under FIFO.
+    fn line_key(&self, key: &K) -> Option<K::Tenant> {
+        (self.fairness == Fairness::Weighted).then(|| key.tenant().clone())
+    }
+
+    /// Queue `key` at the back (or the front) of its tenant's line, as the
+    /// newest admission (drop-lru's order).
+    fn push(&mut self, key: K, priority: Priority, at_front: bool, share: Share) {
+        let tenant = self.line_key(&key);
+        let class = match priority {
             Priority::Interactive => &mut self.interactive,
             Priority::Batch => &mut self.batch,
         };
-        let order = lane.next_order(at_front, &mut self.entries);
+        let line = class.line_of(tenant);
+        let lane = &mut class.lines[line as usize];
+        lane.weight = share.weight;
+        let order = lane.lane.next_order(at_front, &mut self.entries);
         let seq = self.next_seq;
         self.next_seq += 1;
+        let charge = share.charge();
         let slot = self.entries.insert(Entry {
             key,
             priority,
+            line,
             order,
             seq,
+            charge,
         });
-        lane.insert(order, slot);
+        lane.lane.insert(order, slot, charge);
+        class.len += 1;
         if self.policy == FullPolicy::DropLru {
             self.by_age.insert(seq, slot);
         }
     }
 
-    /// Admit `key` at the back of its priority lane, applying the full policy;
-    /// under `reject`, a place held for `key` is redeemed and the places held
-    /// ahead of it count as taken (ORCH-3012).
-    pub fn admit(&mut self, key: K, priority: Priority) -> Admission<K> {
+    /// Admit `key` at the back of its tenant's line in its priority,
+    /// applying the full policy; under `reject`, a place held for `key` is
+    /// redeemed and the places held ahead of it count as taken (ORCH-3012).
+    pub fn admit(&mut self, key: K, priority: Priority, share: Share) -> Admission<K> {
         let mut evicted = None;
         match self.policy {
             FullPolicy::Reject => {
@@ -436,8 +743,7 @@ impl<K: Clone + Eq + Hash> PoolQueue<K> {
                 let victim = match priority {
                     Priority::Interactive => self
                         .batch
-                        .slots()
-                        .next_back()
+                        .last(&self.entries)
                         .map(|slot| self.entries.get(slot).key.clone()),
                     Priority::Batch => None,
                 };
@@ -458,11 +764,8 @@ impl<K: Clone + Eq + Hash> PoolQueue<K> {
                 }
             }
         }
-        self.push(key, priority, false);
-        let position = match priority {
-            Priority::Interactive => self.interactive_position(self.interactive.len() - 1),
-            Priority::Batch => self.batch_position(self.batch.len() - 1),
-        };
+        self.push(key.clone(), priority, false, share);
+        let position = self.position(&key).expect("just queued");
         Admission::Admitted { position, evicted }
     }
 
@@ -480,14 +783,39 @@ impl<K: Clone + Eq + Hash> PoolQueue<K> {
 
     /// Append a recovered task in its original order, regardless of
     /// capacity: it was admitted before the restart (ORCH-7002).
-    pub fn restore(&mut self, key: K, priority: Priority) {
-        self.push(key, priority, false);
+    pub fn restore(&mut self, key: K, priority: Priority, share: Share) {
+        self.push(key, priority, false, share);
     }
 
-    /// Put a task back at the head of its lane (a retry after a replica
-    /// failure, or recovery), regardless of capacity: it was admitted before.
-    pub fn requeue_front(&mut self, key: K, priority: Priority) {
-        self.push(key, priority, true);
+    /// Put a task back at the head of its line after its dispatch (a retry
+    /// after a replica failure, or no slot after all), regardless of
+    /// capacity: it was admitted before. Its tenant is given back what the
+    /// dispatch charged it.
+    pub fn requeue_front(&mut self, key: K, priority: Priority, share: Share) {
+        self.refund(&key, priority, share.cost);
+        self.push(key, priority, true, share);
+    }
+
+    /// Give `key`'s tenant back `unused` tokens of a dispatched task's cost
+    /// (ORCH-3015): what it reserved for `max_tokens` and did not generate.
+    /// Its line never goes back behind the class's virtual time, so a refund
+    /// is never a credit against tenants that waited.
+    pub fn refund(&mut self, key: &K, priority: Priority, unused: u64) {
+        let Some(tenant) = self.line_key(key) else {
+            return;
+        };
+        let class = self.class_mut(priority);
+        if let Some(&line) = class.by_tenant.get(&Some(tenant)) {
+            let weight = class.lines[line as usize].weight;
+            class.give_back(
+                line,
+                Share {
+                    cost: unused,
+                    weight,
+                }
+                .refund(),
+            );
+        }
     }
 
     /// Next task to dispatch (ORCH-3002, ORCH-3003).
@@ -498,13 +826,25 @@ impl<K: Clone + Eq + Hash> PoolQueue<K> {
     /// Next task to dispatch among those `eligible` says may start now (a
     /// tenant at its concurrency quota waits, ORCH-3011); the others keep
     /// their place. Walks the dispatch order only as far as the first
-    /// eligible task.
+    /// eligible task; eligibility is the tenant's, so under weighted
+    /// fairness a refused head leaves its whole line out.
     pub fn pop_next_where(&mut self, mut eligible: impl FnMut(&K) -> bool) -> Option<K> {
-        let (priority, key) = self
-            .in_dispatch_order()
-            .find(|(_, key)| eligible(key))
-            .map(|(priority, key)| (priority, key.clone()))?;
+        let (priority, line, slot) = {
+            let mut order = self.in_dispatch_order();
+            loop {
+                let (priority, line, slot) = order.next()?;
+                if eligible(&self.entries.get(slot).key) {
+                    break (priority, line, slot);
+                }
+                if self.fairness == Fairness::Weighted {
+                    order.skip(priority, line);
+                }
+            }
+        };
+        let entry = self.entries.get(slot);
+        let (key, charge) = (entry.key.clone(), entry.charge);
         self.remove(&key);
+        self.class_mut(priority).dispatched(line, charge);
         self.streak = if priority == Priority::Batch || self.batch.len() == 0 {
             0
         } else {
@@ -515,32 +855,20 @@ impl<K: Clone + Eq + Hash> PoolQueue<K> {
 
     /// The queued keys in the order they would be dispatched, lazily: the
     /// pops that would empty the queue, simulated.
-    fn in_dispatch_order(&self) -> impl Iterator<Item = (Priority, &K)> {
-        let key = |slot: u32| &self.entries.get(slot).key;
-        let mut interactive = self.interactive.slots().map(key).peekable();
-        let mut batch = self.batch.slots().map(key).peekable();
-        let mut streak = self.streak;
-        let bound = self.starvation_bound;
-        std::iter::from_fn(move || {
-            let batch_waiting = batch.peek().is_some();
-            if batch_waiting && (interactive.peek().is_none() || streak >= bound) {
-                streak = 0;
-                return batch.next().map(|key| (Priority::Batch, key));
-            }
-            let key = interactive.next()?;
-            streak = if batch.peek().is_some() {
-                streak + 1
-            } else {
-                0
-            };
-            Some((Priority::Interactive, key))
-        })
+    fn in_dispatch_order(&self) -> DispatchOrder<'_, K> {
+        DispatchOrder {
+            interactive: self.interactive.merge(&self.entries),
+            batch: self.batch.merge(&self.entries),
+            streak: self.streak,
+            bound: self.starvation_bound,
+        }
     }
 
     /// Keys in the order they would be dispatched.
     pub fn dispatch_order(&self) -> Vec<K> {
-        self.in_dispatch_order()
-            .map(|(_, key)| key.clone())
+        let mut order = self.in_dispatch_order();
+        std::iter::from_fn(|| order.next())
+            .map(|(_, _, slot)| self.entries.get(slot).key.clone())
             .collect()
     }
 
@@ -556,19 +884,21 @@ impl<K: Clone + Eq + Hash> PoolQueue<K> {
             return false;
         };
         self.by_age.remove(&entry.seq);
-        match entry.priority {
-            Priority::Interactive => self.interactive.remove(entry.order),
-            Priority::Batch => self.batch.remove(entry.order),
-        }
+        let class = self.class_mut(entry.priority);
+        class.lines[entry.line as usize]
+            .lane
+            .remove(entry.order, entry.charge);
+        class.len -= 1;
         true
     }
 
-    /// 0-based dispatch position of `key`, computed from its lane index
-    /// without simulating: with streak `s` and bound `b`, batch picks happen
-    /// once `c1 = b - s` interactive picks are done, then after every `b`.
+    /// 0-based dispatch position of `key`, computed from its rank in its
+    /// priority without simulating: with streak `s` and bound `b`, batch
+    /// picks happen once `c1 = b - s` interactive picks are done, then after
+    /// every `b`.
     pub fn position(&self, key: &K) -> Option<u32> {
         let entry = self.entries.get(self.entries.find(key)?);
-        let index = self.lane(entry.priority).ranks.before(entry.order);
+        let index = self.class(entry.priority).rank(entry, &self.entries);
         Some(match entry.priority {
             Priority::Interactive => self.interactive_position(index),
             Priority::Batch => self.batch_position(index),
@@ -595,6 +925,43 @@ impl<K: Clone + Eq + Hash> PoolQueue<K> {
         let interactive_before = (self.first_batch_turn() + j * self.starvation_bound as usize)
             .min(self.interactive.len());
         (j + interactive_before) as u32
+    }
+}
+
+/// A queue's keys in dispatch order: the two classes' merges, interleaved
+/// by the batch-starvation bound (ORCH-3003).
+struct DispatchOrder<'a, K: QueueKey> {
+    interactive: Merge<'a, K::Tenant, K>,
+    batch: Merge<'a, K::Tenant, K>,
+    streak: u32,
+    bound: u32,
+}
+
+impl<K: QueueKey> DispatchOrder<'_, K> {
+    /// The next key: its priority, line and slot.
+    fn next(&mut self) -> Option<(Priority, u32, u32)> {
+        if !self.batch.is_empty() && (self.interactive.is_empty() || self.streak >= self.bound) {
+            self.streak = 0;
+            return self
+                .batch
+                .next()
+                .map(|(line, slot)| (Priority::Batch, line, slot));
+        }
+        let (line, slot) = self.interactive.next()?;
+        self.streak = if self.batch.is_empty() {
+            0
+        } else {
+            self.streak + 1
+        };
+        Some((Priority::Interactive, line, slot))
+    }
+
+    /// Leave `line` of `priority` out of the rest of the order.
+    fn skip(&mut self, priority: Priority, line: u32) {
+        match priority {
+            Priority::Interactive => self.interactive.skipped.push(line),
+            Priority::Batch => self.batch.skipped.push(line),
+        }
     }
 }
 
@@ -682,6 +1049,8 @@ pub fn backoff_hint(predicted_wait_ms: u64) -> (u64, u64) {
 }
 
 #[cfg(test)]
+mod fair_share_properties;
+#[cfg(test)]
 mod properties;
 
 #[cfg(test)]
@@ -696,9 +1065,9 @@ mod tests {
     #[test]
     fn interactive_first_with_starvation_bound() {
         let mut q = queue(10, FullPolicy::Reject);
-        q.admit(100, Priority::Batch);
+        q.admit(100, Priority::Batch, Share::UNIT);
         for k in 0..4 {
-            q.admit(k, Priority::Interactive);
+            q.admit(k, Priority::Interactive, Share::UNIT);
         }
         assert_eq!(q.dispatch_order(), vec![0, 1, 100, 2, 3]);
         assert_eq!(q.position(&100), Some(2));
@@ -708,32 +1077,33 @@ mod tests {
     #[test]
     fn full_policies_pick_their_victims() {
         let mut q = queue(2, FullPolicy::Reject);
-        q.admit(1, Priority::Batch);
-        q.admit(2, Priority::Interactive);
+        q.admit(1, Priority::Batch, Share::UNIT);
+        q.admit(2, Priority::Interactive, Share::UNIT);
         assert_eq!(
-            q.admit(3, Priority::Interactive),
+            q.admit(3, Priority::Interactive, Share::UNIT),
             Admission::Rejected {
                 policy: RejectPolicy::Reject
             }
         );
 
         let mut q = queue(2, FullPolicy::DropLru);
-        q.admit(1, Priority::Interactive);
-        q.admit(2, Priority::Batch);
-        let Admission::Admitted { evicted, .. } = q.admit(3, Priority::Batch) else {
+        q.admit(1, Priority::Interactive, Share::UNIT);
+        q.admit(2, Priority::Batch, Share::UNIT);
+        let Admission::Admitted { evicted, .. } = q.admit(3, Priority::Batch, Share::UNIT) else {
             panic!("drop-lru admits")
         };
         assert_eq!(evicted.unwrap().key, 1);
 
         let mut q = queue(3, FullPolicy::ShedLowPriority);
-        q.admit(1, Priority::Batch);
-        q.admit(2, Priority::Batch);
-        q.admit(3, Priority::Interactive);
+        q.admit(1, Priority::Batch, Share::UNIT);
+        q.admit(2, Priority::Batch, Share::UNIT);
+        q.admit(3, Priority::Interactive, Share::UNIT);
         assert!(matches!(
-            q.admit(4, Priority::Batch),
+            q.admit(4, Priority::Batch, Share::UNIT),
             Admission::Rejected { .. }
         ));
-        let Admission::Admitted { evicted, .. } = q.admit(5, Priority::Interactive) else {
+        let Admission::Admitted { evicted, .. } = q.admit(5, Priority::Interactive, Share::UNIT)
+        else {
             panic!("shed admits interactive")
         };
         let evicted = evicted.unwrap();
@@ -751,7 +1121,7 @@ mod tests {
                 } else {
                     Priority::Interactive
                 };
-                q.admit(k, priority);
+                q.admit(k, priority, Share::UNIT);
                 if k % 5 == 4 {
                     q.pop_next();
                 }
@@ -779,11 +1149,11 @@ mod tests {
             } else {
                 Priority::Interactive
             };
-            q.admit(next, priority);
+            q.admit(next, priority, Share::UNIT);
             next += 1;
             if round % 2 == 0 {
                 let key = q.pop_next().expect("queued");
-                q.requeue_front(key, priority);
+                q.requeue_front(key, priority, Share::UNIT);
             }
             if round % 5 == 4 {
                 q.pop_next();
@@ -808,7 +1178,7 @@ mod tests {
     fn a_lane_keeps_its_ends_at_live_keys_and_room_in_proportion() {
         let mut q = queue(10_000, FullPolicy::Reject);
         for key in 0..1000 {
-            q.admit(key, Priority::Interactive);
+            q.admit(key, Priority::Interactive, Share::UNIT);
         }
         let number = |q: &PoolQueue<u32>, key: u32| {
             q.entries.get(q.entries.find(&key).expect("queued")).order
@@ -817,24 +1187,24 @@ mod tests {
         // keys, so the first and the last are found without a walk.
         q.pop_next();
         q.remove(&1);
-        assert_eq!(q.interactive.front, number(&q, 2));
+        assert_eq!(q.interactive.lines[0].lane.front, number(&q, 2));
         q.remove(&999);
         q.remove(&998);
-        assert_eq!(q.interactive.back, number(&q, 997) + 1);
+        assert_eq!(q.interactive.lines[0].lane.back, number(&q, 997) + 1);
         // A renumbering leaves room for half the lane again at either end, so
         // it comes once per that many pushes (O(1) amortised).
-        q.interactive.renumber(&mut q.entries);
-        assert_eq!(q.interactive.front, 498);
-        assert_eq!(q.interactive.at.len(), 996 + 2 * 498);
+        q.interactive.lines[0].lane.renumber(&mut q.entries);
+        assert_eq!(q.interactive.lines[0].lane.front, 498);
+        assert_eq!(q.interactive.lines[0].lane.at.len(), 996 + 2 * 498);
         assert_eq!(q.dispatch_order(), (2..998).collect::<Vec<_>>());
         // Long runs at the front alone, then at the back alone, each past the
         // room one numbering has.
         let mut q = queue(10_000, FullPolicy::Reject);
         for key in 0..200 {
-            q.requeue_front(key, Priority::Interactive);
+            q.requeue_front(key, Priority::Interactive, Share::UNIT);
         }
         for key in 200..400 {
-            q.restore(key, Priority::Interactive);
+            q.restore(key, Priority::Interactive, Share::UNIT);
         }
         let expected: Vec<u32> = (0..200).rev().chain(200..400).collect();
         assert_eq!(q.dispatch_order(), expected);
@@ -846,14 +1216,15 @@ mod tests {
     // covers: ORCH-3014, ORCH-3011
     #[test]
     fn a_dispatch_looks_only_as_far_as_the_first_task_that_may_start() {
-        let mut q = PoolQueue::new(200_000, FullPolicy::Reject, 4);
+        // One line for every key: the predicate is asked key by key.
+        let mut q = PoolQueue::new(200_000, FullPolicy::Reject, 4).fifo_between_tenants();
         for k in 0..100_000u32 {
             let priority = if k % 4 == 0 {
                 Priority::Batch
             } else {
                 Priority::Interactive
             };
-            q.admit(k, priority);
+            q.admit(k, priority, Share::UNIT);
         }
         let mut looked = 0;
         assert_eq!(
@@ -883,7 +1254,7 @@ mod tests {
     /// Evict the least recently queued task of a full drop-lru queue by
     /// admitting `arrival`; the victim's key.
     fn lru_victim(q: &mut PoolQueue<u32>, arrival: u32, priority: Priority) -> u32 {
-        let Admission::Admitted { evicted, .. } = q.admit(arrival, priority) else {
+        let Admission::Admitted { evicted, .. } = q.admit(arrival, priority, Share::UNIT) else {
             panic!("drop-lru admits")
         };
         evicted.expect("a full queue evicts").key
@@ -893,9 +1264,9 @@ mod tests {
     #[test]
     fn restored_tasks_keep_their_order_and_age_even_over_capacity() {
         let mut q = queue(2, FullPolicy::DropLru);
-        q.restore(1, Priority::Interactive);
-        q.restore(2, Priority::Batch);
-        q.restore(3, Priority::Interactive);
+        q.restore(1, Priority::Interactive, Share::UNIT);
+        q.restore(2, Priority::Batch, Share::UNIT);
+        q.restore(3, Priority::Interactive, Share::UNIT);
         assert_eq!(
             q.len(),
             3,
@@ -911,8 +1282,8 @@ mod tests {
     #[test]
     fn a_requeued_task_counts_as_queued_at_its_requeue() {
         let mut q = queue(2, FullPolicy::DropLru);
-        q.admit(1, Priority::Interactive);
-        q.requeue_front(2, Priority::Interactive);
+        q.admit(1, Priority::Interactive, Share::UNIT);
+        q.requeue_front(2, Priority::Interactive, Share::UNIT);
         assert_eq!(
             q.dispatch_order(),
             vec![2, 1],
@@ -927,9 +1298,9 @@ mod tests {
     #[test]
     fn a_streak_left_by_a_canceled_batch_task_does_not_invent_a_batch_turn() {
         let mut q = queue(10, FullPolicy::Reject);
-        q.admit(100, Priority::Batch);
+        q.admit(100, Priority::Batch, Share::UNIT);
         for k in 0..3 {
-            q.admit(k, Priority::Interactive);
+            q.admit(k, Priority::Interactive, Share::UNIT);
         }
         assert_eq!(q.pop_next(), Some(0));
         assert_eq!(q.pop_next(), Some(1));
@@ -1005,7 +1376,7 @@ mod tests {
         assert!(!q.hold(7, 100), "the line is turned off");
         assert_eq!(q.places_needed(&8), 0);
         let mut q = queue(1, FullPolicy::Reject);
-        q.admit(0, Priority::Interactive);
+        q.admit(0, Priority::Interactive, Share::UNIT);
         for key in 1..=RETRY_LINE_MAX as u32 {
             assert!(q.hold(key, 100));
         }

@@ -473,6 +473,8 @@ async fn a_tenants_rate_limit_and_quota_hold_across_daemons() {
     };
     let mut config = cluster_config(engine, 5_000);
     config.tenants = vec![TenantConfig {
+        weight: 1,
+        token_rate_limit: None,
         id: "app".into(),
         role: TenantRole::Client,
         api_key_sha256: vec![orchestratord::runtime::key_hash("app-key")],

@@ -604,6 +604,8 @@ async fn errors_take_openais_shape_with_retry_headers_on_429_and_503() {
     // Keys: none, or a wrong one, is an authentication error.
     let keyed = TestServer::start(Config {
         tenants: vec![TenantConfig {
+            weight: 1,
+            token_rate_limit: None,
             id: "app".into(),
             role: Role::Client,
             api_key_sha256: vec![orchestratord::runtime::key_hash("sk-app")],

@@ -75,6 +75,8 @@ fn pool(id: &str, faults: BuiltinFaults) -> contracts::config::PoolConfig {
 async fn the_sdk_raises_each_kind_of_error_and_retries_none_that_cannot_help() {
     let config = Config {
         tenants: vec![TenantConfig {
+            weight: 1,
+            token_rate_limit: None,
             id: "app".into(),
             role: Role::Client,
             api_key_sha256: vec![orchestratord::runtime::key_hash("sk-test")],

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 
 use contracts::{FinishReason, Priority, StartedEvent, StreamEvent};
+use orchestratord::queue::Share;
 use orchestratord::runtime::{LiveTask, Outcome};
 use orchestratord::store::TaskKey;
 use proptest::prelude::*;
@@ -24,6 +25,7 @@ fn live_task() -> LiveTask {
         "hash".into(),
         1,
         0,
+        Share::UNIT,
         Vec::new(),
     );
     let started = StartedEvent {

@@ -6,13 +6,17 @@ mod common;
 use std::time::Duration;
 
 use common::{TestServer, config_with, eventually, task};
-use contracts::config::{BuiltinEngineConfig, Config, RateLimitConfig, Role, TenantConfig};
+use contracts::config::{
+    BuiltinEngineConfig, Config, RateLimitConfig, Role, TenantConfig, TokenRateLimitConfig,
+};
 use contracts::{ErrorCode, RejectPolicy, TaskState};
 use orchctl::Client;
 use orchestratord::runtime::key_hash;
 
 fn tenant(id: &str, key: &str, role: Role) -> TenantConfig {
     TenantConfig {
+        weight: 1,
+        token_rate_limit: None,
         id: id.into(),
         role,
         api_key_sha256: vec![key_hash(key)],
@@ -98,6 +102,57 @@ async fn the_rate_limit_answers_429_with_a_retry_after_from_the_bucket() {
         "one token refills in 2 s: {backoff_ms}"
     );
     assert_eq!(*retry_after_s, Some(2));
+}
+
+// covers: ORCH-3017, ORCH-2010
+#[tokio::test]
+async fn a_token_rate_limit_takes_each_tasks_cost_and_refuses_one_it_could_never_hold() {
+    let mut limited = tenant("app", "app-key", Role::Client);
+    // 10 tokens a second, 100 at once.
+    limited.token_rate_limit = Some(TokenRateLimitConfig {
+        per_minute: 600,
+        burst: Some(100),
+    });
+    let server = TestServer::start(keyed(vec![limited])).await;
+    server.handle().hold_dispatch("default", true);
+    let app = Client::new(server.url()).with_api_key("app-key");
+    // Each costs its 2 words of prompt + 40 tokens: 84 of 100 taken.
+    app.submit(task("one two", 40)).await.unwrap();
+    let second = app.submit(task("three four", 40)).await.unwrap();
+    let error = app.submit(task("five six", 40)).await.unwrap_err();
+    let orchctl::ClientError::Api {
+        status,
+        envelope,
+        retry_after_s,
+        backoff_ms,
+    } = &error
+    else {
+        panic!("{error}")
+    };
+    assert_eq!(*status, 429);
+    assert_eq!(envelope.known_policy(), Some(RejectPolicy::RateLimit));
+    assert!(
+        envelope.message.contains("42 tokens"),
+        "{}",
+        envelope.message
+    );
+    // 26 tokens short at 10 a second.
+    let backoff_ms = backoff_ms.unwrap();
+    assert!((2_000..=2_600).contains(&backoff_ms), "{backoff_ms}");
+    assert_eq!(*retry_after_s, Some(3));
+    // More than the bucket ever holds: a 400 naming the field, not a 429 forever.
+    let never = app.submit(task("seven", 100)).await.unwrap_err();
+    assert_eq!(never.status(), Some(400));
+    let envelope = never.envelope().unwrap();
+    assert_eq!(envelope.code, ErrorCode::InvalidParams);
+    assert!(
+        envelope.message.starts_with("max_tokens:") && envelope.message.contains("(100)"),
+        "{}",
+        envelope.message
+    );
+    // A queued task canceled gives its whole cost back at once.
+    app.cancel(&second.task_id).await.unwrap();
+    app.submit(task("five six", 40)).await.unwrap();
 }
 
 // covers: ORCH-3011

@@ -7,7 +7,7 @@ use contracts::config::FullPolicy;
 use contracts::{ErrorCode, Priority, RejectPolicy};
 use proptest::prelude::*;
 
-use super::{Admission, PoolQueue};
+use super::{Admission, PoolQueue, Share};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -72,7 +72,7 @@ proptest! {
         for op in ops {
             match op {
                 Op::Admit(p) => {
-                    q.admit(next, p);
+                    q.admit(next, p, Share::UNIT);
                     queued.push((next, p));
                     next += 1;
                 }
@@ -112,7 +112,7 @@ proptest! {
         for op in ops {
             match op {
                 Op::Admit(p) => {
-                    q.admit(next, p);
+                    q.admit(next, p, Share::UNIT);
                     queued.push((next, p));
                     next += 1;
                 }
@@ -188,7 +188,7 @@ proptest! {
                     };
                     prop_assert_eq!(q.would_reject(&key, p), expected.err(), "would_reject agrees with admit");
                     let before = q.dispatch_order();
-                    match q.admit(key, p) {
+                    match q.admit(key, p, Share::UNIT) {
                         Admission::Admitted { evicted, .. } => {
                             let evicted = evicted.map(|e| (e.key, e.code, e.policy));
                             prop_assert_eq!(Ok(evicted), expected);
@@ -236,7 +236,7 @@ proptest! {
         for op in ops {
             match op {
                 Op::Admit(p) => {
-                    let Admission::Admitted { position, .. } = q.admit(next, p) else {
+                    let Admission::Admitted { position, .. } = q.admit(next, p, Share::UNIT) else {
                         panic!("room for everyone")
                     };
                     prop_assert_eq!(Some(position), q.position(&next), "admission reports the position");
@@ -244,7 +244,7 @@ proptest! {
                     next += 1;
                 }
                 Op::RequeueFront(p) => {
-                    q.requeue_front(next, p);
+                    q.requeue_front(next, p, Share::UNIT);
                     queued.push(next);
                     next += 1;
                 }
@@ -303,7 +303,7 @@ proptest! {
                 let needed = (queued + ahead + 1).saturating_sub(capacity as usize) as u32;
                 prop_assert_eq!(q.places_needed(&key), needed);
                 prop_assert_eq!(q.would_reject(&key, Priority::Interactive).is_some(), needed > 0);
-                match q.admit(key, Priority::Interactive) {
+                match q.admit(key, Priority::Interactive, Share::UNIT) {
                     Admission::Admitted { .. } => {
                         prop_assert_eq!(needed, 0, "admitted past {} places held ahead", ahead);
                         queued += 1;

@@ -30,7 +30,7 @@ use crate::admission;
 use crate::clock::Clock;
 use crate::engines;
 use crate::error::OrchError;
-use crate::queue::{self, Admission};
+use crate::queue::{self, Admission, Share};
 use crate::store::{Inserted, ListFilter, TaskKey, TaskRecord, TaskStore};
 
 pub struct Orchestrator {
@@ -256,6 +256,18 @@ impl Orchestrator {
         {
             return Ok(existing);
         }
+        let cost = u64::from(prompt_tokens) + u64::from(request.max_tokens);
+        if let Some(burst) = tenant.token_burst()
+            && cost > burst
+        {
+            return Err(OrchError::invalid(
+                "max_tokens",
+                format!(
+                    "the task costs {cost} tokens ({prompt_tokens} of prompt + max_tokens {}), more than tenant {}'s token_rate_limit ever holds ({burst}); lower max_tokens or shorten the prompt",
+                    request.max_tokens, tenant.id
+                ),
+            ));
+        }
         self.check_pool_available(pool)?;
         let priority = request.priority.unwrap_or_default();
         let refused = {
@@ -277,6 +289,17 @@ impl Orchestrator {
             .with_policy(RejectPolicy::RateLimit)
             .with_backoff(queue::backoff_hint(wait_ms).0));
         }
+        if let Err(wait_ms) = tenant.take_tokens(cost, self.clock.now_ms()) {
+            return Err(OrchError::new(
+                ErrorCode::AdmissionReject,
+                format!(
+                    "tenant {} is over its token rate limit: the task costs {cost} tokens and its bucket holds them again in {wait_ms} ms",
+                    tenant.id
+                ),
+            )
+            .with_policy(RejectPolicy::RateLimit)
+            .with_backoff(queue::backoff_hint(wait_ms).0));
+        }
         let session = request.session_id.clone().map(|session_id| SessionKey {
             tenant: key.tenant.clone(),
             scope: key.scope.clone(),
@@ -285,15 +308,22 @@ impl Orchestrator {
         if let Some(session) = &session {
             self.sessions().begin_turn(session, self.clock.now_ms())?;
         }
-        let admitted = self.enqueue(pool, key, request, body_hash, priority).await;
+        let share = Share {
+            cost,
+            weight: tenant.weight,
+        };
+        let admitted = self
+            .enqueue(pool, key, request, body_hash, priority, share)
+            .await;
         if admitted.is_ok() {
             self.metrics
                 .enqueued(&pool_id, counter.engine.properties(), prompt_tokens);
         }
-        if admitted.is_err()
-            && let Some(session) = &session
-        {
-            self.sessions().cancel_turn(session);
+        if admitted.is_err() {
+            tenant.give_back_tokens(cost, self.clock.now_ms());
+            if let Some(session) = &session {
+                self.sessions().cancel_turn(session);
+            }
         }
         admitted
     }
@@ -307,6 +337,7 @@ impl Orchestrator {
         request: TaskRequest,
         body_hash: String,
         priority: contracts::Priority,
+        share: Share,
     ) -> Result<AdmissionResponse, OrchError> {
         let seed = request
             .seed
@@ -337,10 +368,10 @@ impl Orchestrator {
         if pause > 0 {
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
-        let task = Arc::new(self.live_task_from(&record, Vec::new()));
+        let task = Arc::new(self.live_task_from(&record, share, Vec::new()));
         self.live().insert(key.clone(), Arc::clone(&task));
 
-        let admitted = pool.queue().admit(key.clone(), priority);
+        let admitted = pool.queue().admit(key.clone(), priority, share);
         let position = match admitted {
             Admission::Rejected { policy } => {
                 self.live().remove(&key);
@@ -560,6 +591,7 @@ impl Orchestrator {
         let Some(finish) = task.finish(outcome, self.clock.now_ms()) else {
             return false;
         };
+        self.give_back_unused_tokens(task);
         if let Err(error) = self.store.finish(&task.key, finish).await {
             // The outcome is in memory and on the stream; the row stays
             // non-terminal and recovery settles it on the next start.
@@ -568,6 +600,20 @@ impl Orchestrator {
         }
         self.live().remove(&task.key);
         true
+    }
+
+    /// An ended task's tokens it reserved and did not use go back to its
+    /// tenant's token bucket (ORCH-3017): `max_tokens` less what it
+    /// generated, or its whole cost if it never started.
+    fn give_back_unused_tokens(&self, task: &LiveTask) {
+        let Some(tenant) = self.tenants.get(&task.key.tenant) else {
+            return;
+        };
+        let unused = match task.started_ms() {
+            Some(_) => u64::from(task.request.max_tokens.saturating_sub(task.tokens_out())),
+            None => task.share.cost,
+        };
+        tenant.give_back_tokens(unused, self.clock.now_ms());
     }
 
     /// Write a running task's new events; a failure is logged and retried
@@ -597,6 +643,7 @@ impl Orchestrator {
             ) else {
                 return Ok(());
             };
+            self.give_back_unused_tokens(&task);
             self.store.finish(key, finish).await?;
             self.live().remove(key);
             self.metrics.canceled(&task.pool_id);
@@ -757,7 +804,8 @@ impl Orchestrator {
                 continue;
             };
             let events = logs.remove(&record.seq).unwrap_or_default();
-            let task = Arc::new(self.live_task_from(&record, events));
+            let share = self.recovered_share(&record);
+            let task = Arc::new(self.live_task_from(&record, share, events));
             self.live().insert(record.key.clone(), Arc::clone(&task));
             if record.state == TaskState::Running && record.first_token {
                 // A reader who saw more than this resumes onto this error
@@ -780,7 +828,8 @@ impl Orchestrator {
             if record.state == TaskState::Running {
                 self.store.mark_requeued(&record.key).await?;
             }
-            pool.queue().restore(record.key.clone(), record.priority);
+            pool.queue()
+                .restore(record.key.clone(), record.priority, share);
             if let Some(at) = task.start_deadline_ms {
                 pool.watch_deadline(at, record.key.clone());
             }
@@ -790,7 +839,25 @@ impl Orchestrator {
         Ok((requeued, reset))
     }
 
-    fn live_task_from(&self, record: &TaskRecord, events: Vec<StreamEvent>) -> LiveTask {
+    /// A recovered task's share (ORCH-3015): its prompt counted as at
+    /// admission is not stored, so ~4 bytes a token stands in for it.
+    fn recovered_share(&self, record: &TaskRecord) -> Share {
+        let prompt_tokens = admission::input_bytes(&record.request).div_ceil(4) as u64;
+        Share {
+            cost: prompt_tokens + u64::from(record.request.max_tokens),
+            weight: self
+                .tenants
+                .get(&record.key.tenant)
+                .map_or(1, |tenant| tenant.weight),
+        }
+    }
+
+    fn live_task_from(
+        &self,
+        record: &TaskRecord,
+        share: Share,
+        events: Vec<StreamEvent>,
+    ) -> LiveTask {
         let request = &record.request;
         LiveTask::new(
             record.key.clone(),
@@ -800,6 +867,7 @@ impl Orchestrator {
             record.body_hash.clone(),
             record.seed,
             record.submitted_at_ms,
+            share,
             events,
         )
     }
@@ -919,6 +987,7 @@ impl Orchestrator {
                 )
                 .is_some()
             {
+                self.give_back_unused_tokens(&task);
                 tasks_canceled += 1;
             }
             self.live().remove(&task.key);

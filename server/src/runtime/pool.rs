@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use contracts::config::{PoolConfig, TimeoutConfig};
+use contracts::config::{Fairness, PoolConfig, TimeoutConfig};
 use tokio::sync::Notify;
 
 use crate::engines::{Engine, EngineProperties, Health, Speed};
@@ -292,6 +292,9 @@ impl Pool {
         );
         if !config.queue.retry_line {
             queue = queue.without_retry_line();
+        }
+        if config.queue.fairness == Fairness::Fifo {
+            queue = queue.fifo_between_tenants();
         }
         // Before anything completes, assume a task generates half of a typical
         // budget (at most 256 tokens) at the speed the engine states.

@@ -75,7 +75,7 @@ fn next_placement(
             .and_then(|s| orchestrator.sessions().warm_replica(s));
         let avoid = task.avoid_replica();
         let Some(replica) = pool.reserve_slot(warm.as_deref(), avoid.as_deref()) else {
-            pool.queue().requeue_front(key, task.priority);
+            pool.queue().requeue_front(key, task.priority, task.share);
             return None;
         };
         let kv_warmth = warm.as_deref() == Some(replica.id.as_str());
@@ -160,6 +160,11 @@ async fn run_task(
                     sessions.lose_kv(session);
                 }
             }
+            // What was reserved for `max_tokens` and not generated goes
+            // back to the tenant's share (ORCH-3015).
+            let unused = task.request.max_tokens.saturating_sub(task.tokens_out());
+            pool.queue()
+                .refund(&task.key, task.priority, u64::from(unused));
             let decode_ms = now.saturating_sub(task.started_ms().unwrap_or(started_ms));
             if completed {
                 // Recorded before `end` is published: whoever has read the
@@ -183,7 +188,8 @@ async fn run_task(
             if let Err(error) = orchestrator.store.mark_requeued(&task.key).await {
                 tracing::error!(task_id = %task.key.task_id, %error, "could not requeue a task for retry");
             }
-            pool.queue().requeue_front(task.key.clone(), task.priority);
+            pool.queue()
+                .requeue_front(task.key.clone(), task.priority, task.share);
             pool.wake.notify_one();
         }
         Step::Stop => {}

@@ -3,6 +3,7 @@
 //! (ORCH-1021): a token is appended only while the task is not terminal, and
 //! a terminal event is appended exactly once.
 
+use crate::queue::Share;
 use std::sync::Mutex;
 
 use contracts::{
@@ -27,6 +28,8 @@ pub struct LiveTask {
     /// Start deadline from `deadline_ms` (ORCH-3008).
     pub start_deadline_ms: Option<u64>,
     pub session: Option<SessionKey>,
+    /// What its dispatch costs its tenant's share of the queue (ORCH-3015).
+    pub share: Share,
     inner: Mutex<Inner>,
     /// Number of events in the log; readers wait on changes.
     log_len: watch::Sender<usize>,
@@ -84,6 +87,7 @@ impl LiveTask {
         body_hash: String,
         seed: u32,
         submitted_at_ms: u64,
+        share: Share,
         events: Vec<StreamEvent>,
     ) -> Self {
         let start_deadline_ms = request.deadline_ms.map(|d| submitted_at_ms + d);
@@ -109,6 +113,7 @@ impl LiveTask {
             submitted_at_ms,
             start_deadline_ms,
             session,
+            share,
             inner: Mutex::new(Inner {
                 state: TaskState::Queued,
                 events,

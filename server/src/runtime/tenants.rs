@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use contracts::config::{RateLimitConfig, Role, TenantConfig};
+use contracts::config::{RateLimitConfig, Role, TenantConfig, TokenRateLimitConfig};
 use sha2::{Digest, Sha256};
 
 /// The tenant of every call when no keys are configured.
@@ -16,7 +16,11 @@ pub struct Tenant {
     pub id: String,
     pub role: Role,
     pub max_concurrent: Option<u32>,
+    /// Its share of each queue (ORCH-3015).
+    pub weight: u32,
     bucket: Option<Mutex<TokenBucket>>,
+    /// Tokens its admissions may cost (ORCH-3017).
+    token_bucket: Option<Mutex<TokenBucket>>,
     running: AtomicU32,
 }
 
@@ -26,10 +30,15 @@ impl Tenant {
             id: config.id.clone(),
             role: config.role,
             max_concurrent: config.max_concurrent,
+            weight: config.weight.max(1),
             bucket: config
                 .rate_limit
                 .as_ref()
                 .map(|r| Mutex::new(TokenBucket::new(r))),
+            token_bucket: config
+                .token_rate_limit
+                .as_ref()
+                .map(|r| Mutex::new(TokenBucket::of_tokens(r))),
             running: AtomicU32::new(0),
         }
     }
@@ -39,7 +48,9 @@ impl Tenant {
             id: id.to_owned(),
             role: Role::Admin,
             max_concurrent: None,
+            weight: 1,
             bucket: None,
+            token_bucket: None,
             running: AtomicU32::new(0),
         }
     }
@@ -47,9 +58,40 @@ impl Tenant {
     /// Take one admission from the bucket, or the ms until one is available.
     pub fn admit(&self, now_ms: u64) -> Result<(), u64> {
         match &self.bucket {
-            Some(bucket) => bucket.lock().unwrap().take(now_ms),
+            Some(bucket) => bucket.lock().unwrap().take(1.0, now_ms),
             None => Ok(()),
         }
+    }
+
+    /// The most tokens its token bucket holds, if it has one (ORCH-3017).
+    pub fn token_burst(&self) -> Option<u64> {
+        let bucket = self.token_bucket.as_ref()?;
+        Some(bucket.lock().unwrap().capacity as u64)
+    }
+
+    /// Take an admission's `cost` in tokens from the token bucket
+    /// (ORCH-3017), or the ms until it holds them; a cost above
+    /// [`Self::token_burst`] is refused before, for good.
+    pub fn take_tokens(&self, cost: u64, now_ms: u64) -> Result<(), u64> {
+        match &self.token_bucket {
+            Some(bucket) => bucket.lock().unwrap().take(cost as f64, now_ms),
+            None => Ok(()),
+        }
+    }
+
+    /// Put back `unused` tokens of an admission's cost (ORCH-3017).
+    pub fn give_back_tokens(&self, unused: u64, now_ms: u64) {
+        if let Some(bucket) = &self.token_bucket {
+            bucket.lock().unwrap().give_back(unused as f64, now_ms);
+        }
+    }
+
+    /// The tokens its bucket holds now, if it has one.
+    pub fn tokens_available(&self, now_ms: u64) -> Option<u64> {
+        let bucket = self.token_bucket.as_ref()?;
+        let mut bucket = bucket.lock().unwrap();
+        bucket.refill(now_ms);
+        Some(bucket.tokens.floor() as u64)
     }
 
     /// Whether another of this tenant's tasks may start now.
@@ -69,7 +111,8 @@ impl Tenant {
     }
 }
 
-/// A token bucket: `burst` admissions at once, refilled at `per_second`.
+/// A token bucket: `burst` admissions (or tokens) at once, refilled at a
+/// steady rate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenBucket {
     capacity: f64,
@@ -88,17 +131,40 @@ impl TokenBucket {
         }
     }
 
-    pub fn take(&mut self, now_ms: u64) -> Result<(), u64> {
+    /// A bucket of `burst` tokens (default `per_minute`) refilled at
+    /// `per_minute` (ORCH-3017).
+    pub fn of_tokens(config: &TokenRateLimitConfig) -> Self {
+        let capacity = config.burst.unwrap_or(config.per_minute).max(1) as f64;
+        Self {
+            capacity,
+            per_ms: config.per_minute.max(1) as f64 / 60_000.0,
+            tokens: capacity,
+            last_ms: None,
+        }
+    }
+
+    fn refill(&mut self, now_ms: u64) {
         if let Some(last) = self.last_ms {
             let elapsed = now_ms.saturating_sub(last) as f64;
             self.tokens = (self.tokens + elapsed * self.per_ms).min(self.capacity);
         }
-        self.last_ms = Some(now_ms);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        self.last_ms = Some(now_ms.max(self.last_ms.unwrap_or(0)));
+    }
+
+    /// Take `amount`, or the ms until the bucket will hold it.
+    pub fn take(&mut self, amount: f64, now_ms: u64) -> Result<(), u64> {
+        self.refill(now_ms);
+        if self.tokens >= amount {
+            self.tokens -= amount;
             return Ok(());
         }
-        Err(((1.0 - self.tokens) / self.per_ms).ceil() as u64)
+        Err(((amount - self.tokens) / self.per_ms).ceil() as u64)
+    }
+
+    /// Put back what was taken and not used, never past the capacity.
+    pub fn give_back(&mut self, amount: f64, now_ms: u64) {
+        self.refill(now_ms);
+        self.tokens = (self.tokens + amount).min(self.capacity);
     }
 }
 
@@ -173,26 +239,63 @@ mod tests {
             per_second: 10.0,
             burst: 2,
         });
-        assert!(bucket.take(0).is_ok());
-        assert!(bucket.take(0).is_ok());
-        assert_eq!(bucket.take(0), Err(100));
-        assert_eq!(bucket.take(50), Err(50));
-        assert!(bucket.take(100).is_ok());
+        assert!(bucket.take(1.0, 0).is_ok());
+        assert!(bucket.take(1.0, 0).is_ok());
+        assert_eq!(bucket.take(1.0, 0), Err(100));
+        assert_eq!(bucket.take(1.0, 50), Err(50));
+        assert!(bucket.take(1.0, 100).is_ok());
         // A long idle refills to the burst, never past it.
-        assert!(bucket.take(10_000).is_ok());
-        assert!(bucket.take(10_000).is_ok());
-        assert_eq!(bucket.take(10_000), Err(100));
+        assert!(bucket.take(1.0, 10_000).is_ok());
+        assert!(bucket.take(1.0, 10_000).is_ok());
+        assert_eq!(bucket.take(1.0, 10_000), Err(100));
         // A burst of 0 still admits one.
         let mut one = TokenBucket::new(&RateLimitConfig {
             per_second: 1.0,
             burst: 0,
         });
-        assert!(one.take(0).is_ok());
-        assert_eq!(one.take(0), Err(1_000));
+        assert!(one.take(1.0, 0).is_ok());
+        assert_eq!(one.take(1.0, 0), Err(1_000));
+    }
+
+    // covers: ORCH-3017
+    #[test]
+    fn a_token_bucket_takes_costs_gives_back_the_unused_and_refuses_what_it_never_holds() {
+        let mut limited = tenant("a", "k", None);
+        limited.token_rate_limit = Some(TokenRateLimitConfig {
+            per_minute: 6_000,
+            burst: Some(1_000),
+        });
+        let tenants = Tenants::new(&[limited]);
+        let a = tenants.get("a").unwrap();
+        assert_eq!(a.take_tokens(600, 0), Ok(()));
+        // 400 left; 600 more are there after 200 tokens at 100 per second.
+        assert_eq!(a.take_tokens(600, 0), Err(2_000));
+        assert_eq!(a.tokens_available(0), Some(400));
+        a.give_back_tokens(500, 0);
+        assert_eq!(a.tokens_available(0), Some(900));
+        a.give_back_tokens(500, 0);
+        assert_eq!(a.tokens_available(0), Some(1_000), "never past the burst");
+        assert_eq!(a.token_burst(), Some(1_000));
+        assert_eq!(a.take_tokens(1_000, 0), Ok(()));
+        assert_eq!(a.take_tokens(100, 500), Err(500));
+        assert_eq!(a.take_tokens(100, 1_000), Ok(()));
+        // The burst defaults to a minute's tokens.
+        let mut default_burst = tenant("b", "k2", None);
+        default_burst.token_rate_limit = Some(TokenRateLimitConfig {
+            per_minute: 120,
+            burst: None,
+        });
+        let tenants = Tenants::new(&[default_burst]);
+        let b = tenants.get("b").unwrap();
+        assert_eq!(b.token_burst(), Some(120));
+        assert_eq!(b.take_tokens(120, 0), Ok(()));
+        assert_eq!(b.take_tokens(1, 0), Err(500));
     }
 
     fn tenant(id: &str, key: &str, max_concurrent: Option<u32>) -> TenantConfig {
         TenantConfig {
+            weight: 1,
+            token_rate_limit: None,
             id: id.into(),
             api_key_sha256: vec![key_hash(key).to_ascii_uppercase()],
             role: Role::Client,

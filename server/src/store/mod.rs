@@ -30,6 +30,14 @@ pub struct TaskKey {
     pub task_id: String,
 }
 
+/// A task waits in its tenant's line of a pool's queue (ORCH-3015).
+impl crate::queue::QueueKey for TaskKey {
+    type Tenant = String;
+    fn tenant(&self) -> &String {
+        &self.tenant
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskRecord {
     /// Store-assigned admission order; the list cursor and recovery order.

@@ -128,6 +128,8 @@ fn builtins(config: &mut Config, mut f: impl FnMut(&mut contracts::config::Built
 
 fn tenant(id: &str, key: &str, role: Role) -> TenantConfig {
     TenantConfig {
+        weight: 1,
+        token_rate_limit: None,
         id: id.into(),
         role,
         api_key_sha256: vec![hex::encode(Sha256::digest(key.as_bytes()))],
