@@ -38,6 +38,7 @@ use serde_json::{Value, json};
 
 mod backoff;
 mod cluster;
+mod fairness;
 mod instructions;
 mod scale;
 
@@ -75,6 +76,9 @@ enum Command {
     /// Admission and time to first token for 1, 2 and 3 daemons on one PostgreSQL
     /// database, next to one daemon on SQLite (ORCH-7012).
     Cluster(cluster::ClusterArgs),
+    /// A light tenant's wait under a flood from two others, with and without
+    /// fair share, beside the stated bound; Jain's index (ORCH-3015, ORCH-3016).
+    Fairness(fairness::FairnessArgs),
     /// Instructions per queue and placement operation at 10 to 100k queued tasks,
     /// counted by valgrind's callgrind (the flat-cost figure of issue 14).
     Instructions(instructions::InstructionsArgs),
@@ -580,6 +584,7 @@ async fn main() -> anyhow::Result<()> {
     match args.command {
         Some(Command::Backoff(backoff)) => return backoff::main(backoff).await,
         Some(Command::Cluster(cluster)) => return cluster::main(cluster).await,
+        Some(Command::Fairness(fairness)) => return fairness::main(fairness).await,
         Some(Command::Instructions(instructions)) => return instructions::run(&instructions),
         Some(Command::Scale(scale)) => return scale::main(&scale).await,
         None => {}

@@ -472,7 +472,19 @@ fn server_issues(config: &Config, issues: &mut Vec<ConfigIssue>) {
 /// Tenants the server can serve: unique ids, each with at least one key, every key a
 /// SHA-256 in hex and held by one tenant only (a key under two tenants would make the
 /// tenant of a call ambiguous).
+/// The `tenant` label's budget in `ci/metrics.lint.json` (ORCH-7106).
+const MAX_TENANTS: usize = 256;
+
 fn tenant_issues(config: &Config, issues: &mut Vec<ConfigIssue>) {
+    if config.tenants.len() > MAX_TENANTS {
+        issues.push(ConfigIssue::new(
+            "tenants",
+            format!(
+                "{} tenants configured, at most {MAX_TENANTS}: each is a value of the metrics' tenant label; give tenants that share a quota one id",
+                config.tenants.len()
+            ),
+        ));
+    }
     let mut ids = std::collections::HashMap::new();
     let mut keys: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
     for (t, tenant) in config.tenants.iter().enumerate() {

@@ -37,6 +37,13 @@ struct PoolLabels {
     pool: String,
 }
 
+/// A tenant's series: tenants come from the configuration (ORCH-7106).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    pool: String,
+    tenant: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EngineLabels {
     pool: String,
@@ -92,6 +99,8 @@ pub struct Metrics {
     queue_depth: Family<PoolLabels, Gauge>,
     replica_ready: Family<ReplicaLabels, Gauge>,
     kv_cache_utilization: Family<ReplicaLabels, GaugeF64>,
+    tenant_queue_wait_ms: Family<TenantLabels, Histogram>,
+    tenant_served_tokens: Family<TenantLabels, Counter>,
     /// Serializes scrapes: gauges are cleared and re-sampled per scrape.
     scrape: Mutex<()>,
 }
@@ -123,6 +132,8 @@ impl Metrics {
             queue_depth: Family::default(),
             replica_ready: Family::default(),
             kv_cache_utilization: Family::default(),
+            tenant_queue_wait_ms: Family::new_with_constructor(latency_histogram),
+            tenant_served_tokens: Family::default(),
             scrape: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -182,7 +193,38 @@ impl Metrics {
             "KV-cache pressure of a replica, 0..1: the sessions' estimated KV bytes on it over its KV budget",
             this.kv_cache_utilization.clone(),
         );
+        registry.register(
+            "tenant_queue_wait_ms",
+            "From a task's admission to each start on a replica, per tenant, in milliseconds",
+            this.tenant_queue_wait_ms.clone(),
+        );
+        registry.register(
+            "tenant_served_tokens",
+            "Tokens served to a tenant's tasks that ran: prompt and generated (ORCH-3015)",
+            this.tenant_served_tokens.clone(),
+        );
         Self { registry, ..this }
+    }
+
+    fn tenant_labels(&self, pool: &str, tenant: &str) -> TenantLabels {
+        TenantLabels {
+            pool: self.pool_label(Some(pool)),
+            tenant: tenant.to_owned(),
+        }
+    }
+
+    /// A task of `tenant` started on a replica `wait_ms` after its admission.
+    pub fn queue_waited(&self, pool: &str, tenant: &str, wait_ms: u64) {
+        self.tenant_queue_wait_ms
+            .get_or_create(&self.tenant_labels(pool, tenant))
+            .observe(wait_ms as f64);
+    }
+
+    /// A task of `tenant` that ran ended having been served `tokens`.
+    pub fn served(&self, pool: &str, tenant: &str, tokens: u64) {
+        self.tenant_served_tokens
+            .get_or_create(&self.tenant_labels(pool, tenant))
+            .inc_by(tokens);
     }
 
     fn pool_label(&self, pool: Option<&str>) -> String {
@@ -266,6 +308,11 @@ impl Metrics {
             };
             let _ = self.tasks_enqueued.get_or_create(&pool_labels);
             let _ = self.tasks_canceled.get_or_create(&pool_labels);
+            for tenant in orchestrator.tenants.ids() {
+                let labels = self.tenant_labels(pool.id(), tenant);
+                let _ = self.tenant_queue_wait_ms.get_or_create(&labels);
+                let _ = self.tenant_served_tokens.get_or_create(&labels);
+            }
             let _ = self.tasks_rejected.get_or_create(&RejectLabels {
                 pool: pool.id().to_owned(),
                 reason: policy_reason(match pool.config.queue.full_policy {

@@ -353,6 +353,17 @@ async fn metrics_follow_the_contract_and_agree_with_a_real_workload() {
     assert_eq!(grew("tokens_out_total", &pool), streamed as f64);
     let prompt_tokens: f64 = admitted_prompts.iter().map(|p| words(p)).sum();
     assert_eq!(grew("tokens_in_total", &pool), prompt_tokens);
+    // Every admitted task ran: its tenant was served its prompt and its
+    // tokens, and waited once per start (ORCH-3015).
+    let tenant = [("pool", "default"), ("tenant", "default")];
+    assert_eq!(
+        grew("tenant_served_tokens_total", &tenant),
+        prompt_tokens + streamed as f64
+    );
+    assert_eq!(
+        grew("tenant_queue_wait_ms_count", &tenant),
+        task_ids.len() as f64
+    );
     let rejected = |reason: &str, pool: &str| {
         grew(
             "tasks_rejected_total",

@@ -140,11 +140,29 @@ async fn run_task(
     kv_warmth: bool,
 ) {
     let started_ms = orchestrator.clock.now_ms();
+    orchestrator.metrics.queue_waited(
+        pool.id(),
+        &task.key.tenant,
+        started_ms.saturating_sub(task.submitted_at_ms),
+    );
     let service = pool.begin_service(started_ms);
     let run = drive(&orchestrator, &pool, &replica, &task, kv_warmth).await;
     let now = orchestrator.clock.now_ms();
     pool.release_slot(&replica, service, now);
     orchestrator.tenant_stopped(&task.key.tenant);
+    if !matches!(run.step, Step::Retry) {
+        // Ended, by itself or by a cancel, an eviction or a drain: what was
+        // reserved for `max_tokens` and not generated goes back to the
+        // tenant's share (ORCH-3015); a retry is given back all of it.
+        let unused = task.request.max_tokens.saturating_sub(task.tokens_out());
+        pool.queue()
+            .refund(&task.key, task.priority, u64::from(unused));
+        orchestrator.metrics.served(
+            pool.id(),
+            &task.key.tenant,
+            task.share.cost.saturating_sub(u64::from(unused)),
+        );
+    }
     match run.step {
         Step::Done(outcome) => {
             let completed =
@@ -160,11 +178,6 @@ async fn run_task(
                     sessions.lose_kv(session);
                 }
             }
-            // What was reserved for `max_tokens` and not generated goes
-            // back to the tenant's share (ORCH-3015).
-            let unused = task.request.max_tokens.saturating_sub(task.tokens_out());
-            pool.queue()
-                .refund(&task.key, task.priority, u64::from(unused));
             let decode_ms = now.saturating_sub(task.started_ms().unwrap_or(started_ms));
             if completed {
                 // Recorded before `end` is published: whoever has read the

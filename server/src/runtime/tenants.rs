@@ -226,6 +226,11 @@ impl Tenants {
     pub fn get(&self, id: &str) -> Option<&std::sync::Arc<Tenant>> {
         self.by_id.get(id)
     }
+
+    /// Every tenant's id.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.by_id.keys().map(String::as_str)
+    }
 }
 
 #[cfg(test)]
