@@ -1061,6 +1061,18 @@ mod tests {
         PoolQueue::new(capacity, policy, 2)
     }
 
+    // covers: ORCH-3015
+    #[test]
+    fn a_charge_is_cost_over_weight_rounded_up_and_a_refund_rounded_down() {
+        let share = |cost, weight| Share { cost, weight };
+        assert_eq!(share(3, 1).charge(), 3 << 16);
+        assert_eq!(share(1, 3).charge(), 21_846, "65536 / 3, rounded up");
+        assert_eq!(share(0, 1).charge(), 1 << 16, "never 0");
+        assert_eq!(share(1, 3).refund(), 21_845, "65536 / 3, rounded down");
+        assert_eq!(share(10, 4).refund(), 163_840);
+        assert_eq!(share(0, 1).refund(), 0);
+    }
+
     // covers: ORCH-3002, ORCH-3003
     #[test]
     fn interactive_first_with_starvation_bound() {
