@@ -14,11 +14,12 @@ Exit codes (stable):
   3  rejected, retry later: 429 / 503 or any other retriable error answer
        (queue full, rate limit, pool unready or draining, failed pool reload);
        the hint says how long to wait
-  4  not found: unknown task or session id in this --scope, or unknown pool
+  4  not found: unknown task or session id in this --scope, unknown pool or tenant
   5  task failed: its stream ended with an `error` event, or its status is `failed`
   6  invalid or not allowed: INVALID_PARAMS, CONFLICT (other 4xx); 401 UNAUTHORIZED
        (no or unknown --api-key); 403 FORBIDDEN (the key's role may not do this,
-       e.g. a client key on pools, pool, replicasets or capabilities)
+       e.g. a client key on pools, pool, replicasets or capabilities, or on
+       another tenant's usage)
   7  server unreachable, unexpected answer, or INTERNAL (500)";
 
 /// Why a command did not succeed.

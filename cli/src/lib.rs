@@ -10,7 +10,7 @@ use std::time::Duration;
 use contracts::{
     AdmissionResponse, Capabilities, DrainRequest, ErrorEnvelope, PoolActionResponse, PoolHealth,
     PoolList, ReloadRequest, ReplicaSetList, ScopePurge, SessionInfo, StreamEvent, TaskList,
-    TaskRequest, TaskState, TaskStatus, headers,
+    TaskRequest, TaskState, TaskStatus, UsageReport, headers,
 };
 use futures::{Stream, StreamExt};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -413,6 +413,16 @@ impl Client {
     pub async fn capabilities(&self) -> Result<Capabilities, ClientError> {
         self.json(self.request(Method::GET, "/v1/capabilities"))
             .await
+    }
+
+    /// `GET /v1/usage`: the key's own tenant, or with an admin key every
+    /// tenant (`None`) or the one named.
+    pub async fn usage(&self, tenant: Option<&str>) -> Result<UsageReport, ClientError> {
+        let mut request = self.request(Method::GET, "/v1/usage");
+        if let Some(tenant) = tenant {
+            request = request.query(&[("tenant", tenant)]);
+        }
+        self.json(request).await
     }
 
     /// Read a task's whole stream, up to and including its terminal event.

@@ -102,6 +102,8 @@ pub enum Subject {
     Scope,
     /// A pool or the control plane as a whole.
     Pool,
+    /// A tenant's usage.
+    Tenant,
     /// Nothing on the server (completions).
     Local,
 }
@@ -200,6 +202,9 @@ fn api_hint(
         (404, _) => match context.subject {
             Subject::Session => format!("check the session id and --scope ({scope_note})"),
             Subject::Pool => "check the pool id; `orchctl pools` lists the pools".into(),
+            Subject::Tenant => {
+                "check --tenant; `orchctl usage` with an admin key lists every tenant".into()
+            }
             _ => format!("check the task id and --scope ({scope_note})"),
         },
         (500, _) | (_, Some(ErrorCode::Internal)) => {
@@ -244,6 +249,10 @@ fn api_hint(
         }
         (_, Some(ErrorCode::Unauthorized)) => {
             "pass a valid key with --api-key or ORCH_API_KEY".into()
+        }
+        (_, Some(ErrorCode::Forbidden)) if context.subject == Subject::Tenant => {
+            "a client key reads only its own tenant's usage: drop --tenant, or use an admin key"
+                .into()
         }
         (_, Some(ErrorCode::Forbidden)) => {
             "this API key's tenant lacks the role the operation needs: \

@@ -460,3 +460,54 @@ async fn control_plane_commands_need_an_admin_key_and_exit_6_without_one() {
         .await
         .assert_exit(0);
 }
+
+// covers: ORCH-6027, ORCH-6026
+#[tokio::test]
+async fn usage_shows_a_client_its_own_tenant_and_an_admin_every_tenant() {
+    let tenant = |id: &str, role: Role, key: &str, weight: u32| TenantConfig {
+        weight,
+        token_rate_limit: None,
+        id: id.into(),
+        role,
+        api_key_sha256: vec![orchestratord::runtime::key_hash(key)],
+        max_concurrent: Some(4),
+        rate_limit: None,
+    };
+    let mut config = quiet_config(|_| {});
+    config.tenants = vec![
+        tenant("app", Role::Client, "client-key", 3),
+        tenant("ops", Role::Admin, "admin-key", 1),
+    ];
+    let server = TestServer::start(config).await;
+    let orchctl = server.orchctl();
+    let client = orchctl.with_api_key(Some("client-key"));
+    let admin = orchctl.with_api_key(Some("admin-key"));
+    submit(&client, "mine", &["--follow"]).await.assert_exit(0);
+
+    let own = client.run(&["usage"]).await;
+    own.assert_exit(0);
+    assert!(!own.stdout.contains("ops"), "{}", own.transcript());
+    let own_json = client.run(&["--json", "usage"]).await;
+    own_json.assert_exit(0);
+    let body = &own_json.json_lines()[0];
+    assert_eq!(body["tenants"].as_array().unwrap().len(), 1);
+    // 4 words of prompt and 4 tokens generated.
+    assert_eq!(body["tenants"][0]["pools"][0]["served_tokens"], 8);
+    assert_eq!(body["tenants"][0]["pools"][0]["served_share"], 1.0);
+
+    let everyone = admin.run(&["usage"]).await;
+    everyone.assert_exit(0);
+    let other = client.run(&["usage", "--tenant", "ops"]).await;
+    other.assert_exit(6);
+    assert!(
+        other.stderr.contains("drop --tenant"),
+        "{}",
+        other.transcript()
+    );
+    let unknown = admin.run(&["usage", "--tenant", "nobody"]).await;
+    unknown.assert_exit(4);
+    snapshot!(
+        "usage",
+        transcripts(&[&own, &own_json, &everyone, &other, &unknown])
+    );
+}

@@ -6,12 +6,12 @@ mod common;
 
 use common::*;
 use contracts::control::{
-    PoolCapability, PoolSummary, ReplicaSet, ReplicaSetLoad, ReplicaState, ReplicaStatus,
-    SloSnapshot,
+    PoolCapability, PoolSummary, PoolUsage, ReplicaSet, ReplicaSetLoad, ReplicaState,
+    ReplicaStatus, SloSnapshot, TenantUsage,
 };
 use contracts::{
     Capabilities, ErrorCode, PoolActionResponse, PoolHealth, PoolList, ReloadRequest,
-    ReplicaSetList,
+    ReplicaSetList, UsageReport,
 };
 use orchctl::Client;
 use pact_consumer::builders::InteractionBuilder;
@@ -485,6 +485,177 @@ fn capabilities() {
     run(&pact, async |url| {
         let caps = admin(&url).capabilities().await.unwrap();
         assert!(!caps.pools.is_empty());
+    });
+}
+
+fn usage_example(tenant: &str) -> UsageReport {
+    UsageReport {
+        tenants: vec![TenantUsage {
+            tenant: tenant.into(),
+            weight: 1,
+            running: 0,
+            max_concurrent: None,
+            tokens_available: None,
+            token_burst: None,
+            pools: vec![PoolUsage {
+                pool_id: "default".into(),
+                queued: 0,
+                running: 0,
+                served_tokens: 0,
+                served_share: 0.5,
+                entitled_share: Some(1.0),
+            }],
+        }],
+    }
+}
+
+fn client_tenant(i: &mut InteractionBuilder) {
+    i.given_with_params(
+        "tenant {tenant} holds key {api_key} with role {role}",
+        &json!({"tenant": "pact", "api_key": CLIENT_KEY, "role": "client"}),
+    );
+}
+
+// covers: ORCH-6027
+#[test]
+fn usage_of_every_tenant() {
+    let pact = interaction(
+        "control: usage and share of every tenant [ORCH-6027]",
+        |mut i| {
+            default_pool(&mut i);
+            i.request.get().path("/v1/usage");
+            ok_json(
+                &mut i,
+                200,
+                shape(
+                    &json(&usage_example("default")),
+                    &["tenants[].pools[].pool_id"],
+                    &[],
+                ),
+            );
+            i
+        },
+    );
+    run(&pact, async |url| {
+        let usage = admin(&url).usage(None).await.unwrap();
+        assert_eq!(usage.tenants[0].pools[0].pool_id, "default");
+    });
+}
+
+// covers: ORCH-6027, ORCH-6026
+#[test]
+fn a_clients_usage_is_its_own() {
+    let pact = interaction(
+        "control: a client-role key reads its own tenant's usage [ORCH-6027, ORCH-6026]",
+        |mut i| {
+            client_tenant(&mut i);
+            i.request
+                .get()
+                .path("/v1/usage")
+                .header("authorization", format!("Bearer {CLIENT_KEY}"));
+            ok_json(
+                &mut i,
+                200,
+                shape(&json(&usage_example("pact")), &["tenants[].tenant"], &[]),
+            );
+            i
+        },
+    );
+    run(&pact, async |url| {
+        let usage = Client::new(url)
+            .with_api_key(CLIENT_KEY)
+            .usage(None)
+            .await
+            .unwrap();
+        assert_eq!(usage.tenants[0].tenant, "pact");
+    });
+}
+
+// covers: ORCH-6027, ORCH-2020
+#[test]
+fn a_client_naming_another_tenants_usage_is_forbidden() {
+    let pact = interaction(
+        "control: a client-role key naming another tenant's usage is 403 FORBIDDEN [ORCH-6027, ORCH-2020]",
+        |mut i| {
+            client_tenant(&mut i);
+            i.request
+                .get()
+                .path("/v1/usage")
+                .query_param("tenant", "someone-else")
+                .header("authorization", format!("Bearer {CLIENT_KEY}"));
+            error_response(
+                &mut i,
+                403,
+                &envelope(ErrorCode::Forbidden, None, "own usage"),
+                "^[\\s\\S]+$",
+            );
+            i
+        },
+    );
+    run(&pact, async |url| {
+        assert_api_error(
+            Client::new(url)
+                .with_api_key(CLIENT_KEY)
+                .usage(Some("someone-else"))
+                .await,
+            403,
+            ErrorCode::Forbidden,
+        );
+    });
+}
+
+// covers: ORCH-6027, ORCH-2021
+#[test]
+fn usage_of_an_unknown_tenant_is_not_found() {
+    let pact = interaction(
+        "control: usage of a tenant that does not exist is 404 NOT_FOUND [ORCH-6027, ORCH-2021]",
+        |mut i| {
+            default_pool(&mut i);
+            i.request
+                .get()
+                .path("/v1/usage")
+                .query_param("tenant", "nobody");
+            error_response(
+                &mut i,
+                404,
+                &envelope(ErrorCode::NotFound, None, "tenant \"nobody\" not found"),
+                "^[\\s\\S]+$",
+            );
+            i
+        },
+    );
+    run(&pact, async |url| {
+        assert_api_error(
+            admin(&url).usage(Some("nobody")).await,
+            404,
+            ErrorCode::NotFound,
+        );
+    });
+}
+
+// covers: ORCH-2012
+#[test]
+fn usage_of_an_empty_tenant_is_invalid() {
+    let pact = interaction(
+        "control: usage with an empty tenant is 400 INVALID_PARAMS naming it [ORCH-2012]",
+        |mut i| {
+            default_pool(&mut i);
+            i.request.get().path("/v1/usage").query_param("tenant", "");
+            error_response(
+                &mut i,
+                400,
+                &envelope(ErrorCode::InvalidParams, None, "tenant: must name a tenant"),
+                "^tenant: [\\s\\S]+$",
+            );
+            i
+        },
+    );
+    run(&pact, async |url| {
+        assert_api_error(
+            admin(&url).usage(Some("")).await,
+            400,
+            ErrorCode::InvalidParams,
+        );
     });
 }
 

@@ -1,4 +1,4 @@
-//! Control-plane bodies (ORCH-6020..ORCH-6026), sessions (ORCH-5013) and
+//! Control-plane bodies (ORCH-6020..ORCH-6027), sessions (ORCH-5013) and
 //! scope purge (ORCH-6013).
 
 use schemars::JsonSchema;
@@ -144,6 +144,57 @@ pub struct Capabilities {
     pub engines: Vec<String>,
     pub pools: Vec<PoolCapability>,
     pub features: Vec<String>,
+}
+
+/// One tenant's part of one pool (ORCH-6027).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+pub struct PoolUsage {
+    pub pool_id: String,
+    /// Its tasks waiting in the pool's queue.
+    pub queued: u32,
+    /// Its tasks on the pool's replicas now.
+    pub running: u32,
+    /// Prompt and generated tokens of its tasks that ran in this pool since
+    /// the dispatcher started.
+    pub served_tokens: u64,
+    /// Its fraction of the tokens the pool served in that time (0 when the
+    /// pool served none).
+    pub served_share: f64,
+    /// The fraction of the pool that fair share gives it while it has work:
+    /// its weight over the weights of the tenants with queued or running
+    /// tasks in the pool, itself counted (ORCH-3015). Absent under
+    /// `fairness: fifo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entitled_share: Option<f64>,
+}
+
+/// One tenant's usage and share (ORCH-6027).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+pub struct TenantUsage {
+    pub tenant: String,
+    /// Its weight in every pool's fair share (ORCH-3015).
+    pub weight: u32,
+    /// Its tasks running now, over every pool.
+    pub running: u32,
+    /// Its concurrency quota (ORCH-3011), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// Tokens its token bucket holds now (ORCH-3017), if it has a token
+    /// rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_available: Option<u64>,
+    /// The most tokens that bucket holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_burst: Option<u64>,
+    /// One entry per configured pool.
+    pub pools: Vec<PoolUsage>,
+}
+
+/// `GET /v1/usage` (ORCH-6027).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+pub struct UsageReport {
+    /// By tenant id.
+    pub tenants: Vec<TenantUsage>,
 }
 
 /// `GET /v1/sessions/{id}` (ORCH-5012).

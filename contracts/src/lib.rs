@@ -16,7 +16,7 @@ pub mod versions;
 
 pub use control::{
     Capabilities, DrainRequest, PoolActionResponse, PoolHealth, PoolList, ReloadRequest,
-    ReplicaSetList, ScopePurge, SessionInfo,
+    ReplicaSetList, ScopePurge, SessionInfo, UsageReport,
 };
 pub use error::{ErrorCode, ErrorEnvelope, RejectPolicy};
 pub use open_enum::OpenEnum;

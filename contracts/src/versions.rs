@@ -5,11 +5,11 @@
 /// `contracts/openapi/data.yaml` (`info.version`).
 pub const DATA_API: &str = "1.6.0";
 /// `contracts/openapi/control.yaml` (`info.version`).
-pub const CONTROL_API: &str = "1.1.1";
+pub const CONTROL_API: &str = "1.2.0";
 /// `contracts/openapi/openai.yaml` (`info.version`).
 pub const OPENAI_API: &str = "1.0.0";
 /// `contracts/schemas/config.schema.json` (`x-version`).
-pub const CONFIG_SCHEMA: &str = "1.6.0";
+pub const CONFIG_SCHEMA: &str = "1.7.0";
 /// `contracts/schemas/error.schema.json` (`x-version`).
 pub const ERROR_SCHEMA: &str = "1.0.1";
 /// `contracts/schemas/sse-event.schema.json` (`x-version`).

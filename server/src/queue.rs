@@ -872,6 +872,27 @@ impl<K: QueueKey> PoolQueue<K> {
             .collect()
     }
 
+    /// How many keys each tenant has queued: from its lines, or under
+    /// FIFO, whose one line mixes tenants, by a walk of the queue.
+    pub fn queued_by_tenant(&self) -> HashMap<K::Tenant, u32> {
+        let mut counts = HashMap::new();
+        if self.fairness == Fairness::Weighted {
+            for class in [&self.interactive, &self.batch] {
+                for (tenant, &line) in &class.by_tenant {
+                    let queued = class.lines[line as usize].lane.len() as u32;
+                    if let Some(tenant) = tenant.as_ref().filter(|_| queued > 0) {
+                        *counts.entry(tenant.clone()).or_default() += queued;
+                    }
+                }
+            }
+        } else {
+            for entry in self.entries.slots.iter().flatten() {
+                *counts.entry(entry.key.tenant().clone()).or_default() += 1;
+            }
+        }
+        counts
+    }
+
     fn pop_oldest(&mut self) -> Option<K> {
         let slot = *self.by_age.values().next()?;
         let key = self.entries.get(slot).key.clone();

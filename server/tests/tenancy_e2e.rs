@@ -190,6 +190,106 @@ async fn a_concurrency_quota_keeps_the_excess_queued_without_an_error() {
     );
 }
 
+// covers: ORCH-6027, ORCH-6026, ORCH-2020, ORCH-2021
+#[tokio::test]
+async fn usage_shows_each_tenants_queue_served_tokens_and_share_to_itself_and_to_an_admin() {
+    let mut app = tenant("app", "app-key", Role::Client);
+    app.weight = 3;
+    app.max_concurrent = Some(2);
+    // One token a second refills: the figures below hold for the test's span.
+    app.token_rate_limit = Some(TokenRateLimitConfig {
+        per_minute: 60,
+        burst: Some(1_000),
+    });
+    let server = TestServer::start(keyed(vec![
+        tenant("ops", "admin-key", Role::Admin),
+        app,
+        tenant("other", "other-key", Role::Client),
+    ]))
+    .await;
+    server.handle().hold_dispatch("default", true);
+    let ops = Client::new(server.url()).with_api_key("admin-key");
+    let app = Client::new(server.url()).with_api_key("app-key");
+    let other = Client::new(server.url()).with_api_key("other-key");
+    let mut ids = Vec::new();
+    for prompt in ["one two", "three four", "five six"] {
+        ids.push(app.submit(task(prompt, 4)).await.unwrap().task_id);
+    }
+    let theirs = other.submit(task("seven", 4)).await.unwrap().task_id;
+
+    // A client sees itself: 3 queued, weight 3 of the 4 with work.
+    let own = app.usage(None).await.unwrap();
+    assert_eq!(own.tenants.len(), 1, "{own:?}");
+    let me = &own.tenants[0];
+    assert_eq!((me.tenant.as_str(), me.weight, me.running), ("app", 3, 0));
+    assert_eq!(me.max_concurrent, Some(2));
+    assert_eq!(me.token_burst, Some(1_000));
+    // Each task took its 2 words of prompt + 4 tokens.
+    let available = me.tokens_available.unwrap();
+    assert!((982..=990).contains(&available), "{available}");
+    let pool = &me.pools[0];
+    assert_eq!(
+        (pool.pool_id.as_str(), pool.queued, pool.running),
+        ("default", 3, 0)
+    );
+    assert_eq!((pool.served_tokens, pool.served_share), (0, 0.0));
+    assert_eq!(pool.entitled_share, Some(0.75));
+
+    // An admin sees every tenant by id; an idle one is told its share once it has work.
+    let all = ops.usage(None).await.unwrap();
+    let names: Vec<_> = all.tenants.iter().map(|t| t.tenant.as_str()).collect();
+    assert_eq!(names, ["app", "ops", "other"]);
+    assert_eq!(all.tenants[1].pools[0].entitled_share, Some(0.2));
+    assert_eq!(all.tenants[1].tokens_available, None);
+    assert_eq!(all.tenants[2].pools[0].queued, 1);
+    assert_eq!(all.tenants[2].pools[0].entitled_share, Some(0.25));
+    assert_eq!(
+        ops.usage(Some("other")).await.unwrap().tenants,
+        all.tenants[2..]
+    );
+
+    // Naming another tenant needs the admin role; an unknown one is a 404.
+    let forbidden = app.usage(Some("other")).await.unwrap_err();
+    assert_eq!(forbidden.status(), Some(403));
+    assert_eq!(forbidden.envelope().unwrap().code, ErrorCode::Forbidden);
+    assert!(
+        app.usage(Some("app")).await.is_ok(),
+        "naming itself is fine"
+    );
+    let unknown = ops.usage(Some("nobody")).await.unwrap_err();
+    assert_eq!(unknown.status(), Some(404));
+    let empty = ops.usage(Some("")).await.unwrap_err();
+    assert!(
+        empty.envelope().unwrap().message.starts_with("tenant:"),
+        "{empty}"
+    );
+
+    // Once run, each task was served its prompt and its 4 tokens.
+    server.handle().hold_dispatch("default", false);
+    for id in &ids {
+        app.collect(id).await.unwrap();
+    }
+    other.collect(&theirs).await.unwrap();
+    let after = ops.usage(None).await.unwrap();
+    let served: Vec<_> = after
+        .tenants
+        .iter()
+        .map(|t| (t.pools[0].served_tokens, t.pools[0].queued, t.running))
+        .collect();
+    assert_eq!(served, [(18, 0, 0), (0, 0, 0), (5, 0, 0)]);
+    let share = after.tenants[0].pools[0].served_share;
+    assert!((share - 18.0 / 23.0).abs() < 1e-9, "{share}");
+    // With no work anywhere, each would get its weight over its own: all of it.
+    assert_eq!(after.tenants[2].pools[0].entitled_share, Some(1.0));
+    let available = app.usage(None).await.unwrap().tenants[0]
+        .tokens_available
+        .unwrap();
+    assert!(
+        available >= 982,
+        "nothing generated was left unused: {available}"
+    );
+}
+
 // covers: ORCH-6004
 #[tokio::test]
 async fn without_keys_the_server_refuses_a_non_loopback_address() {

@@ -22,6 +22,7 @@ pub mod session;
 pub mod status;
 pub mod stream;
 pub mod submit;
+pub mod usage;
 
 /// Longest wait between two retries, whatever the server suggests.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
@@ -150,6 +151,7 @@ pub enum Command {
     #[command(name = "replicasets")]
     ReplicaSets(replicasets::ReplicaSetsArgs),
     Capabilities(capabilities::CapabilitiesArgs),
+    Usage(usage::UsageArgs),
     Completions(completions::CompletionsArgs),
 }
 
@@ -167,6 +169,7 @@ impl Command {
             Self::Pool(args) => pool::run(ctx, args).await,
             Self::ReplicaSets(args) => replicasets::run(ctx, args).await,
             Self::Capabilities(args) => capabilities::run(ctx, args).await,
+            Self::Usage(args) => usage::run(ctx, args).await,
             Self::Completions(args) => completions::run(args),
         }
     }
@@ -179,6 +182,7 @@ impl Command {
             }
             Self::Session(_) => Subject::Session,
             Self::Scope(_) => Subject::Scope,
+            Self::Usage(_) => Subject::Tenant,
             Self::Pools(_) | Self::Pool(_) | Self::ReplicaSets(_) | Self::Capabilities(_) => {
                 Subject::Pool
             }

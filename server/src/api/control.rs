@@ -1,5 +1,5 @@
-//! Control-plane operations (ORCH-6020..ORCH-6026); every one needs the
-//! admin role (ORCH-6003).
+//! Control-plane operations (ORCH-6020..ORCH-6027); every one needs the
+//! admin role (ORCH-6003) but usage, which any tenant may read of itself.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -7,12 +7,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use contracts::{
     Capabilities, DrainRequest, ErrorEnvelope, PoolActionResponse, PoolHealth, PoolList,
-    ReloadRequest, ReplicaSetList,
+    ReloadRequest, ReplicaSetList, UsageReport,
 };
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::AppState;
-use super::auth::Admin;
-use super::extract::parse_json;
+use super::auth::{Admin, Caller};
+use super::extract::{Query, parse_json};
 use crate::error::OrchError;
 
 /// Every pool with its replica and queue summary.
@@ -178,4 +180,48 @@ pub async fn replica_sets(State(app): State<AppState>, _admin: Admin) -> Json<Re
 )]
 pub async fn capabilities(State(app): State<AppState>, _admin: Admin) -> Json<Capabilities> {
     Json(app.capabilities())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UsageQuery {
+    /// One tenant's usage; omit for the caller's own (an admin's: every
+    /// tenant's). Only an admin may name another tenant.
+    pub tenant: Option<String>,
+}
+
+/// Each tenant's running and queued tasks, served tokens and fair share per pool.
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    tag = "tenants",
+    operation_id = "getUsage",
+    params(UsageQuery),
+    responses(
+        (status = 200, description = "The caller's usage, or as an admin every tenant's (or the one named).", body = UsageReport,
+            extensions(("x-req-id" = json!(["ORCH-6027"])))),
+        (status = 400, description = "`INVALID_PARAMS`: an unknown query parameter, or an empty `tenant`.", body = ErrorEnvelope,
+            extensions(("x-req-id" = json!(["ORCH-2012"])))),
+        (status = 401, description = "`UNAUTHORIZED`: missing or invalid API key.", body = ErrorEnvelope,
+            extensions(("x-req-id" = json!(["ORCH-6002", "ORCH-2019"])))),
+        (status = 403, description = "`FORBIDDEN`: a tenant without the admin role named another tenant.", body = ErrorEnvelope,
+            extensions(("x-req-id" = json!(["ORCH-6027", "ORCH-2020"])))),
+        (status = 404, description = "`NOT_FOUND`: no such tenant.", body = ErrorEnvelope,
+            extensions(("x-req-id" = json!(["ORCH-6027", "ORCH-2021"])))),
+    ),
+    extensions(("x-req-id" = json!(["ORCH-6027", "ORCH-6026"]))),
+)]
+pub async fn usage(
+    State(app): State<AppState>,
+    Caller(caller): Caller,
+    Query(query): Query<UsageQuery>,
+) -> Result<Json<UsageReport>, OrchError> {
+    if query.tenant.as_deref() == Some("") {
+        return Err(OrchError::invalid(
+            "tenant",
+            "must name a tenant; omit it for the caller's own usage",
+        ));
+    }
+    Ok(Json(app.usage(&caller, query.tenant.as_deref())?))
 }

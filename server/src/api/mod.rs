@@ -91,9 +91,12 @@ struct DataApi;
     info(
         title = "OrchQueue control plane",
         version = "see contracts::versions",
-        description = "Pool and replica administration; every operation needs the admin role. Normative text: specs/orchestrator-spec.md."
+        description = "Pool and replica administration, and each tenant's usage; every operation needs the admin role but usage, which any tenant reads of itself. Normative text: specs/orchestrator-spec.md."
     ),
-    tags((name = "pools", description = "Pools, replicas, drain, reload, capabilities."))
+    tags(
+        (name = "pools", description = "Pools, replicas, drain, reload, capabilities."),
+        (name = "tenants", description = "Each tenant's usage and fair share."),
+    )
 )]
 struct ControlApi;
 
@@ -147,6 +150,7 @@ fn control_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(control::reload_pool))
         .routes(routes!(control::replica_sets))
         .routes(routes!(control::capabilities))
+        .routes(routes!(control::usage))
 }
 
 /// API keys are optional per deployment: a bearer key, or none when the

@@ -3,7 +3,7 @@
 //! and the stated bound on the work served ahead of a task checked on every
 //! dispatch of random traces.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use contracts::Priority;
 use contracts::config::FullPolicy;
@@ -245,6 +245,11 @@ proptest! {
                 prop_assert_eq!(q.position(task), Some(index as u32), "position of {:?}", task);
             }
             prop_assert_eq!(order.len(), model.queued().len());
+            let mut by_tenant = HashMap::new();
+            for task in model.queued() {
+                *by_tenant.entry(task.tenant).or_insert(0u32) += 1;
+            }
+            prop_assert_eq!(q.queued_by_tenant(), by_tenant);
         }
     }
 
@@ -302,5 +307,26 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn queued_by_tenant_counts_each_tenants_waiting_keys_under_both_fairness_modes() {
+    for fifo in [false, true] {
+        let mut q = PoolQueue::new(100, FullPolicy::Reject, 2);
+        if fifo {
+            q = q.fifo_between_tenants();
+        }
+        for (id, tenant, batch) in [(0, 1, false), (1, 2, true), (2, 1, true), (3, 1, false)] {
+            q.admit(Task { id, tenant }, priority_of(batch), Share::UNIT);
+        }
+        q.remove(&Task { id: 3, tenant: 1 });
+        assert_eq!(
+            q.queued_by_tenant(),
+            HashMap::from([(1, 2), (2, 1)]),
+            "fifo: {fifo}"
+        );
+        while q.pop_next().is_some() {}
+        assert_eq!(q.queued_by_tenant(), HashMap::new(), "fifo: {fifo}");
     }
 }

@@ -1,21 +1,24 @@
-//! Control-plane operations (ORCH-6020..ORCH-6026): pool listing and health,
-//! drain with a deadline, atomic reload, replica sets and capabilities.
+//! Control-plane operations (ORCH-6020..ORCH-6027): pool listing and health,
+//! drain with a deadline, atomic reload, replica sets, capabilities and each
+//! tenant's usage and share.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use contracts::config::{Fairness, Role};
 use contracts::control::{
-    PoolCapability, PoolSummary, ReplicaSet, ReplicaSetLoad, ReplicaState, ReplicaStatus,
-    SloSnapshot,
+    PoolCapability, PoolSummary, PoolUsage, ReplicaSet, ReplicaSetLoad, ReplicaState,
+    ReplicaStatus, SloSnapshot, TenantUsage,
 };
 use contracts::{
-    Capabilities, ErrorCode, PoolActionResponse, PoolHealth, PoolList, ReplicaSetList,
+    Capabilities, ErrorCode, PoolActionResponse, PoolHealth, PoolList, ReplicaSetList, UsageReport,
 };
 
 use contracts::limits::{DEADLINE_MAX_MS, READY_TIMEOUT_MAX_MS};
 
-use super::pool::{self, Drain, ReplicaHealth};
-use super::{Orchestrator, Pool, Replica, health_loop};
+use super::pool::{self, Drain, ReplicaHealth, TenantTally};
+use super::{Orchestrator, Pool, Replica, Tenant, health_loop};
 use crate::engines;
 use crate::engines::Health;
 use crate::error::OrchError;
@@ -334,6 +337,9 @@ impl Orchestrator {
             "drain",
             "reload",
             "rate-limits",
+            "token-rate-limits",
+            "fair-share",
+            "usage",
         ];
         Capabilities {
             api_version: env!("CARGO_PKG_VERSION").into(),
@@ -341,5 +347,115 @@ impl Orchestrator {
             pools,
             features: features.map(String::from).to_vec(),
         }
+    }
+
+    /// `GET /v1/usage` (ORCH-6027): the caller's own usage; an admin's is
+    /// every tenant's, or `tenant`'s.
+    pub fn usage(&self, caller: &Tenant, tenant: Option<&str>) -> Result<UsageReport, OrchError> {
+        let mut ids: Vec<&str> = match tenant {
+            Some(id) if id != caller.id && caller.role != Role::Admin => {
+                return Err(OrchError::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "tenant {} may see only its own usage: drop `tenant={id}`, or call with an admin key",
+                        caller.id
+                    ),
+                ));
+            }
+            Some(id) if self.tenants.get(id).is_none() => {
+                return Err(OrchError::not_found(format!("tenant {id:?}")));
+            }
+            Some(id) => vec![id],
+            None if caller.role == Role::Admin => self.tenants.ids().collect(),
+            None => vec![caller.id.as_str()],
+        };
+        ids.sort_unstable();
+        let pools: Vec<PoolShares> = self
+            .pools
+            .values()
+            .map(|pool| PoolShares::of(pool, |id| self.weight_of(id)))
+            .collect();
+        let now = self.clock.now_ms();
+        let tenants = ids
+            .into_iter()
+            .filter_map(|id| self.tenants.get(id))
+            .map(|tenant| TenantUsage {
+                tenant: tenant.id.clone(),
+                weight: tenant.weight,
+                running: tenant.running(),
+                max_concurrent: tenant.max_concurrent,
+                tokens_available: tenant.tokens_available(now),
+                token_burst: tenant.token_burst(),
+                pools: pools.iter().map(|p| p.of_tenant(tenant)).collect(),
+            })
+            .collect();
+        Ok(UsageReport { tenants })
+    }
+
+    fn weight_of(&self, tenant: &str) -> u32 {
+        self.tenants.get(tenant).map_or(1, |t| t.weight)
+    }
+}
+
+/// What one pool's usage answer is computed from, read once per call.
+struct PoolShares {
+    pool_id: String,
+    fairness: Fairness,
+    queued: HashMap<String, u32>,
+    tallies: HashMap<String, TenantTally>,
+    served_total: u64,
+    /// The weights of the tenants with queued or running tasks.
+    active_weight: u64,
+}
+
+impl PoolShares {
+    fn of(pool: &Pool, weight_of: impl Fn(&str) -> u32) -> Self {
+        let queued = pool.queue().queued_by_tenant();
+        let tallies = pool.tenant_tallies();
+        let active_weight = queued
+            .keys()
+            .chain(
+                tallies
+                    .iter()
+                    .filter(|(_, t)| t.running > 0)
+                    .map(|(id, _)| id),
+            )
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|id| u64::from(weight_of(id)))
+            .sum();
+        Self {
+            pool_id: pool.id().to_owned(),
+            fairness: pool.config.queue.fairness,
+            served_total: tallies.values().map(|t| t.served_tokens).sum(),
+            queued,
+            tallies,
+            active_weight,
+        }
+    }
+
+    fn of_tenant(&self, tenant: &Tenant) -> PoolUsage {
+        let queued = self.queued.get(&tenant.id).copied().unwrap_or(0);
+        let tally = self.tallies.get(&tenant.id).copied().unwrap_or_default();
+        let active = queued > 0 || tally.running > 0;
+        let weight = u64::from(tenant.weight);
+        // An idle tenant is told what it would get once it had work.
+        let weights = self.active_weight + if active { 0 } else { weight };
+        PoolUsage {
+            pool_id: self.pool_id.clone(),
+            queued,
+            running: tally.running,
+            served_tokens: tally.served_tokens,
+            served_share: share(tally.served_tokens, self.served_total),
+            entitled_share: (self.fairness == Fairness::Weighted).then(|| share(weight, weights)),
+        }
+    }
+}
+
+fn share(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
     }
 }

@@ -2,7 +2,7 @@
 //! and the observed service time behind every wait prediction.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
@@ -272,6 +272,16 @@ pub struct Pool {
     timeouts: Mutex<TimeoutConfig>,
     /// Test hook: hold dispatch so a queue can be filled deterministically.
     pub held: AtomicBool,
+    /// Each tenant's tasks on this pool's slots and the tokens they were
+    /// served (ORCH-6027); at most one entry per configured tenant.
+    tenant_usage: Mutex<HashMap<String, TenantTally>>,
+}
+
+/// One tenant's use of one pool since the dispatcher started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantTally {
+    pub running: u32,
+    pub served_tokens: u64,
 }
 
 /// What admission needs to know about a pool's replicas right now.
@@ -322,7 +332,28 @@ impl Pool {
             pace: Mutex::new(Pace::default()),
             held: AtomicBool::new(false),
             identity: Mutex::new(None),
+            tenant_usage: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A task of `tenant` started on one of this pool's slots.
+    pub fn tenant_began(&self, tenant: &str) {
+        let mut usage = self.tenant_usage.lock().unwrap();
+        usage.entry(tenant.to_owned()).or_default().running += 1;
+    }
+
+    /// A task of `tenant` left its slot, `served` tokens when it ended (none
+    /// when it is to be retried).
+    pub fn tenant_ended(&self, tenant: &str, served: Option<u64>) {
+        let mut usage = self.tenant_usage.lock().unwrap();
+        let tally = usage.entry(tenant.to_owned()).or_default();
+        tally.running = tally.running.saturating_sub(1);
+        tally.served_tokens += served.unwrap_or(0);
+    }
+
+    /// Every tenant's tally that ever ran a task here.
+    pub fn tenant_tallies(&self) -> HashMap<String, TenantTally> {
+        self.tenant_usage.lock().unwrap().clone()
     }
 
     /// [`vet_identity`] against this set.

@@ -146,23 +146,25 @@ async fn run_task(
         started_ms.saturating_sub(task.submitted_at_ms),
     );
     let service = pool.begin_service(started_ms);
+    pool.tenant_began(&task.key.tenant);
     let run = drive(&orchestrator, &pool, &replica, &task, kv_warmth).await;
     let now = orchestrator.clock.now_ms();
     pool.release_slot(&replica, service, now);
     orchestrator.tenant_stopped(&task.key.tenant);
-    if !matches!(run.step, Step::Retry) {
+    let served = (!matches!(run.step, Step::Retry)).then(|| {
         // Ended, by itself or by a cancel, an eviction or a drain: what was
         // reserved for `max_tokens` and not generated goes back to the
         // tenant's share (ORCH-3015); a retry is given back all of it.
         let unused = task.request.max_tokens.saturating_sub(task.tokens_out());
         pool.queue()
             .refund(&task.key, task.priority, u64::from(unused));
-        orchestrator.metrics.served(
-            pool.id(),
-            &task.key.tenant,
-            task.share.cost.saturating_sub(u64::from(unused)),
-        );
-    }
+        let served = task.share.cost.saturating_sub(u64::from(unused));
+        orchestrator
+            .metrics
+            .served(pool.id(), &task.key.tenant, served);
+        served
+    });
+    pool.tenant_ended(&task.key.tenant, served);
     match run.step {
         Step::Done(outcome) => {
             let completed =

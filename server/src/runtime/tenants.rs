@@ -100,6 +100,11 @@ impl Tenant {
             .is_none_or(|max| self.running.load(Ordering::SeqCst) < max)
     }
 
+    /// Its tasks running now, over every pool.
+    pub fn running(&self) -> u32 {
+        self.running.load(Ordering::SeqCst)
+    }
+
     pub fn started(&self) {
         self.running.fetch_add(1, Ordering::SeqCst);
     }
