@@ -8,7 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, config_with, eventually, fresh_postgres_database, task, unique_scope};
+use common::{
+    TestServer, config_with, eventually, fresh_postgres_database, journal, task, unique_scope,
+};
 use contracts::config::{BuiltinEngineConfig, Config, FullPolicy};
 use contracts::{ErrorCode, FinishReason, StreamEvent, TaskRequest, TaskState};
 use orchctl::{Client, ListOptions};
@@ -27,9 +29,13 @@ fn cluster_config(engine: BuiltinEngineConfig, lease_ms: u64) -> Config {
 }
 
 async fn three_daemons(config: &Config) -> (String, Vec<TestServer>) {
+    daemons(config, 3).await
+}
+
+async fn daemons(config: &Config, count: usize) -> (String, Vec<TestServer>) {
     let database = fresh_postgres_database().await;
     let mut daemons = Vec::new();
-    for n in 0..3 {
+    for n in 0..count {
         let mut own = config.clone();
         own.instance = Some(format!("d{n}"));
         daemons.push(TestServer::start_on_database(own, &database).await);
@@ -60,17 +66,6 @@ fn counter(
 
 fn client_of(daemon: &TestServer, scope: &str) -> Client {
     Client::new(daemon.url()).with_scope(scope)
-}
-
-fn journal(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("journal"))
-        .unwrap_or_default()
-        .lines()
-        .map(|line| {
-            let entry: serde_json::Value = serde_json::from_str(line).expect("a journal line");
-            entry["prompt"].as_str().expect("prompt").to_owned()
-        })
-        .collect()
 }
 
 // covers: ORCH-7012, ORCH-6010, ORCH-6012, ORCH-6021, ORCH-6022
@@ -177,7 +172,7 @@ async fn three_daemons_serve_one_queue_and_any_of_them_answers_for_every_task() 
         .iter()
         .map(|n| format!("cluster task {n}"))
         .collect();
-    assert_eq!(journal(journal_dir.path()), expected);
+    assert_eq!(journal(&journal_dir.path().join("journal")), expected);
     // The control plane acts on the pool for the whole cluster: pool health and the
     // replica sets read the same through every daemon, and a drain through a follower
     // closes admission through the others.
@@ -515,6 +510,90 @@ async fn a_tenants_rate_limit_and_quota_hold_across_daemons() {
         matches!(events.last(), Some(StreamEvent::End(_))),
         "{events:?}"
     );
+    for daemon in daemons {
+        daemon.server.shutdown().await;
+    }
+}
+
+// The dispatcher's queue is the cluster's, so fair share holds whichever daemon each
+// tenant's requests come through, and any daemon reports the same usage.
+// covers: ORCH-7012, ORCH-3015, ORCH-6027
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_share_one_pool_fairly_between_tenants_and_report_the_same_usage() {
+    use contracts::config::{Role as TenantRole, TenantConfig};
+    let journal_dir = tempfile::tempdir().unwrap();
+    let journal_path = journal_dir.path().join("journal");
+    let engine = BuiltinEngineConfig {
+        slots: 1,
+        tokens_per_s: 20_000.0,
+        ttft_ms: 0,
+        journal: Some(journal_path.display().to_string()),
+        ..BuiltinEngineConfig::default()
+    };
+    let mut config = cluster_config(engine, 5_000);
+    config.pools[0].queue.capacity = 64;
+    config.tenants = ["flood", "light"]
+        .map(|id| TenantConfig {
+            weight: 1,
+            token_rate_limit: None,
+            id: id.into(),
+            role: TenantRole::Client,
+            api_key_sha256: vec![orchestratord::runtime::key_hash(&format!("{id}-key"))],
+            max_concurrent: None,
+            rate_limit: None,
+        })
+        .to_vec();
+    let (_database, daemons) = daemons(&config, 2).await;
+    let dispatchers = dispatching(&daemons);
+    assert_eq!(dispatchers.len(), 1, "exactly one daemon dispatches");
+    let (dispatcher, follower) = (dispatchers[0], 1 - dispatchers[0]);
+    let handle = daemons[dispatcher].server.test_handle();
+    let scope = unique_scope();
+    let as_tenant = |n: usize, tenant: &str| {
+        Client::new(daemons[n].url())
+            .with_api_key(format!("{tenant}-key"))
+            .with_scope(&scope)
+    };
+    // The flood comes through the follower, the light tenant through the dispatcher.
+    handle.hold_dispatch("default", true);
+    let mut flood = Vec::new();
+    for n in 0..24 {
+        let accepted = as_tenant(follower, "flood")
+            .submit(task(&format!("flood {n}"), 16))
+            .await
+            .unwrap();
+        flood.push(accepted.task_id);
+    }
+    let light = as_tenant(dispatcher, "light")
+        .submit(task("light 0", 16))
+        .await
+        .unwrap();
+    // Equal weights and costs: behind at most the flood's head, not its 24 tasks.
+    assert_eq!(light.queue_position, 1, "{light:?}");
+    let usage = as_tenant(follower, "light").usage(None).await.unwrap();
+    assert_eq!(usage.tenants[0].pools[0].queued, 1);
+    assert_eq!(usage.tenants[0].pools[0].entitled_share, Some(0.5));
+    handle.hold_dispatch("default", false);
+    as_tenant(follower, "light")
+        .collect(&light.task_id)
+        .await
+        .unwrap();
+    for id in &flood {
+        as_tenant(dispatcher, "flood").collect(id).await.unwrap();
+    }
+    let order = journal(&journal_path);
+    assert_eq!(order.len(), 25, "{order:?}");
+    assert_eq!(order[..2], ["flood 0", "light 0"], "{order:?}");
+    // Either daemon answers with the dispatcher's figures: 2 + 16 tokens per task.
+    let admin_view: Vec<_> = (0..2)
+        .map(|n| async move {
+            let usage = as_tenant(n, "flood").usage(None).await.unwrap();
+            usage.tenants[0].pools[0].served_tokens
+        })
+        .collect();
+    for served in futures::future::join_all(admin_view).await {
+        assert_eq!(served, 24 * 18);
+    }
     for daemon in daemons {
         daemon.server.shutdown().await;
     }

@@ -6,7 +6,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{TestServer, config_with, task, unique_scope};
+use std::time::Duration;
+
+use common::{TestServer, config_with, eventually, journal, task, unique_scope};
 use contracts::config::{BuiltinEngineConfig, Config, Fairness, Role, TenantConfig};
 use orchctl::Client;
 use orchestratord::runtime::key_hash;
@@ -42,17 +44,6 @@ fn config(journal: &Path, slots: u32, fairness: Fairness, tenants: Vec<TenantCon
     }
 }
 
-fn journal(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| {
-            let entry: serde_json::Value = serde_json::from_str(line).expect("a journal line");
-            entry["prompt"].as_str().expect("prompt").to_owned()
-        })
-        .collect()
-}
-
 fn client(server: &TestServer, tenant: &str, scope: &str) -> Client {
     Client::new(server.url())
         .with_api_key(format!("{tenant}-key"))
@@ -64,18 +55,25 @@ fn cost(prompt: &str, max_tokens: u32) -> u64 {
     prompt.split_whitespace().count() as u64 + u64::from(max_tokens)
 }
 
-/// Per light task: the flood's tasks generated between its admission and
-/// its own generation, as the journal tells, and its queue position.
-async fn light_tenant_under_a_flood(fairness: Fairness) -> Vec<(usize, u32)> {
+/// A server whose tenants `flood` and `light` have equal weights, and the
+/// directory of its engine's journal.
+async fn flood_and_light(slots: u32, fairness: Fairness) -> (tempfile::TempDir, TestServer) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal");
     let server = TestServer::start(config(
-        &path,
-        2,
+        &dir.path().join("journal"),
+        slots,
         fairness,
         vec![tenant("flood", 1), tenant("light", 1)],
     ))
     .await;
+    (dir, server)
+}
+
+/// Per light task: the flood's tasks generated between its admission and
+/// its own generation, as the journal tells, and its queue position.
+async fn light_tenant_under_a_flood(fairness: Fairness) -> Vec<(usize, u32)> {
+    let (dir, server) = flood_and_light(2, fairness).await;
+    let path = dir.path().join("journal");
     let handle = server.handle();
     let scope = unique_scope();
     let flood = client(&server, "flood", &scope);
@@ -229,5 +227,65 @@ async fn backlogged_tenants_are_served_tokens_in_proportion_to_their_weights() {
         jain(&shares) >= 0.9,
         "Jain's index {} of {shares:?}",
         jain(&shares)
+    );
+}
+
+/// How many flood tasks ran before a light tenant's completion request on
+/// the OpenAI surface, which waits in the same queue as the task API's.
+async fn flood_ahead_of_an_openai_completion(fairness: Fairness) -> usize {
+    let (dir, server) = flood_and_light(1, fairness).await;
+    let path = dir.path().join("journal");
+    let handle = server.handle();
+    let scope = unique_scope();
+    handle.hold_dispatch("default", true);
+    let flood = client(&server, "flood", &scope);
+    for n in 0..30 {
+        flood.submit(task(&format!("flood {n}"), 16)).await.unwrap();
+    }
+    let url = format!("{}/v1/completions", server.url());
+    let completion = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth("light-key")
+            .json(&serde_json::json!({
+                "model": "default",
+                "prompt": "light openai",
+                "max_tokens": 16,
+            }))
+            .send()
+            .await
+            .unwrap()
+    });
+    let light = client(&server, "light", &scope);
+    eventually(
+        Duration::from_secs(5),
+        "the completion is queued",
+        async || light.usage(None).await.unwrap().tenants[0].pools[0].queued == 1,
+    )
+    .await;
+    handle.hold_dispatch("default", false);
+    let answer = completion.await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert!(body["choices"][0]["text"].is_string(), "{body}");
+    journal(&path)
+        .iter()
+        .position(|p| p == "light openai")
+        .expect("the completion ran")
+}
+
+// covers: ORCH-3015, ORCH-8001
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_on_the_openai_surface_gets_the_same_fair_share_as_a_task() {
+    // Equal weights and costs: the flood is served at most 2 C ahead.
+    let ahead = flood_ahead_of_an_openai_completion(Fairness::Weighted).await;
+    assert!(
+        ahead <= 2,
+        "{ahead} flood tasks ran ahead of the completion"
+    );
+    let fifo = flood_ahead_of_an_openai_completion(Fairness::Fifo).await;
+    assert_eq!(
+        fifo, 30,
+        "without fair share it waits behind the whole flood"
     );
 }

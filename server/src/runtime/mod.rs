@@ -279,26 +279,22 @@ impl Orchestrator {
             return Err(self.rejection(pool, &key, request.task_id.is_some(), policy));
         }
         if let Err(wait_ms) = tenant.admit(self.clock.now_ms()) {
-            return Err(OrchError::new(
-                ErrorCode::AdmissionReject,
+            return Err(rate_limited(
                 format!(
                     "tenant {} is over its admission rate limit; retry later",
                     tenant.id
                 ),
-            )
-            .with_policy(RejectPolicy::RateLimit)
-            .with_backoff(queue::backoff_hint(wait_ms).0));
+                wait_ms,
+            ));
         }
         if let Err(wait_ms) = tenant.take_tokens(cost, self.clock.now_ms()) {
-            return Err(OrchError::new(
-                ErrorCode::AdmissionReject,
+            return Err(rate_limited(
                 format!(
                     "tenant {} is over its token rate limit: the task costs {cost} tokens and its bucket holds them again in {wait_ms} ms",
                     tenant.id
                 ),
-            )
-            .with_policy(RejectPolicy::RateLimit)
-            .with_backoff(queue::backoff_hint(wait_ms).0));
+                wait_ms,
+            ));
         }
         let session = request.session_id.clone().map(|session_id| SessionKey {
             tenant: key.tenant.clone(),
@@ -1086,4 +1082,11 @@ async fn retention_loop(orchestrator: Arc<Orchestrator>) {
         }
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
+}
+
+/// A `429` of a tenant's bucket (ORCH-3010, ORCH-3017): retry in `wait_ms`.
+fn rate_limited(message: String, wait_ms: u64) -> OrchError {
+    OrchError::new(ErrorCode::AdmissionReject, message)
+        .with_policy(RejectPolicy::RateLimit)
+        .with_backoff(queue::backoff_hint(wait_ms).0)
 }

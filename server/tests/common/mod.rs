@@ -13,7 +13,7 @@
 #![allow(dead_code)]
 
 use std::ops::Deref;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -81,6 +81,19 @@ impl TestServer {
     pub fn handle(&self) -> TestHandle {
         self.server.test_handle()
     }
+}
+
+/// The prompts a builtin engine's journal recorded, in the order it
+/// generated them.
+pub fn journal(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let entry: serde_json::Value = serde_json::from_str(line).expect("a journal line");
+            entry["prompt"].as_str().expect("prompt").to_owned()
+        })
+        .collect()
 }
 
 pub fn unique_scope() -> String {
