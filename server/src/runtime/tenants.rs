@@ -353,8 +353,10 @@ mod tests {
         assert!(a.may_start());
         a.started();
         assert!(!a.may_start(), "two running, quota two");
+        assert_eq!(a.running(), 2);
         a.stopped();
         assert!(a.may_start());
+        assert_eq!(a.running(), 1);
         a.stopped();
         a.stopped();
         a.started();
