@@ -165,10 +165,8 @@ struct Lane {
     /// One past the largest number in use: the next number for the back.
     back: i64,
     len: usize,
-    /// Keys at each number.
-    counts: Fenwick,
-    /// The charge of the key at each number.
-    charges: Fenwick,
+    /// The keys (0 or 1) and the charge at each number.
+    sums: Fenwick,
 }
 
 const HOLE: u32 = u32::MAX;
@@ -180,8 +178,7 @@ impl Lane {
             front: 0,
             back: 0,
             len: 0,
-            counts: Fenwick::default(),
-            charges: Fenwick::default(),
+            sums: Fenwick::default(),
         }
     }
 
@@ -206,8 +203,7 @@ impl Lane {
     }
 
     fn insert(&mut self, order: i64, slot: u32, charge: u64) {
-        self.counts.add(order, 1);
-        self.charges.add(order, charge);
+        self.sums.add(order, Sums::key(charge));
         self.at[order as usize] = slot;
         self.len += 1;
     }
@@ -217,8 +213,7 @@ impl Lane {
             return;
         }
         self.at[order as usize] = HOLE;
-        self.counts.sub(order, 1);
-        self.charges.sub(order, charge);
+        self.sums.sub(order, Sums::key(charge));
         self.len -= 1;
         while self.front < self.back && self.at[self.front as usize] == HOLE {
             self.front += 1;
@@ -243,7 +238,7 @@ impl Lane {
 
     /// The number of the key with `index` keys ahead of it in this line.
     fn number_of(&self, index: u64) -> i64 {
-        self.counts.longest_below(index + 1).expect("index + 1 > 0") as i64
+        self.sums.longest_below(index + 1, |s| s.keys).0 as i64
     }
 
     /// Give the keys the numbers `slack..slack + len`, with room for `slack`
@@ -252,85 +247,106 @@ impl Lane {
     fn renumber<K>(&mut self, entries: &mut Entries<K>) {
         let slack = (self.len / 2).max(32);
         let mut at = vec![HOLE; self.len + 2 * slack];
-        let mut charges = vec![0; at.len()];
+        let mut sums = vec![Sums::default(); at.len()];
         for (i, slot) in self.slots().enumerate() {
             let order = slack + i;
             if let Some(entry) = entries.slots[slot as usize].as_mut() {
                 entry.order = order as i64;
-                charges[order] = entry.charge;
+                sums[order] = Sums::key(entry.charge);
             }
             at[order] = slot;
         }
-        self.counts = Fenwick::build(at.iter().map(|&slot| u64::from(slot != HOLE)));
-        self.charges = Fenwick::build(charges.into_iter());
+        self.sums = Fenwick::build(sums);
         self.at = at;
         self.front = slack as i64;
         self.back = (slack + self.len) as i64;
     }
 }
 
-/// A Fenwick tree of a value at each number of a lane.
+/// What a Fenwick node sums over its numbers: keys, and their charges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Sums {
+    keys: u64,
+    charges: u64,
+}
+
+impl Sums {
+    fn key(charge: u64) -> Self {
+        Self {
+            keys: 1,
+            charges: charge,
+        }
+    }
+}
+
+/// A Fenwick tree of the keys and charges at each number of a lane: one
+/// walk reads both.
 #[derive(Debug, Clone, Default)]
 struct Fenwick {
-    tree: Vec<u64>,
+    tree: Vec<Sums>,
 }
 
 impl Fenwick {
-    /// The tree of the values at numbers 0, 1, …, built in O(len): each
+    /// The tree of the sums at numbers 0, 1, …, built in O(len): each
     /// node adds itself to its parent.
-    fn build(values: impl Iterator<Item = u64>) -> Self {
-        let mut tree: Vec<u64> = values.collect();
+    fn build(mut tree: Vec<Sums>) -> Self {
         for i in 1..=tree.len() {
             let parent = i + (i & i.wrapping_neg());
             if parent <= tree.len() {
-                tree[parent - 1] += tree[i - 1];
+                tree[parent - 1].keys += tree[i - 1].keys;
+                tree[parent - 1].charges += tree[i - 1].charges;
             }
         }
         Self { tree }
     }
 
-    fn add(&mut self, order: i64, delta: u64) {
+    fn add(&mut self, order: i64, delta: Sums) {
         let mut i = order as usize + 1;
         while i <= self.tree.len() {
-            self.tree[i - 1] += delta;
+            self.tree[i - 1].keys += delta.keys;
+            self.tree[i - 1].charges += delta.charges;
             i += i & i.wrapping_neg();
         }
     }
 
-    fn sub(&mut self, order: i64, delta: u64) {
+    fn sub(&mut self, order: i64, delta: Sums) {
         let mut i = order as usize + 1;
         while i <= self.tree.len() {
-            self.tree[i - 1] -= delta;
+            self.tree[i - 1].keys -= delta.keys;
+            self.tree[i - 1].charges -= delta.charges;
             i += i & i.wrapping_neg();
         }
     }
 
-    /// The sum of the values at numbers below `order`.
-    fn before(&self, order: i64) -> u64 {
+    /// The sums at numbers below `order`.
+    fn before(&self, order: i64) -> Sums {
         let mut i = order as usize;
-        let mut sum = 0;
+        let mut sum = Sums::default();
         while i > 0 {
-            sum += self.tree[i - 1];
+            sum.keys += self.tree[i - 1].keys;
+            sum.charges += self.tree[i - 1].charges;
             i -= i & i.wrapping_neg();
         }
         sum
     }
 
-    /// The largest `p` whose `before(p)` is below `x` (none for 0).
-    fn longest_below(&self, x: u64) -> Option<usize> {
-        if x == 0 {
-            return None;
-        }
-        let (mut p, mut rest) = (0, x);
+    /// The largest `p` whose `field` of `before(p)` is below `x` (`x` > 0),
+    /// and `before(p)`.
+    fn longest_below(&self, x: u64, field: impl Fn(&Sums) -> u64) -> (usize, Sums) {
+        let (mut p, mut sum) = (0, Sums::default());
         let mut step = self.tree.len().next_power_of_two();
         while step > 0 {
-            if p + step <= self.tree.len() && self.tree[p + step - 1] < rest {
-                p += step;
-                rest -= self.tree[p - 1];
+            if p + step <= self.tree.len() {
+                let node = self.tree[p + step - 1];
+                if field(&sum) + field(&node) < x {
+                    p += step;
+                    sum.keys += node.keys;
+                    sum.charges += node.charges;
+                }
             }
             step >>= 1;
         }
-        Some(p)
+        (p, sum)
     }
 }
 
@@ -405,37 +421,44 @@ impl<T: Clone + Eq + Hash> Class<T> {
     /// The tag of the key at `order` of `line`.
     fn tag(&self, line: u32, order: i64) -> u64 {
         let line = &self.lines[line as usize];
-        line.start(self.now) + line.lane.charges.before(order)
+        line.start(self.now) + line.lane.sums.before(order).charges
     }
 
     /// Keys of this class dispatched before `entry`: those of its line
     /// ahead of it, and of every other line those whose (tag, seq) is less.
     fn rank<K>(&self, entry: &Entry<K>, entries: &Entries<K>) -> usize {
         let own = &self.lines[entry.line as usize];
-        let tag = self.tag(entry.line, entry.order);
-        let mut rank = own.lane.counts.before(entry.order) as usize;
+        let before = own.lane.sums.before(entry.order);
+        let tag = own.start(self.now) + before.charges;
+        let mut rank = before.keys as usize;
         for (i, line) in self.lines.iter().enumerate() {
             if i == entry.line as usize || line.lane.len() == 0 {
                 continue;
             }
-            let below = tag.saturating_sub(line.start(self.now));
-            let ahead = match line.lane.charges.longest_below(below) {
-                Some(p) => line
-                    .lane
-                    .counts
-                    .before((p as i64 + 1).min(line.lane.at.len() as i64)),
-                None => 0,
+            let start = line.start(self.now);
+            let below = tag.saturating_sub(start);
+            // That line's keys whose tag is below `tag` go first, a prefix of
+            // it. The longest run of numbers whose charges sum below `below`
+            // ends just before one of them (charges are never 0), or at the
+            // lane's end: `through` sums the charges of the keys ahead.
+            let (ahead, through) = if below == 0 {
+                (0, 0)
+            } else {
+                let (p, sums) = line.lane.sums.longest_below(below, |s| s.charges);
+                match line.lane.at.get(p) {
+                    Some(&slot) => (sums.keys + 1, sums.charges + entries.get(slot).charge),
+                    None => (sums.keys, sums.charges),
+                }
             };
+            rank += ahead as usize;
             // The next key of that line ties when its tag is the same; the
             // earlier admission goes first.
-            if (ahead as usize) < line.lane.len() {
+            if start + through == tag && (ahead as usize) < line.lane.len() {
                 let number = line.lane.number_of(ahead);
-                let next = entries.get(line.lane.at[number as usize]);
-                if self.tag(i as u32, number) == tag && next.seq < entry.seq {
+                if entries.get(line.lane.at[number as usize]).seq < entry.seq {
                     rank += 1;
                 }
             }
-            rank += ahead as usize;
         }
         rank
     }
