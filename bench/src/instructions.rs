@@ -23,6 +23,10 @@ pub struct InstructionsArgs {
     /// Operations of each kind measured at each depth.
     #[arg(long, default_value_t = 1000)]
     ops: usize,
+    /// Tenants the queued tasks belong to, in turn: each has its line in
+    /// each priority (ORCH-3015), and a position is computed over them all.
+    #[arg(long, default_value_t = 8)]
+    tenants: usize,
     /// Run the operations once at `--depths`' first value, uncounted (what
     /// valgrind runs; not for people).
     #[arg(long, hide = true)]
@@ -44,7 +48,8 @@ pub fn run(args: &InstructionsArgs) -> anyhow::Result<()> {
     if args.child {
         let depth = *args.depths.first().context("--depths is empty")?;
         let kind = std::env::var("ORCH_BENCH_KIND")?.parse::<usize>()?;
-        let mut queue = filled(depth);
+        let key = |n: usize| key(n, args.tenants.max(1));
+        let mut queue = filled(depth, key);
         let keys: Vec<TaskKey> = (depth..depth + args.ops).map(key).collect();
         // The middle of the queue: for a cancel, the key the queue holds there
         // at that operation (the one admitted `depth / 2` earlier); for a
@@ -65,7 +70,7 @@ pub fn run(args: &InstructionsArgs) -> anyhow::Result<()> {
     for &depth in &args.depths {
         let mut per_op = Vec::new();
         for kind in 0..KINDS.len() {
-            let counted = callgrind(&exe, depth, args.ops, kind)?;
+            let counted = callgrind(&exe, depth, args, kind)?;
             per_op.push(counted as f64 / args.ops as f64);
         }
         rows.push((depth, per_op));
@@ -79,6 +84,7 @@ pub fn run(args: &InstructionsArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(depth, per_op)| {
                 json!({
+                    "tenants": args.tenants,
                     "queued": depth,
                     "instructions_per_op": KINDS.iter().zip(per_op).map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
                 })
@@ -88,8 +94,8 @@ pub fn run(args: &InstructionsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "instructions per operation (valgrind callgrind), ratio to {} queued",
-        rows[0].0
+        "instructions per operation (valgrind callgrind), {} tenants, ratio to {} queued",
+        args.tenants, rows[0].0
     );
     print!("{:>8}", "queued");
     for kind in KINDS {
@@ -107,7 +113,12 @@ pub fn run(args: &InstructionsArgs) -> anyhow::Result<()> {
 }
 
 /// Total instructions callgrind counted inside [`measured_ops`].
-fn callgrind(exe: &std::path::Path, depth: usize, ops: usize, kind: usize) -> anyhow::Result<u64> {
+fn callgrind(
+    exe: &std::path::Path,
+    depth: usize,
+    args: &InstructionsArgs,
+    kind: usize,
+) -> anyhow::Result<u64> {
     let out_file = tempfile::NamedTempFile::new()?;
     let output = Command::new("valgrind")
         .arg("--tool=callgrind")
@@ -118,7 +129,8 @@ fn callgrind(exe: &std::path::Path, depth: usize, ops: usize, kind: usize) -> an
             out_file.path().display()
         ))
         .arg(exe)
-        .args(["instructions", "--child", "--ops", &ops.to_string()])
+        .args(["instructions", "--child", "--ops", &args.ops.to_string()])
+        .arg(format!("--tenants={}", args.tenants))
         .arg(format!("--depths={depth}"))
         .env("ORCH_BENCH_KIND", kind.to_string())
         .output()
@@ -145,16 +157,16 @@ const SHARE: Share = Share {
     weight: 1,
 };
 
-fn key(n: usize) -> TaskKey {
+fn key(n: usize, tenants: usize) -> TaskKey {
     TaskKey {
-        tenant: format!("tenant-{}", n % 8),
+        tenant: format!("tenant-{}", n % tenants),
         scope: "bench".into(),
         task_id: format!("t-{n:032x}"),
     }
 }
 
 /// A queue of `depth` tasks, one in four batch, as admissions leave it.
-fn filled(depth: usize) -> PoolQueue<TaskKey> {
+fn filled(depth: usize, key: impl Fn(usize) -> TaskKey) -> PoolQueue<TaskKey> {
     let mut queue = PoolQueue::new(u32::MAX, FullPolicy::Reject, 8);
     for n in 0..depth {
         queue.admit(key(n), priority_of(n), SHARE);

@@ -478,32 +478,36 @@ impl<T: Clone + Eq + Hash> Class<T> {
     }
 
     /// This class's keys in dispatch order, lazily: the lines' heads merged
-    /// by (tag, seq).
-    fn merge<'a, K>(&'a self, entries: &'a Entries<K>) -> Merge<'a, T, K> {
-        let heads = (0..self.lines.len() as u32)
-            .filter(|&line| self.lines[line as usize].lane.len() > 0)
-            .map(|line| {
-                let line_ = &self.lines[line as usize];
-                let number = line_.lane.front;
-                let seq = entries.get(line_.lane.at[number as usize]).seq;
-                Reverse((line_.start(self.now), seq, line, number))
-            })
-            .collect();
+    /// by (tag, seq), in the heap `buffer` (cleared first) gives room for.
+    fn merge<'a, K>(&'a self, entries: &'a Entries<K>, mut buffer: Vec<Head>) -> Merge<'a, T, K> {
+        buffer.clear();
+        buffer.extend(
+            (0..self.lines.len() as u32)
+                .filter(|&line| self.lines[line as usize].lane.len() > 0)
+                .map(|line| {
+                    let line_ = &self.lines[line as usize];
+                    let number = line_.lane.front;
+                    let seq = entries.get(line_.lane.at[number as usize]).seq;
+                    Reverse((line_.start(self.now), seq, line, number))
+                }),
+        );
         Merge {
             class: self,
             entries,
-            heads,
+            heads: BinaryHeap::from(buffer),
             skipped: Vec::new(),
         }
     }
 }
 
+/// A line's next key in a merge: (tag, seq, line, number), least first.
+type Head = Reverse<(u64, u64, u32, i64)>;
+
 /// A class's keys in dispatch order (see [`Class::merge`]).
 struct Merge<'a, T, K> {
     class: &'a Class<T>,
     entries: &'a Entries<K>,
-    /// Each line's next key: (tag, seq, line, number).
-    heads: BinaryHeap<Reverse<(u64, u64, u32, i64)>>,
+    heads: BinaryHeap<Head>,
     /// Lines left out: their tenant may not start now.
     skipped: Vec<u32>,
 }
@@ -588,6 +592,9 @@ pub struct PoolQueue<K: QueueKey> {
     /// `reject` they come before any arrival that holds none.
     retry_line: VecDeque<Hold<K>>,
     keeps_retry_line: bool,
+    /// The heaps of the last dispatch's merges, kept so a dispatch allocates
+    /// none.
+    merge_buffers: [Vec<Head>; 2],
 }
 
 impl<K: QueueKey> PoolQueue<K> {
@@ -605,6 +612,7 @@ impl<K: QueueKey> PoolQueue<K> {
             next_seq: 0,
             retry_line: VecDeque::new(),
             keeps_retry_line: true,
+            merge_buffers: Default::default(),
         }
     }
 
@@ -852,18 +860,24 @@ impl<K: QueueKey> PoolQueue<K> {
     /// eligible task; eligibility is the tenant's, so under weighted
     /// fairness a refused head leaves its whole line out.
     pub fn pop_next_where(&mut self, mut eligible: impl FnMut(&K) -> bool) -> Option<K> {
-        let (priority, line, slot) = {
-            let mut order = self.in_dispatch_order();
-            loop {
-                let (priority, line, slot) = order.next()?;
+        let buffers = std::mem::take(&mut self.merge_buffers);
+        let (found, buffers) = {
+            let mut order = self.in_dispatch_order(buffers);
+            let found = loop {
+                let Some((priority, line, slot)) = order.next() else {
+                    break None;
+                };
                 if eligible(&self.entries.get(slot).key) {
-                    break (priority, line, slot);
+                    break Some((priority, line, slot));
                 }
                 if self.fairness == Fairness::Weighted {
                     order.skip(priority, line);
                 }
-            }
+            };
+            (found, order.into_buffers())
         };
+        self.merge_buffers = buffers;
+        let (priority, line, slot) = found?;
         let entry = self.entries.get(slot);
         let (key, charge) = (entry.key.clone(), entry.charge);
         self.remove(&key);
@@ -878,10 +892,10 @@ impl<K: QueueKey> PoolQueue<K> {
 
     /// The queued keys in the order they would be dispatched, lazily: the
     /// pops that would empty the queue, simulated.
-    fn in_dispatch_order(&self) -> DispatchOrder<'_, K> {
+    fn in_dispatch_order(&self, [interactive, batch]: [Vec<Head>; 2]) -> DispatchOrder<'_, K> {
         DispatchOrder {
-            interactive: self.interactive.merge(&self.entries),
-            batch: self.batch.merge(&self.entries),
+            interactive: self.interactive.merge(&self.entries, interactive),
+            batch: self.batch.merge(&self.entries, batch),
             streak: self.streak,
             bound: self.starvation_bound,
         }
@@ -889,7 +903,7 @@ impl<K: QueueKey> PoolQueue<K> {
 
     /// Keys in the order they would be dispatched.
     pub fn dispatch_order(&self) -> Vec<K> {
-        let mut order = self.in_dispatch_order();
+        let mut order = self.in_dispatch_order(Default::default());
         std::iter::from_fn(|| order.next())
             .map(|(_, _, slot)| self.entries.get(slot).key.clone())
             .collect()
@@ -998,6 +1012,14 @@ impl<K: QueueKey> DispatchOrder<'_, K> {
             self.streak + 1
         };
         Some((Priority::Interactive, line, slot))
+    }
+
+    /// The merges' heaps, to reuse.
+    fn into_buffers(self) -> [Vec<Head>; 2] {
+        [
+            self.interactive.heads.into_vec(),
+            self.batch.heads.into_vec(),
+        ]
     }
 
     /// Leave `line` of `priority` out of the rest of the order.
