@@ -770,9 +770,11 @@ impl Orchestrator {
                     }
                 }
                 EventSource::Live(task) => {
-                    let mut changes = task.subscribe();
                     let mut cursor = 0;
                     loop {
+                        let changed = task.changed();
+                        tokio::pin!(changed);
+                        changed.as_mut().enable();
                         let (events, done) = task.events_from(cursor);
                         cursor += events.len();
                         for event in events {
@@ -780,9 +782,10 @@ impl Orchestrator {
                                 yield event;
                             }
                         }
-                        if done || changes.changed().await.is_err() {
+                        if done {
                             break;
                         }
+                        changed.await;
                     }
                 }
             }

@@ -10,7 +10,8 @@ use contracts::{
     EndEvent, ErrorEnvelope, FinishReason, Priority, StartedEvent, StreamEvent, TaskRequest,
     TaskState, TaskStatus, TokenEvent,
 };
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 use super::sessions::SessionKey;
 use crate::store::{Finish, LogTail, TaskKey};
@@ -27,12 +28,14 @@ pub struct LiveTask {
     pub submitted_at_ms: u64,
     /// Start deadline from `deadline_ms` (ORCH-3008).
     pub start_deadline_ms: Option<u64>,
-    pub session: Option<SessionKey>,
+    /// Boxed: most tasks have none.
+    pub session: Option<Box<SessionKey>>,
     /// What its dispatch costs its tenant's share of the queue (ORCH-3015).
     pub share: Share,
     inner: Mutex<Inner>,
-    /// Number of events in the log; readers wait on changes.
-    log_len: watch::Sender<usize>,
+    /// Wakes the readers waiting for the log to change (a `Notify` costs
+    /// no allocation, unlike a watch channel: ORCH-3014's memory per task).
+    changed: Notify,
     /// Wakes the runner when someone else ended the task (cancel, eviction,
     /// drain deadline).
     stopped: Notify,
@@ -48,7 +51,8 @@ struct Inner {
     decode_started_ms: Option<u64>,
     finished_at_ms: Option<u64>,
     finish_reason: Option<FinishReason>,
-    error: Option<ErrorEnvelope>,
+    /// Boxed: only a failed task has one.
+    error: Option<Box<ErrorEnvelope>>,
     attempts: u32,
     /// Events already in the store.
     persisted: usize,
@@ -91,12 +95,13 @@ impl LiveTask {
         events: Vec<StreamEvent>,
     ) -> Self {
         let start_deadline_ms = request.deadline_ms.map(|d| submitted_at_ms + d);
-        let session = request.session_id.clone().map(|session_id| SessionKey {
-            tenant: key.tenant.clone(),
-            scope: key.scope.clone(),
-            session_id,
+        let session = request.session_id.clone().map(|session_id| {
+            Box::new(SessionKey {
+                tenant: key.tenant.clone(),
+                scope: key.scope.clone(),
+                session_id,
+            })
         });
-        let (log_len, _) = watch::channel(events.len());
         // A task restored from the store resumes its log where it stopped.
         let persisted = events.len();
         let tokens_out = events
@@ -131,7 +136,7 @@ impl LiveTask {
                 frozen: false,
                 readers_closed: false,
             }),
-            log_len,
+            changed: Notify::new(),
             stopped: Notify::new(),
         }
     }
@@ -144,7 +149,7 @@ impl LiveTask {
 
     fn push(&self, inner: &mut Inner, event: StreamEvent) {
         inner.events.push(event);
-        self.log_len.send_replace(inner.events.len());
+        self.changed.notify_waiters();
     }
 
     pub fn state(&self) -> TaskState {
@@ -254,7 +259,7 @@ impl LiveTask {
                 (state, StreamEvent::End(end))
             }
             Outcome::Error(envelope) => {
-                inner.error = Some(envelope.clone());
+                inner.error = Some(Box::new(envelope.clone()));
                 (TaskState::Failed, StreamEvent::Error(envelope))
             }
         };
@@ -266,7 +271,7 @@ impl LiveTask {
             state,
             finished_at_ms: now_ms,
             finish_reason: inner.finish_reason,
-            error: inner.error.clone(),
+            error: inner.error.as_deref().cloned(),
             tail: Self::tail(&inner),
         })
     }
@@ -303,7 +308,7 @@ impl LiveTask {
         inner.frozen |= running;
         inner.readers_closed = true;
         // Wake the readers: their streams end here.
-        self.log_len.send_replace(inner.events.len());
+        self.changed.notify_waiters();
         running
     }
 
@@ -333,8 +338,10 @@ impl LiveTask {
         (events, complete)
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<usize> {
-        self.log_len.subscribe()
+    /// Resolves at the log's next change; enable it before reading the
+    /// log, so no change between the read and the wait is missed.
+    pub fn changed(&self) -> Notified<'_> {
+        self.changed.notified()
     }
 
     pub fn status(&self, queue_position: Option<u32>) -> TaskStatus {
@@ -352,7 +359,7 @@ impl LiveTask {
             finished_at_ms: inner.finished_at_ms,
             tokens_out: inner.tokens_out,
             finish_reason: inner.finish_reason.map(Into::into),
-            error: inner.error.clone(),
+            error: inner.error.as_deref().cloned(),
         }
     }
 
