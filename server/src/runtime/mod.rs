@@ -407,12 +407,12 @@ impl Orchestrator {
         body_hash: &str,
     ) -> Result<Option<AdmissionResponse>, OrchError> {
         if let Some(task) = self.live_task(key) {
-            if task.body_hash != body_hash {
+            if !task.has_body(body_hash) {
                 return Err(conflict(key));
             }
             let pool = self
                 .pools
-                .get(&task.pool_id)
+                .get(&*task.pool_id)
                 .expect("live tasks name known pools");
             let position = pool.queue().position(key).unwrap_or(0);
             return Ok(Some(self.admission_answer(pool, key, position)));
@@ -630,7 +630,7 @@ impl Orchestrator {
     /// `POST /v1/tasks/{id}/cancel` (ORCH-1020..ORCH-1023).
     pub async fn cancel(&self, key: &TaskKey) -> Result<(), OrchError> {
         if let Some(task) = self.live_task(key) {
-            if let Some(pool) = self.pools.get(&task.pool_id) {
+            if let Some(pool) = self.pools.get(&*task.pool_id) {
                 pool.queue().remove(key);
             }
             let Some(finish) = task.finish(
@@ -657,7 +657,7 @@ impl Orchestrator {
         if let Some(task) = self.live_task(key) {
             let position = self
                 .pools
-                .get(&task.pool_id)
+                .get(&*task.pool_id)
                 .and_then(|p| p.queue().position(key));
             return Ok(task.status(position));
         }
@@ -722,7 +722,7 @@ impl Orchestrator {
                 Some(task) => {
                     let position = self
                         .pools
-                        .get(&task.pool_id)
+                        .get(&*task.pool_id)
                         .and_then(|p| p.queue().position(&record.key));
                     task.status(position)
                 }
@@ -858,9 +858,13 @@ impl Orchestrator {
         events: Vec<StreamEvent>,
     ) -> LiveTask {
         let request = &record.request;
+        let pool_id = match self.pools.get(&record.pool_id) {
+            Some(pool) => pool.shared_id(),
+            None => Arc::from(record.pool_id.as_str()),
+        };
         LiveTask::new(
             record.key.clone(),
-            record.pool_id.clone(),
+            pool_id,
             record.priority,
             request.clone(),
             record.body_hash.clone(),
@@ -943,7 +947,7 @@ impl Orchestrator {
     pub fn pool_tasks(&self, pool_id: &str) -> Vec<Arc<LiveTask>> {
         self.live()
             .values()
-            .filter(|t| t.pool_id == pool_id)
+            .filter(|t| &*t.pool_id == pool_id)
             .cloned()
             .collect()
     }
@@ -976,7 +980,7 @@ impl Orchestrator {
     ) -> Result<contracts::ScopePurge, OrchError> {
         let mut tasks_canceled = 0;
         for task in self.namespace_tasks(tenant, scope) {
-            if let Some(pool) = self.pools.get(&task.pool_id) {
+            if let Some(pool) = self.pools.get(&*task.pool_id) {
                 pool.queue().remove(&task.key);
             }
             if task

@@ -244,6 +244,8 @@ pub struct Drain {
 
 pub struct Pool {
     pub config: PoolConfig,
+    /// `config.id`, shared by the pool's live tasks.
+    shared_id: Arc<str>,
     replicas: RwLock<Vec<Arc<Replica>>>,
     drain: Mutex<Option<Drain>>,
     /// The drain's deadline passed and what was left was ended: no more
@@ -315,6 +317,7 @@ impl Pool {
         let initial_service_ms = speed.service_ms(config.max_tokens_limit.min(256) / 2);
         Self {
             sampler_profile_version: config.sampler_profile_version.clone(),
+            shared_id: Arc::from(config.id.as_str()),
             timeouts: Mutex::new(config.timeouts.clone()),
             config,
             replicas: RwLock::new(replicas),
@@ -374,6 +377,10 @@ impl Pool {
 
     pub fn id(&self) -> &str {
         &self.config.id
+    }
+
+    pub fn shared_id(&self) -> Arc<str> {
+        Arc::clone(&self.shared_id)
     }
 
     pub fn queue(&self) -> MutexGuard<'_, PoolQueue<TaskKey>> {

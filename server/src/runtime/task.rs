@@ -4,7 +4,7 @@
 //! a terminal event is appended exactly once.
 
 use crate::queue::Share;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use contracts::{
     EndEvent, ErrorEnvelope, FinishReason, Priority, StartedEvent, StreamEvent, TaskRequest,
@@ -19,10 +19,12 @@ use crate::store::{Finish, LogTail, TaskKey};
 #[derive(Debug)]
 pub struct LiveTask {
     pub key: TaskKey,
-    pub pool_id: String,
+    /// Shared with its pool's other tasks.
+    pub pool_id: Arc<str>,
     pub priority: Priority,
     pub request: TaskRequest,
-    pub body_hash: String,
+    /// The SHA-256 of the request body, as bytes (half the hex).
+    body_digest: Option<[u8; 32]>,
     /// The seed the engine samples with (the request's, or the default).
     pub seed: u32,
     pub submitted_at_ms: u64,
@@ -85,7 +87,7 @@ impl LiveTask {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         key: TaskKey,
-        pool_id: String,
+        pool_id: Arc<str>,
         priority: Priority,
         request: TaskRequest,
         body_hash: String,
@@ -113,7 +115,7 @@ impl LiveTask {
             pool_id,
             priority,
             request,
-            body_hash,
+            body_digest: digest_of(&body_hash),
             seed,
             submitted_at_ms,
             start_deadline_ms,
@@ -139,6 +141,11 @@ impl LiveTask {
             changed: Notify::new(),
             stopped: Notify::new(),
         }
+    }
+
+    /// Whether `body_hash` (hex) is this task's request body's.
+    pub fn has_body(&self, body_hash: &str) -> bool {
+        self.body_digest.is_some() && digest_of(body_hash) == self.body_digest
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -349,7 +356,7 @@ impl LiveTask {
         TaskStatus {
             task_id: self.key.task_id.clone(),
             scope: (!self.key.scope.is_empty()).then(|| self.key.scope.clone()),
-            pool_id: self.pool_id.clone(),
+            pool_id: self.pool_id.to_string(),
             priority: self.priority.into(),
             state: inner.state.into(),
             queue_position: queue_position.filter(|_| inner.state == TaskState::Queued),
@@ -366,4 +373,12 @@ impl LiveTask {
     pub fn started_ms(&self) -> Option<u64> {
         self.lock().decode_started_ms
     }
+}
+
+/// A body hash's bytes, if it is 64 hex digits (as `admission::body_hash`
+/// makes it).
+fn digest_of(body_hash: &str) -> Option<[u8; 32]> {
+    let mut digest = [0; 32];
+    hex::decode_to_slice(body_hash, &mut digest).ok()?;
+    Some(digest)
 }
