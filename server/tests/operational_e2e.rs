@@ -207,6 +207,7 @@ async fn test_hooks_are_not_reachable_over_http() {
         "/v1/pools",
         "/v1/replicasets",
         "/v1/capabilities",
+        "/v1/usage",
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/models",

@@ -188,6 +188,7 @@ pub async fn capabilities(State(app): State<AppState>, _admin: Admin) -> Json<Ca
 pub struct UsageQuery {
     /// One tenant's usage; omit for the caller's own (an admin's: every
     /// tenant's). Only an admin may name another tenant.
+    #[param(min_length = 1)]
     pub tenant: Option<String>,
 }
 

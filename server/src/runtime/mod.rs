@@ -11,10 +11,11 @@ mod tenants;
 
 pub use pool::{Capacity, Pool, Replica, ReplicaHealth};
 pub use sessions::{SessionKey, Sessions};
+use task::LiveTasks;
 pub use task::{LiveTask, Outcome};
 pub use tenants::{Auth, DEFAULT_TENANT, Tenant, Tenants, key_hash};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,7 +38,7 @@ pub struct Orchestrator {
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub store: Arc<dyn TaskStore>,
     pub clock: Clock,
-    live: Mutex<HashMap<TaskKey, Arc<LiveTask>>>,
+    live: Mutex<LiveTasks>,
     pub tenants: Tenants,
     sessions: Mutex<Sessions>,
     accepting: AtomicBool,
@@ -102,7 +103,7 @@ impl Orchestrator {
             pools,
             store,
             clock,
-            live: Mutex::new(HashMap::new()),
+            live: Mutex::new(LiveTasks::default()),
             tenants: Tenants::new(&config.tenants),
             sessions: Mutex::new(Sessions::new(config.sessions.clone())),
             accepting: AtomicBool::new(true),
@@ -137,7 +138,7 @@ impl Orchestrator {
         tokio::spawn(retention_loop(Arc::clone(self)));
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<TaskKey, Arc<LiveTask>>> {
+    fn live(&self) -> std::sync::MutexGuard<'_, LiveTasks> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -365,7 +366,7 @@ impl Orchestrator {
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
         let task = Arc::new(self.live_task_from(&record, share, Vec::new()));
-        self.live().insert(key.clone(), Arc::clone(&task));
+        self.live().insert(Arc::clone(&task));
 
         let admitted = pool.queue().admit(key.clone(), priority, share);
         let position = match admitted {
@@ -805,7 +806,7 @@ impl Orchestrator {
             let events = logs.remove(&record.seq).unwrap_or_default();
             let share = self.recovered_share(&record);
             let task = Arc::new(self.live_task_from(&record, share, events));
-            self.live().insert(record.key.clone(), Arc::clone(&task));
+            self.live().insert(Arc::clone(&task));
             if record.state == TaskState::Running && record.first_token {
                 // A reader who saw more than this resumes onto this error
                 // and learns where the durable log ends (ORCH-7010).

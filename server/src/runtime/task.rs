@@ -4,6 +4,9 @@
 //! a terminal event is appended exactly once.
 
 use crate::queue::Share;
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use contracts::{
@@ -381,4 +384,52 @@ fn digest_of(body_hash: &str) -> Option<[u8; 32]> {
     let mut digest = [0; 32];
     hex::decode_to_slice(body_hash, &mut digest).ok()?;
     Some(digest)
+}
+
+/// The live tasks, found by key. Each key is stored once, in its task: a map
+/// would keep a second copy of every key (memory per queued task, issue 14).
+#[derive(Debug, Default)]
+pub struct LiveTasks(HashSet<ByKey>);
+
+#[derive(Debug)]
+struct ByKey(Arc<LiveTask>);
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for ByKey {}
+
+/// As its key hashes, so a `&TaskKey` finds it.
+impl Hash for ByKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.key.hash(state);
+    }
+}
+
+impl Borrow<TaskKey> for ByKey {
+    fn borrow(&self) -> &TaskKey {
+        &self.0.key
+    }
+}
+
+impl LiveTasks {
+    pub fn get(&self, key: &TaskKey) -> Option<&Arc<LiveTask>> {
+        self.0.get(key).map(|task| &task.0)
+    }
+
+    /// Add `task`, in place of a task of the same key.
+    pub fn insert(&mut self, task: Arc<LiveTask>) {
+        self.0.replace(ByKey(task));
+    }
+
+    pub fn remove(&mut self, key: &TaskKey) -> Option<Arc<LiveTask>> {
+        self.0.take(key).map(|task| task.0)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Arc<LiveTask>> {
+        self.0.iter().map(|task| &task.0)
+    }
 }
