@@ -158,11 +158,11 @@ const SHARE: Share = Share {
 };
 
 fn key(n: usize, tenants: usize) -> TaskKey {
-    TaskKey {
-        tenant: format!("tenant-{}", n % tenants),
-        scope: "bench".into(),
-        task_id: format!("t-{n:032x}"),
-    }
+    TaskKey::new(
+        format!("tenant-{}", n % tenants),
+        "bench",
+        format!("t-{n:032x}"),
+    )
 }
 
 /// A queue of `depth` tasks, one in four batch, as admissions leave it.
@@ -201,7 +201,7 @@ pub fn measured_ops(
         match kind {
             0 => {
                 queue.admit(key.clone(), priority_of(n), SHARE);
-                std::hint::black_box(queue.pop_next_where(|k| k.tenant != "tenant-none"));
+                std::hint::black_box(queue.pop_next_where(|k| &*k.tenant != "tenant-none"));
             }
             1 => {
                 // A task from the middle of the queue leaves, a new one arrives.

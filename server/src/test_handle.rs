@@ -92,7 +92,7 @@ impl TestHandle {
         queue
             .dispatch_order()
             .first()
-            .map(|key| key.task_id.clone())
+            .map(|key| key.task_id.to_string())
     }
 
     /// How many times the pool's dispatch loop has woken up.

@@ -92,7 +92,7 @@ fn record(key: &TaskKey, prompt: &str) -> TaskRecord {
         pool_id: "default".into(),
         priority: Priority::Batch,
         request: TaskRequest {
-            task_id: Some(key.task_id.clone()),
+            task_id: Some(key.task_id.to_string()),
             prompt: prompt.into(),
             max_tokens: 8,
             stop: Some(vec!["\n\n".into()]),
@@ -287,8 +287,8 @@ async fn unfinished_tasks_and_lists_come_in_admission_order(fixture: Fixture) {
         .await
         .unwrap()
         .into_iter()
-        .filter(|r| r.key.scope == "order")
-        .map(|r| (r.key.task_id, r.state))
+        .filter(|r| &*r.key.scope == "order")
+        .map(|r| (r.key.task_id.to_string(), r.state))
         .collect();
     assert_eq!(
         unfinished,
@@ -320,7 +320,10 @@ async fn unfinished_tasks_and_lists_come_in_admission_order(fixture: Fixture) {
     assert!(!logs.contains_key(&seqs[2]), "t2 is finished");
     assert!(!logs.contains_key(&seqs[0]), "t0 has no events");
     let ids = |records: Vec<TaskRecord>| -> Vec<String> {
-        records.into_iter().map(|r| r.key.task_id).collect()
+        records
+            .into_iter()
+            .map(|r| r.key.task_id.to_string())
+            .collect()
     };
     let page = store
         .list(ListFilter {

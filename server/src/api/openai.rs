@@ -504,11 +504,7 @@ async fn run(
             _ => e,
         })?;
     let task_id = admitted.response.task_id.clone();
-    let key = TaskKey {
-        tenant: tenant.id.clone(),
-        scope,
-        task_id: task_id.clone(),
-    };
+    let key = TaskKey::new(tenant.id.as_str(), scope, task_id.as_str());
     let created = app.clock.now_ms() / 1_000;
     let answer = Answer {
         shape,

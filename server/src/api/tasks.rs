@@ -24,6 +24,7 @@ use crate::admission::{check_scope, check_task_id};
 use crate::error::OrchError;
 use crate::runtime::{Resume, Tenant};
 use crate::store::{ListFilter, TaskKey};
+use std::sync::Arc;
 
 /// The namespace of a call (ORCH-6010): omitted means the default scope.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -53,11 +54,11 @@ pub struct ListQuery {
 fn task_key(tenant: &Tenant, task_id: String, scope: Option<String>) -> Result<TaskKey, OrchError> {
     check_task_id(&task_id)?;
     check_scope(scope.as_deref())?;
-    Ok(TaskKey {
-        tenant: tenant.id.clone(),
-        scope: scope.unwrap_or_default(),
+    Ok(TaskKey::new(
+        Arc::clone(&tenant.shared_id),
+        scope.unwrap_or_default(),
         task_id,
-    })
+    ))
 }
 
 /// Admit a task into its pool's queue.

@@ -401,7 +401,7 @@ impl Orchestrator {
 struct PoolShares {
     pool_id: String,
     fairness: Fairness,
-    queued: HashMap<String, u32>,
+    queued: HashMap<Arc<str>, u32>,
     tallies: HashMap<String, TenantTally>,
     served_total: u64,
     /// The weights of the tenants with queued or running tasks.
@@ -414,11 +414,12 @@ impl PoolShares {
         let tallies = pool.tenant_tallies();
         let active_weight = queued
             .keys()
+            .map(|id| &**id)
             .chain(
                 tallies
                     .iter()
                     .filter(|(_, t)| t.running > 0)
-                    .map(|(id, _)| id),
+                    .map(|(id, _)| id.as_str()),
             )
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
@@ -435,7 +436,7 @@ impl PoolShares {
     }
 
     fn of_tenant(&self, tenant: &Tenant) -> PoolUsage {
-        let queued = self.queued.get(&tenant.id).copied().unwrap_or(0);
+        let queued = self.queued.get(tenant.id.as_str()).copied().unwrap_or(0);
         let tally = self.tallies.get(&tenant.id).copied().unwrap_or_default();
         let active = queued > 0 || tally.running > 0;
         let weight = u64::from(tenant.weight);

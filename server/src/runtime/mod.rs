@@ -241,14 +241,14 @@ impl Orchestrator {
     ) -> Result<AdmissionResponse, OrchError> {
         let pool_id = pool.id().to_owned();
 
-        let key = TaskKey {
-            tenant: tenant.id.clone(),
-            scope: request.scope.clone().unwrap_or_default(),
-            task_id: request
+        let key = TaskKey::new(
+            Arc::clone(&tenant.shared_id),
+            request.scope.as_deref().unwrap_or_default(),
+            request
                 .task_id
                 .clone()
                 .unwrap_or_else(|| format!("t-{}", uuid::Uuid::new_v4().simple())),
-        };
+        );
         let body_hash = admission::body_hash(&request);
 
         // An idempotent resubmission answers before any capacity check.
@@ -298,8 +298,8 @@ impl Orchestrator {
             ));
         }
         let session = request.session_id.clone().map(|session_id| SessionKey {
-            tenant: key.tenant.clone(),
-            scope: key.scope.clone(),
+            tenant: key.tenant.to_string(),
+            scope: key.scope.to_string(),
             session_id,
         });
         if let Some(session) = &session {
@@ -395,7 +395,7 @@ impl Orchestrator {
     fn admission_answer(&self, pool: &Pool, key: &TaskKey, position: u32) -> AdmissionResponse {
         let predicted_start_ms = pool.predicted_start_ms(position);
         AdmissionResponse {
-            task_id: key.task_id.clone(),
+            task_id: key.task_id.to_string(),
             queue_position: position,
             predicted_start_ms,
             backoff_ms: queue::backoff_hint(predicted_start_ms).0,
@@ -440,7 +440,7 @@ impl Orchestrator {
         Ok(match (pool, position) {
             (Some(pool), Some(position)) => self.admission_answer(pool, &record.key, position),
             _ => AdmissionResponse {
-                task_id: record.key.task_id.clone(),
+                task_id: record.key.task_id.to_string(),
                 queue_position: 0,
                 predicted_start_ms: 0,
                 backoff_ms: queue::backoff_hint(0).0,
@@ -678,11 +678,7 @@ impl Orchestrator {
         let after_seq = match after_task {
             None => None,
             Some(task_id) => {
-                let key = TaskKey {
-                    tenant: filter.tenant.clone(),
-                    scope: filter.scope.clone(),
-                    task_id,
-                };
+                let key = TaskKey::new(filter.tenant.as_str(), filter.scope.as_str(), task_id);
                 let record = self.store.get(&key).await?.ok_or_else(|| {
                     OrchError::invalid(
                         "cursor",
@@ -798,7 +794,11 @@ impl Orchestrator {
     pub async fn recover(&self) -> Result<(usize, usize), OrchError> {
         let (mut requeued, mut reset) = (0, 0);
         let mut logs = self.store.unfinished_events().await?;
-        for record in self.store.unfinished().await? {
+        for mut record in self.store.unfinished().await? {
+            // Its key shares the tenant's id, as an admitted task's does.
+            if let Some(tenant) = self.tenants.get(&record.key.tenant) {
+                record.key.tenant = Arc::clone(&tenant.shared_id);
+            }
             let Some(pool) = self.pools.get(&record.pool_id).cloned() else {
                 tracing::warn!(task_id = %record.key.task_id, pool = %record.pool_id, "recovered task names an unknown pool");
                 continue;
@@ -957,7 +957,7 @@ impl Orchestrator {
     fn namespace_tasks(&self, tenant: &str, scope: &str) -> Vec<Arc<LiveTask>> {
         self.live()
             .values()
-            .filter(|t| t.key.tenant == tenant && t.key.scope == scope)
+            .filter(|t| &*t.key.tenant == tenant && &*t.key.scope == scope)
             .cloned()
             .collect()
     }
@@ -1040,8 +1040,8 @@ fn conflict(key: &TaskKey) -> OrchError {
 
 pub fn status_from_record(record: &TaskRecord) -> TaskStatus {
     TaskStatus {
-        task_id: record.key.task_id.clone(),
-        scope: (!record.key.scope.is_empty()).then(|| record.key.scope.clone()),
+        task_id: record.key.task_id.to_string(),
+        scope: (!record.key.scope.is_empty()).then(|| record.key.scope.to_string()),
         pool_id: record.pool_id.clone(),
         priority: record.priority.into(),
         state: record.state.into(),

@@ -102,8 +102,8 @@ impl LiveTask {
         let start_deadline_ms = request.deadline_ms.map(|d| submitted_at_ms + d);
         let session = request.session_id.clone().map(|session_id| {
             Box::new(SessionKey {
-                tenant: key.tenant.clone(),
-                scope: key.scope.clone(),
+                tenant: key.tenant.to_string(),
+                scope: key.scope.to_string(),
                 session_id,
             })
         });
@@ -357,8 +357,8 @@ impl LiveTask {
     pub fn status(&self, queue_position: Option<u32>) -> TaskStatus {
         let inner = self.lock();
         TaskStatus {
-            task_id: self.key.task_id.clone(),
-            scope: (!self.key.scope.is_empty()).then(|| self.key.scope.clone()),
+            task_id: self.key.task_id.to_string(),
+            scope: (!self.key.scope.is_empty()).then(|| self.key.scope.to_string()),
             pool_id: self.pool_id.to_string(),
             priority: self.priority.into(),
             state: inner.state.into(),

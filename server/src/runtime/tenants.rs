@@ -14,6 +14,8 @@ pub const DEFAULT_TENANT: &str = "default";
 #[derive(Debug)]
 pub struct Tenant {
     pub id: String,
+    /// `id`, shared by the keys of its tasks.
+    pub shared_id: std::sync::Arc<str>,
     pub role: Role,
     pub max_concurrent: Option<u32>,
     /// Its share of each queue (ORCH-3015).
@@ -28,6 +30,7 @@ impl Tenant {
     fn new(config: &TenantConfig) -> Self {
         Self {
             id: config.id.clone(),
+            shared_id: config.id.as_str().into(),
             role: config.role,
             max_concurrent: config.max_concurrent,
             weight: config.weight.max(1),
@@ -46,6 +49,7 @@ impl Tenant {
     fn open(id: &str) -> Self {
         Self {
             id: id.to_owned(),
+            shared_id: id.into(),
             role: Role::Admin,
             max_concurrent: None,
             weight: 1,

@@ -22,18 +22,40 @@ use std::collections::HashMap;
 use contracts::{ErrorEnvelope, FinishReason, Priority, StreamEvent, TaskRequest, TaskState};
 
 /// A task's identity: ids are unique per (tenant, scope) namespace (ORCH-6012).
-/// The default scope is the empty string.
+/// The default scope is the empty string. Its parts are shared strings: the
+/// queue's copy of a key, and a tenant's tasks, share them (memory per
+/// queued task, issue 14).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskKey {
-    pub tenant: String,
-    pub scope: String,
-    pub task_id: String,
+    pub tenant: Arc<str>,
+    pub scope: Arc<str>,
+    pub task_id: Arc<str>,
+}
+
+impl TaskKey {
+    pub fn new(
+        tenant: impl Into<Arc<str>>,
+        scope: impl AsRef<str>,
+        task_id: impl Into<Arc<str>>,
+    ) -> Self {
+        // The default scope, which most tasks are in, is one shared string.
+        static DEFAULT_SCOPE: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        let scope = match scope.as_ref() {
+            "" => Arc::clone(DEFAULT_SCOPE.get_or_init(|| Arc::from(""))),
+            scope => Arc::from(scope),
+        };
+        Self {
+            tenant: tenant.into(),
+            scope,
+            task_id: task_id.into(),
+        }
+    }
 }
 
 /// A task waits in its tenant's line of a pool's queue (ORCH-3015).
 impl crate::queue::QueueKey for TaskKey {
-    type Tenant = String;
-    fn tenant(&self) -> &String {
+    type Tenant = Arc<str>;
+    fn tenant(&self) -> &Arc<str> {
         &self.tenant
     }
 }

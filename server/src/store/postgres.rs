@@ -254,11 +254,11 @@ fn read_record(row: &Row) -> Result<TaskRecord, StoreError> {
     let ms = |index: usize| row.get::<_, Option<i64>>(index).map(|v| v as u64);
     Ok(TaskRecord {
         seq: row.get(0),
-        key: TaskKey {
-            tenant: row.get(1),
-            scope: row.get(2),
-            task_id: row.get(3),
-        },
+        key: TaskKey::new(
+            row.get::<_, &str>(1),
+            row.get::<_, &str>(2),
+            row.get::<_, &str>(3),
+        ),
         pool_id: row.get(4),
         priority: enum_from(row.get(5)).map_err(|e| decode("priority", e))?,
         request: serde_json::from_str(row.get(6)).map_err(|e| decode("request", e))?,
@@ -321,7 +321,7 @@ async fn get_record(
     let row = query_opt(
         client,
         &format!("SELECT {COLUMNS} FROM tasks WHERE {BY_KEY} {lock}"),
-        &[&key.tenant, &key.scope, &key.task_id],
+        &[&&*key.tenant, &&*key.scope, &&*key.task_id],
     )
     .await?;
     row.as_ref().map(read_record).transpose()
@@ -352,14 +352,9 @@ async fn write_tail(
         .collect();
     let events: Vec<String> = tail.events.iter().map(json_text).collect();
     let tokens_out = i64::from(tail.tokens_out);
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-        &key.tenant,
-        &key.scope,
-        &key.task_id,
-        &tokens_out,
-        &indexes,
-        &events,
-    ];
+    let (tenant, scope, task_id) = (&*key.tenant, &*key.scope, &*key.task_id);
+    let mut params: Vec<&(dyn ToSql + Sync)> =
+        vec![&tenant, &scope, &task_id, &tokens_out, &indexes, &events];
     params.extend_from_slice(values);
     params.push(&epoch);
     let fence = params.len();
@@ -394,7 +389,7 @@ async fn check_fence(
     let row = query_opt(
         client,
         &format!("SELECT epoch FROM tasks WHERE {BY_KEY}"),
-        &[&key.tenant, &key.scope, &key.task_id],
+        &[&&*key.tenant, &&*key.scope, &&*key.task_id],
     )
     .await?;
     match row.map(|row| row.get::<_, i64>(0)) {
@@ -419,7 +414,8 @@ impl PostgresStore {
     ) -> Result<(), StoreError> {
         self.refuse_writes.check()?;
         let epoch = self.epoch();
-        let mut all: Vec<&(dyn ToSql + Sync)> = vec![&key.tenant, &key.scope, &key.task_id];
+        let (tenant, scope, task_id) = (&*key.tenant, &*key.scope, &*key.task_id);
+        let mut all: Vec<&(dyn ToSql + Sync)> = vec![&tenant, &scope, &task_id];
         all.extend_from_slice(values);
         all.push(&epoch);
         let client = self.client().await?;
@@ -458,9 +454,9 @@ impl TaskStore for PostgresStore {
                  WHERE $11::BIGINT = 0 OR $11::BIGINT = (SELECT epoch FROM orchqueue_lease WHERE id = 1) \
                  ON CONFLICT (tenant, scope, task_id) DO NOTHING RETURNING seq",
             &[
-                &key.tenant,
-                &key.scope,
-                &key.task_id,
+                &&*key.tenant,
+                &&*key.scope,
+                &&*key.task_id,
                 &record.pool_id,
                 &enum_str(&record.priority),
                 &json_text(&record.request),
@@ -497,7 +493,7 @@ impl TaskStore for PostgresStore {
         execute(
             &self.client().await?,
             &format!("DELETE FROM tasks WHERE {BY_KEY} AND epoch <= $4"),
-            &[&key.tenant, &key.scope, &key.task_id, &self.epoch()],
+            &[&&*key.tenant, &&*key.scope, &&*key.task_id, &self.epoch()],
         )
         .await?;
         Ok(())
@@ -571,7 +567,7 @@ impl TaskStore for PostgresStore {
             &self.client().await?,
             "SELECT e.event FROM task_events e JOIN tasks t ON t.seq = e.task_seq \
                  WHERE t.tenant = $1 AND t.scope = $2 AND t.task_id = $3 ORDER BY e.idx",
-            &[&key.tenant, &key.scope, &key.task_id],
+            &[&&*key.tenant, &&*key.scope, &&*key.task_id],
         )
         .await?;
         rows.iter()

@@ -272,11 +272,11 @@ fn read_record(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
     let error: Option<String> = row.get(17)?;
     Ok(TaskRecord {
         seq: row.get(0)?,
-        key: TaskKey {
-            tenant: row.get(1)?,
-            scope: row.get(2)?,
-            task_id: row.get(3)?,
-        },
+        key: TaskKey::new(
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+            row.get::<_, String>(3)?,
+        ),
         pool_id: row.get(4)?,
         priority: enum_col::<Priority>(5, &priority)?,
         request: json_col::<TaskRequest>(6, &request)?,
